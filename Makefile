@@ -1,0 +1,31 @@
+# Set-up is part of every target: the virtual environment is made when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= ../shared/data
+export IMPRINTING_DATA ?= $(DATA)
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+# torch and torchvision first (pinned; pip finds them on the development machines' disk),
+# then the package and its test dependencies.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## The main job: transfer learning by imprinting on Flowers-102 (paper Table 3).
+demo: $(STAMP)
+	$(BIN)/imprint transfer --data-root $(IMPRINTING_DATA) --out results/flowers102
+
+## The test suite (real-data tests read ../shared/data, skipped with the reason when absent).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,133 @@
+"""Backbone features computed once and cached on disk.
+
+A cache entry is keyed by everything that changes the numbers: the backbone and its
+weights, the preprocessing (image size included), the view (centre crop, or k random
+crop + flip versions with a seed), and each image file's path, size and modification
+time. Change any of them and the features are computed again. Every method, seed and shot
+count then reuses the same features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from imprinting.backbones import Backbone, Preprocess
+from imprinting.data import ImageSet
+from imprinting.data.images import load_image
+from imprinting.data.transforms import eval_transform, image_mode, train_transform
+
+
+def cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """The cache folder: the argument, else $IMPRINTING_CACHE, else ~/.cache/imprinting."""
+    return Path(path or os.environ.get("IMPRINTING_CACHE") or Path.home() / ".cache" / "imprinting")
+
+
+@dataclass(frozen=True)
+class View:
+    """Which version of each image: the centre crop (``augment=0``) or ``augment`` random
+    crop + flip versions drawn with ``seed``."""
+
+    augment: int = 0
+    seed: int = 0
+
+    def describe(self) -> str:
+        return "center" if not self.augment else f"augment{self.augment}-seed{self.seed}"
+
+
+class _Images(Dataset):
+    def __init__(self, paths: list[Path], pre: Preprocess, view: View):
+        self.paths = paths
+        self.mode = image_mode(pre)
+        self.view = view
+        self.transform = train_transform(pre) if view.augment else eval_transform(pre)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        image = load_image(self.paths[i], self.mode)
+        if not self.view.augment:
+            return self.transform(image)
+        # A seed per image: the same views whatever the batch size or worker count.
+        g = torch.random.fork_rng(devices=[])
+        with g:
+            torch.manual_seed(self.view.seed * 1_000_003 + i)
+            return torch.stack([self.transform(image) for _ in range(self.view.augment)])
+
+
+def cache_key(backbone: Backbone, pre: Preprocess, images: ImageSet, view: View) -> str:
+    files = []
+    for p in images.paths:
+        st = os.stat(p)
+        files.append([str(p), st.st_size, st.st_mtime_ns])
+    blob = json.dumps(
+        {
+            "backbone": backbone.name,
+            "weights": backbone.weights_id,
+            "preprocess": pre.to_dict(),
+            "view": view.describe(),
+            "files": files,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+@torch.inference_mode()
+def compute_features(
+    backbone: Backbone,
+    pre: Preprocess,
+    images: ImageSet,
+    view: View = View(),
+    batch_size: int = 64,
+    num_workers: int = 1,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Backbone features, (N, F) for the centre view or (N, k, F) for k augmented views."""
+    module = backbone.module.eval().to(memory_format=torch.channels_last)
+    loader = DataLoader(_Images(images.paths, pre, view), batch_size=batch_size, num_workers=num_workers)
+    out = []
+    bar = tqdm(total=len(images), desc=f"features {images.name} ({view.describe()})", unit="img", disable=not progress)
+    for batch in loader:
+        shape = batch.shape
+        x = batch.reshape(-1, *shape[-3:]).contiguous(memory_format=torch.channels_last)
+        f = module(x).float()
+        out.append(f.reshape(*shape[:-3], -1))
+        bar.update(shape[0])
+    bar.close()
+    return torch.cat(out)
+
+
+def cached_features(
+    backbone: Backbone,
+    images: ImageSet,
+    pre: Preprocess | None = None,
+    view: View = View(),
+    cache: str | os.PathLike | None = None,
+    progress: bool = True,
+    **kwargs,
+) -> torch.Tensor:
+    """``compute_features`` through the on-disk cache (see the module docstring)."""
+    from imprinting.checkpoint import atomic_write
+
+    pre = pre or backbone.preprocess
+    key = cache_key(backbone, pre, images, view)
+    safe_name = images.name.replace("/", "_")
+    path = cache_dir(cache) / "features" / f"{backbone.name.replace(':', '_')}-{safe_name}-{view.describe()}-{key}.safetensors"
+    if path.exists():
+        try:
+            return load_file(str(path))["features"]
+        except Exception:  # a damaged cache entry is recomputed, never trusted
+            path.unlink(missing_ok=True)
+    feats = compute_features(backbone, pre, images, view, progress=progress, **kwargs)
+    atomic_write(path, lambda tmp: save_file({"features": feats.contiguous()}, tmp, metadata={"key": key}))
+    return feats

@@ -1,0 +1,51 @@
+"""Oxford Flowers-102 through ``torchvision.datasets.Flowers102``.
+
+Layout: ``<root>/flowers102/flowers-102/{jpg/, imagelabels.mat, setid.mat}``. When it is not
+there, torchvision's official downloader fetches it; offline, a ``DatasetError`` says where
+to put the files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from imprinting.data import DatasetError, ImageSet, data_root
+
+NUM_CLASSES = 102
+SPLITS = ("train", "val", "test")
+
+
+def _open(folder: Path, split: str, download: bool):
+    from torchvision.datasets import Flowers102
+
+    try:
+        return Flowers102(str(folder), split=split, download=False)
+    except RuntimeError:
+        if not download:
+            raise DatasetError(_missing(folder)) from None
+    try:
+        return Flowers102(str(folder), split=split, download=True)
+    except Exception as exc:  # URLError, HTTPError, socket errors, checksum failures
+        raise DatasetError(f"{_missing(folder)} The download failed: {exc}") from None
+
+
+def _missing(folder: Path) -> str:
+    return (
+        f"Flowers-102 is not in {folder / 'flowers-102'}: put jpg/, imagelabels.mat and setid.mat there "
+        "(from https://www.robots.ox.ac.uk/~vgg/data/flowers/102/), or allow the download."
+    )
+
+
+def read_flowers102(root: str | os.PathLike | None = None, split: str = "train", download: bool = True) -> ImageSet:
+    """One official split (``train``, ``val`` or ``test``); labels 0..101 (class k+1 of the paper)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    folder = data_root(root) / "flowers102"
+    ds = _open(folder, split, download)
+    names = [f"flower_{i + 1:03d}" for i in range(NUM_CLASSES)]
+    paths = [Path(p) for p in ds._image_files]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetError(f"{missing[0]}: listed in setid.mat but missing ({len(missing)} files missing)")
+    return ImageSet(f"flowers102/{split}", paths, [int(y) for y in ds._labels], names)

@@ -1,0 +1,37 @@
+"""Shared fixtures: the real data sets (skipped with the reason when absent) and tiny images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import make_image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "SOURCES.md").is_file():
+        pytest.skip(f"real data sets not found at {SHARED_DATA} (../shared/data beside the checkout)")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Feature caches of tests go to a temporary folder, never ~/.cache."""
+    monkeypatch.setenv("IMPRINTING_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_folder(tmp_path) -> Path:
+    """A folder of 3 class folders (red, green, blue), 4 small images each."""
+    root = tmp_path / "classes"
+    for name, color in {"red": (220, 20, 20), "green": (20, 220, 20), "blue": (20, 20, 220)}.items():
+        for i in range(4):
+            make_image(root / name / f"{i}.png", color, seed=i)
+    return root

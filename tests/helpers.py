@@ -1,0 +1,22 @@
+"""Small helpers for tests: tiny images, real-image picks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def make_image(path: Path, color=(200, 30, 30), size=(40, 32), noise: int = 20, seed: int = 0) -> Path:
+    """A small image of one colour plus noise, written to ``path``."""
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(color)[None, None, :] + rng.integers(-noise, noise + 1, (size[1], size[0], 3)), 0, 255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr.astype(np.uint8)).save(path)
+    return path
+
+
+def cub_images(shared: Path, per_class: int = 1, classes: int = 8) -> list[Path]:
+    folders = sorted((shared / "cub" / "CUB_200_2011" / "images").iterdir())[:classes]
+    return [f for folder in folders for f in sorted(folder.glob("*.jpg"))[:per_class]]
