@@ -82,7 +82,6 @@ def cache_key(backbone: Backbone, pre: Preprocess, images: ImageSet, view: View)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-@torch.inference_mode()
 def compute_features(
     backbone: Backbone,
     pre: Preprocess,
@@ -93,16 +92,17 @@ def compute_features(
     progress: bool = True,
 ) -> torch.Tensor:
     """Backbone features, (N, F) for the centre view or (N, k, F) for k augmented views."""
+    # Outside inference mode: converting parameters inside it would make them unusable for training.
     module = backbone.module.eval().to(memory_format=torch.channels_last)
     loader = DataLoader(_Images(images.paths, pre, view), batch_size=batch_size, num_workers=num_workers)
     out = []
     bar = tqdm(total=len(images), desc=f"features {images.name} ({view.describe()})", unit="img", disable=not progress)
-    for batch in loader:
-        shape = batch.shape
-        x = batch.reshape(-1, *shape[-3:]).contiguous(memory_format=torch.channels_last)
-        f = module(x).float()
-        out.append(f.reshape(*shape[:-3], -1))
-        bar.update(shape[0])
+    with torch.no_grad():
+        for batch in loader:
+            shape = batch.shape
+            x = batch.reshape(-1, *shape[-3:]).contiguous(memory_format=torch.channels_last)
+            out.append(module(x).float().reshape(*shape[:-3], -1))
+            bar.update(shape[0])
     bar.close()
     return torch.cat(out)
 

@@ -48,4 +48,4 @@ def read_flowers102(root: str | os.PathLike | None = None, split: str = "train",
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise DatasetError(f"{missing[0]}: listed in setid.mat but missing ({len(missing)} files missing)")
-    return ImageSet(f"flowers102/{split}", paths, [int(y) for y in ds._labels], names)
+    return ImageSet(f"flowers102/{split}", paths, [int(y) for y in ds._labels], names, {"split": split})

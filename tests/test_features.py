@@ -1,0 +1,76 @@
+"""The feature cache: computed once, reused, recomputed when anything that matters changes."""
+
+import os
+
+import pytest
+import torch
+
+from helpers import make_image
+from imprinting.backbones import create_backbone
+from imprinting.data import ImageSet
+from imprinting.data import features as feats
+from imprinting.data.features import View, cached_features
+
+
+@pytest.fixture
+def images(tmp_path):
+    paths = [make_image(tmp_path / f"{i}.png", (40 * i, 90, 200 - 30 * i), size=(36, 30), seed=i) for i in range(5)]
+    return ImageSet("tiny/train", paths, [0, 0, 1, 1, 2], ["a", "b", "c"])
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    calls = []
+    real = feats.compute_features
+
+    def counting(*args, **kwargs):
+        calls.append(args[3] if len(args) > 3 else kwargs.get("view"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(feats, "compute_features", counting)
+    return calls
+
+
+def test_second_call_reads_the_cache(images, counted, tmp_path):
+    bb = create_backbone("conv4", pretrained=False)
+    first = cached_features(bb, images, cache=tmp_path / "c", progress=False, num_workers=0)
+    second = cached_features(bb, images, cache=tmp_path / "c", progress=False, num_workers=0)
+    assert len(counted) == 1 and torch.equal(first, second) and first.shape == (5, 64)
+    direct = bb.module.eval()(torch.stack([feats._Images(images.paths, bb.preprocess, View())[i] for i in range(5)]))
+    torch.testing.assert_close(first, direct.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_cache_invalidated_by_size_view_weights_and_file_changes(images, counted, tmp_path):
+    bb = create_backbone("conv4", pretrained=False)
+    c = tmp_path / "c"
+    cached_features(bb, images, cache=c, progress=False, num_workers=0)
+    cached_features(bb, images, bb.preprocess.at_size(20), cache=c, progress=False, num_workers=0)
+    cached_features(bb, images, view=View(3, 0), cache=c, progress=False, num_workers=0)
+    assert len(counted) == 3
+    make_image(images.paths[2], (0, 0, 0), size=(36, 30))  # the image file changes
+    os.utime(images.paths[2], ns=(1, 1))
+    cached_features(bb, images, cache=c, progress=False, num_workers=0)
+    assert len(counted) == 4
+    other = create_backbone("efficientnet_lite0", pretrained=True)
+    assert feats.cache_key(other, other.preprocess, images, View()) != feats.cache_key(bb, other.preprocess, images, View())
+
+
+def test_augmented_views_are_seeded_and_shaped(images, tmp_path):
+    bb = create_backbone("conv4", pretrained=False)
+    a = cached_features(bb, images, view=View(4, 7), cache=tmp_path / "a", progress=False, num_workers=0)
+    b = feats.compute_features(bb, bb.preprocess, images, View(4, 7), batch_size=2, num_workers=0, progress=False)
+    c = feats.compute_features(bb, bb.preprocess, images, View(4, 8), num_workers=0, progress=False)
+    assert a.shape == (5, 4, 64)
+    torch.testing.assert_close(a, b)  # same views whatever the batch size
+    assert not torch.allclose(a, c)
+    assert not torch.allclose(a[:, 0], a[:, 1])
+
+
+def test_damaged_cache_entry_is_recomputed(images, counted, tmp_path):
+    bb = create_backbone("conv4", pretrained=False)
+    c = tmp_path / "c"
+    first = cached_features(bb, images, cache=c, progress=False, num_workers=0)
+    (entry,) = (c / "features").iterdir()
+    entry.write_bytes(entry.read_bytes()[:50])
+    again = cached_features(bb, images, cache=c, progress=False, num_workers=0)
+    assert len(counted) == 2 and torch.equal(first, again)
