@@ -177,16 +177,19 @@ class Embedder(nn.Module):
     ``dim=None`` skips the fully connected layer: the backbone's pooled features are
     normalized directly (the transfer-learning setting, and a "beyond the paper" option).
 
+    ``normalize=False`` leaves the embeddings unnormalized (the paper's AllClassJoint baseline).
+
     Like timm's models, the work is split so that cached backbone features can skip the
     backbone: ``forward(x) == forward_head(forward_features(x))``.
     """
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, dim: int | None = 64):
+    def __init__(self, backbone: nn.Module, feature_dim: int, dim: int | None = 64, normalize: bool = True):
         super().__init__()
         self.backbone = backbone
         self.feature_dim = feature_dim
         self.fc = nn.Linear(feature_dim, dim) if dim else nn.Identity()
         self.dim = dim or feature_dim
+        self.normalize = normalize
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features, (B, feature_dim)."""
@@ -194,7 +197,8 @@ class Embedder(nn.Module):
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Unit-length embeddings, (B, dim), from backbone features."""
-        return F.normalize(self.fc(features), dim=-1)
+        out = self.fc(features)
+        return F.normalize(out, dim=-1) if self.normalize else out
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(images))
@@ -379,6 +383,26 @@ class ImprintModel(nn.Module):
         self._set_weight(index, self.sums.template(index))
 
     @torch.no_grad()
+    def add_class_from_sum(self, name: str, embedding_sum: torch.Tensor, count: int) -> int:
+        """Restore an imprinted class from its stored running sum and example count.
+
+        The weight is ``normalize(embedding_sum)``: the same bits as imprinting the examples
+        that made the sum. Stores (the service, the lite runtime) keep sums, not models.
+        """
+        if self.has_class(name):
+            raise ValueError(f"class {name!r} already exists")
+        if count < 1 or embedding_sum.shape != (self.embedder.dim,):
+            raise ValueError(f"need a ({self.embedder.dim},) sum of at least one example for {name!r}")
+        self.sums.add_class()
+        index = len(self.class_names)
+        self.sums._sums[index] = embedding_sum.double()
+        self.sums._counts[index] = int(count)
+        self.classifier.add_classes(self.sums.template(index).unsqueeze(0))
+        self.class_names.append(name)
+        self._index[name] = index
+        return index
+
+    @torch.no_grad()
     def add_random_class(self, name: str, generator: torch.Generator | None = None) -> int:
         """Add a class with Xavier-uniform random weights (the paper's Rand baseline)."""
         from imprinting.imprint import random_weights
@@ -444,7 +468,8 @@ def create_model(
     from imprinting.backbones import create_backbone
 
     bb = create_backbone(backbone, pretrained=pretrained)
-    embedder = Embedder(bb.module, bb.feature_dim, dim)
+    # The unnormalized baseline normalizes neither embeddings nor weights.
+    embedder = Embedder(bb.module, bb.feature_dim, dim, normalize=classifier == "cosine")
     names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
     if classifier == "cosine":
         head: CosineClassifier | LinearClassifier = CosineClassifier(
