@@ -1,0 +1,168 @@
+"""The paper's two-stage low-shot protocol on cached backbone features.
+
+Stage 1 trains a base model (FC + cosine classifier) on every training image of the base
+classes. Stage 2 gives each method the base model and n training images of every novel
+class (a nested, seeded draw) and measures top-1 on the official test split:
+  - ``novel``: test images of novel classes, predicted among all classes (Table 1),
+  - ``all``: every test image, among all classes (Table 2),
+  - ``novel_only``: test images of novel classes, among the novel classes only (Figure 6,
+    and the transfer setting of Table 3).
+Classes are indexed base first, then novel (``LowShotData.order``).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from imprinting.data import ImageSet
+from imprinting.data.splits import shot_draws, take
+from imprinting.model import CosineClassifier, Embedder, ImprintModel
+from imprinting.train import FeatureDataset, TrainConfig, train
+
+
+@dataclass
+class LowShotData:
+    """Cached backbone features of a data set's train and test splits, with the class split."""
+
+    name: str
+    train: ImageSet
+    test: ImageSet
+    train_feats: torch.Tensor  # (N, F) centre crops
+    test_feats: torch.Tensor  # (M, F)
+    base: list[int]
+    novel: list[int]
+    train_aug: torch.Tensor | None = None  # (N, k, F) random crop + flip views
+
+    def __post_init__(self) -> None:
+        self.order = list(self.base) + list(self.novel)
+        position = {c: i for i, c in enumerate(self.order)}
+        self.train_y = torch.tensor([position.get(y, -1) for y in self.train.labels])
+        self.test_y = torch.tensor([position.get(y, -1) for y in self.test.labels])
+        self.num_base = len(self.base)
+        self.base_train_idx = torch.nonzero((self.train_y >= 0) & (self.train_y < self.num_base)).flatten()
+        self.novel_test = (self.test_y >= self.num_base)
+        self.known_test = self.test_y >= 0
+
+    @property
+    def feature_dim(self) -> int:
+        return self.train_feats.shape[1]
+
+    def names(self, classes: list[int]) -> list[str]:
+        return [self.train.class_names[c] for c in classes]
+
+    def train_views(self, idx: torch.Tensor) -> torch.Tensor:
+        """Augmented views when cached (each epoch samples one), else the centre crops."""
+        return self.train_aug[idx] if self.train_aug is not None else self.train_feats[idx]
+
+
+@dataclass
+class Episode:
+    """One draw at one n: the indices of the novel training images given to the methods."""
+
+    draw: int
+    n: int
+    shots: torch.Tensor
+    seed: int
+
+
+def head_model(feature_dim: int, dim: int | None, class_names: list[str], scale: float = 10.0,
+               per_class_scale: bool = False, learn_scale: bool = True) -> ImprintModel:
+    """An FC + cosine classifier on cached features (the backbone is not needed)."""
+    embedder = Embedder(torch.nn.Identity(), feature_dim, dim)
+    clf = CosineClassifier(embedder.dim, len(class_names), scale, learn_scale, per_class_scale)
+    return ImprintModel(embedder, clf, class_names, {"backbone": "cached-features", "dim": dim})
+
+
+def train_base(data: LowShotData, dim: int | None = 64, cfg: TrainConfig | None = None,
+               scale: float = 10.0, per_class_scale: bool = False, progress: bool = False):
+    """Stage 1: FC + cosine classifier trained with softmax cross-entropy on the base classes."""
+    cfg = cfg or TrainConfig()
+    model = head_model(data.feature_dim, dim, data.names(data.base), scale, per_class_scale)
+    idx = data.base_train_idx
+    history = train(model, FeatureDataset(data.train_views(idx), data.train_y[idx]), cfg, progress=progress)
+    return model, history
+
+
+@torch.no_grad()
+def embed(model: ImprintModel, feats: torch.Tensor) -> torch.Tensor:
+    return model.embedder.forward_head(feats)
+
+
+def accuracies(scores: torch.Tensor, data: LowShotData) -> dict:
+    """Top-1 (%) on novel test images and all test images among all classes, and on novel
+    test images among novel classes only. ``scores`` is (M, C) in ``data.order``."""
+    y = data.test_y
+    pred = scores.argmax(1)
+    novel = data.novel_test
+    known = data.known_test
+    pred_novel_only = scores[:, data.num_base :].argmax(1) + data.num_base
+    return {
+        "novel": 100.0 * (pred[novel] == y[novel]).float().mean().item(),
+        "all": 100.0 * (pred[known] == y[known]).float().mean().item(),
+        "novel_only": 100.0 * (pred_novel_only[novel] == y[novel]).float().mean().item(),
+    }
+
+
+def episodes(data: LowShotData, shots=(1, 2, 5, 10, 20), draws: int = 5, seed: int = 0) -> list[Episode]:
+    """Nested, seeded n-shot draws of the novel classes' training images."""
+    perms = shot_draws(data.train.labels, data.novel, shots=shots, draws=draws, seed=seed)
+    return [Episode(d, n, torch.tensor(take(perm, n)), seed) for d, perm in enumerate(perms) for n in shots]
+
+
+@dataclass
+class Result:
+    method: str
+    n: int
+    draw: int
+    novel: float
+    all: float
+    novel_only: float
+    seconds: float
+    history: list = field(default_factory=list)
+
+
+def run(data: LowShotData, methods: list, eps: list[Episode], progress: bool = True) -> list[Result]:
+    """Every method on every episode; each method gets its own copy of the base model."""
+    from tqdm.auto import tqdm
+
+    results = []
+    bar = tqdm(total=len(methods) * len(eps), desc=f"{data.name} protocol", disable=not progress)
+    for method in methods:
+        for ep in eps:
+            bar.set_postfix_str(f"{method.name} n={ep.n} draw={ep.draw}")
+            t0 = time.perf_counter()
+            scorer = method.fit(data, ep)
+            with torch.no_grad():
+                acc = accuracies(scorer(data.test_feats), data)
+            seconds = time.perf_counter() - t0
+            results.append(Result(method.name, ep.n, ep.draw, **acc, seconds=seconds,
+                                  history=list(getattr(method, "last_history", []))))
+            bar.update(1)
+    bar.close()
+    return results
+
+
+def summarize(results: list[Result]) -> list[dict]:
+    """Mean and standard deviation over draws, one row per (method, n)."""
+    rows = []
+    keys = sorted({(r.method, r.n) for r in results}, key=lambda k: ([r.method for r in results].index(k[0]), k[1]))
+    for method, n in keys:
+        rs = [r for r in results if r.method == method and r.n == n]
+        row = {"method": method, "n": n, "draws": len(rs)}
+        for metric in ("novel", "all", "novel_only"):
+            values = [getattr(r, metric) for r in rs]
+            row[metric] = f"{np.mean(values):.2f} ± {np.std(values):.2f}"
+            row[f"{metric}_mean"] = round(float(np.mean(values)), 2)
+            row[f"{metric}_std"] = round(float(np.std(values)), 2)
+        row["seconds"] = round(float(np.mean([r.seconds for r in rs])), 3)
+        rows.append(row)
+    return rows
+
+
+def copy_model(model: ImprintModel) -> ImprintModel:
+    return copy.deepcopy(model)

@@ -1,0 +1,254 @@
+"""The paper's tables and figures on cached features: one function per table or figure.
+
+Each writes Markdown, CSV and JSON (and PNG plots) under ``results/<dataset>/``, headed by
+the exact command, seed, data, machine and date (``imprinting.report``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from imprinting import protocol
+from imprinting.backbones import create_backbone
+from imprinting.data import ImageSet, data_root
+from imprinting.data.features import View, cached_features
+from imprinting.data.splits import base_novel_split
+from imprinting.methods import (
+    AllClassJoint,
+    Finetune,
+    Imprinting,
+    LiftedEmbedding,
+    NearestNeighbour,
+    RandomNovel,
+    RawFeatureNCM,
+)
+from imprinting.methods.lifted import train_lifted_embedder
+from imprinting.protocol import LowShotData
+from imprinting.report import provenance, write_tables
+from imprinting.train import TrainConfig
+
+DATASETS = ("cub", "flowers102", "omniglot", "inaturalist")
+
+# Paper numbers (CUB-200-2011, InceptionV1, 100 base + 100 novel classes).
+PAPER_TABLE1 = {  # novel classes
+    "Rand-noFT": [0.17] * 5,
+    "Imprinting": [21.26, 28.69, 39.52, 45.77, 49.32],
+    "Imprinting+Aug": [21.40, 30.03, 39.35, 46.35, 49.80],
+    "Rand+FT": [5.25, 13.41, 34.95, 54.33, 65.60],
+    "Imprinting+FT": [18.67, 30.17, 46.08, 59.39, 68.77],
+    "AllClassJoint": [3.89, 10.82, 33.00, 50.24, 64.88],
+}
+PAPER_TABLE2 = {  # all classes
+    "Rand-noFT": [37.36] * 5,
+    "Imprinting": [44.75, 48.21, 52.95, 55.99, 57.47],
+    "Imprinting+Aug": [44.60, 48.48, 52.78, 56.51, 57.84],
+    "Rand+FT": [39.26, 43.36, 53.69, 63.17, 68.75],
+    "Imprinting+FT": [45.81, 50.41, 59.15, 64.65, 68.73],
+    "AllClassJoint": [38.02, 41.89, 52.24, 61.11, 68.31],
+}
+PAPER_SHOTS = (1, 2, 5, 10, 20)
+
+
+def read_splits(dataset: str, root=None) -> tuple[ImageSet, ImageSet, str]:
+    """(train, test, base/novel rule) in each data set's standard layout.
+
+    Flowers-102: the official train and val splits together are the training set (20
+    images per class, so that n = 20 is possible); the official test split is the test set.
+    """
+    root = data_root(root)
+    if dataset == "cub":
+        from imprinting.data.cub import read_cub
+
+        return read_cub(root, "train"), read_cub(root, "test"), "cub"
+    if dataset == "flowers102":
+        from imprinting.data.flowers import read_flowers102
+
+        tr, va = read_flowers102(root, "train"), read_flowers102(root, "val")
+        train = ImageSet("flowers102/trainval", tr.paths + va.paths, tr.labels + va.labels, tr.class_names,
+                         {"split": "train"})
+        return train, read_flowers102(root, "test"), "flowers102"
+    if dataset == "omniglot":
+        from imprinting.data.omniglot import omniglot_train_test, read_omniglot
+
+        train, test = omniglot_train_test(read_omniglot(root, "all"))
+        return train, test, "omniglot"
+    if dataset == "inaturalist":
+        from imprinting.data.inaturalist import read_inaturalist
+
+        return read_inaturalist(root, "train"), read_inaturalist(root, "val"), "inaturalist"
+    raise ValueError(f"unknown data set {dataset!r}; choose from {', '.join(DATASETS)}")
+
+
+def prepare(dataset: str, root=None, backbone: str = "efficientnet_lite0", image_size: int | None = None,
+            augment: int = 5, seed: int = 0, cache=None, progress: bool = True,
+            backbone_obj=None) -> LowShotData:
+    """Read a data set, split its classes, and compute (or load) cached backbone features."""
+    train, test, rule = read_splits(dataset, root)
+    base, novel = base_novel_split(train, rule)
+    bb = backbone_obj or create_backbone(backbone, pretrained=True)
+    pre = bb.preprocess.at_size(image_size)
+    train_feats = cached_features(bb, train, pre, View(), cache, progress)
+    aug = cached_features(bb, train, pre, View(augment, seed), cache, progress) if augment else None
+    test_feats = cached_features(bb, test, pre, View(), cache, progress)
+    return LowShotData(dataset, train, test, train_feats, test_feats, base, novel, aug)
+
+
+def _describe(data: LowShotData, root, backbone: str, image_size) -> str:
+    return (f"{data.name} at {data_root(root)}: {len(data.train)} train / {len(data.test)} test images, "
+            f"{len(data.base)} base + {len(data.novel)} novel classes; backbone {backbone} "
+            f"(ImageNet, frozen, features cached), image size {image_size or 'default'}")
+
+
+def tables_1_2(data: LowShotData, shots=PAPER_SHOTS, draws: int = 5, seed: int = 0, dim: int = 64,
+               cfg: TrainConfig | None = None, finetune: bool = True, progress: bool = True):
+    """Tables 1 and 2 (and the per-epoch curves of Figures 3 and 4) on cached features."""
+    cfg = cfg or TrainConfig(epochs=20, seed=seed)
+    t0 = time.perf_counter()
+    base, _ = protocol.train_base(data, dim, cfg)
+    t_base = time.perf_counter() - t0
+    methods = [RandomNovel(base), Imprinting(base), Imprinting(base, augment=True)]
+    if finetune:
+        methods += [Finetune(base, "random", cfg), Finetune(base, "imprint", cfg), AllClassJoint(dim, cfg)]
+    eps = protocol.episodes(data, shots, draws, seed)
+    results = protocol.run(data, methods, eps, progress)
+    return results, {"seconds_base_training": round(t_base, 1)}
+
+
+def figure_6(data: LowShotData, shots=PAPER_SHOTS, draws: int = 5, seed: int = 0, dim: int = 64,
+             cfg: TrainConfig | None = None, progress: bool = True):
+    """Averaged embeddings vs nearest neighbour, softmax vs lifted structured loss (novel-only)."""
+    cfg = cfg or TrainConfig(epochs=20, seed=seed)
+    base, _ = protocol.train_base(data, dim, cfg)
+    lifted = train_lifted_embedder(data, dim, epochs=cfg.epochs, seed=seed)
+    methods = [Imprinting(base), NearestNeighbour(base), LiftedEmbedding(lifted, "average"),
+               LiftedEmbedding(lifted, "nearest")]
+    return protocol.run(data, methods, protocol.episodes(data, shots, draws, seed), progress)
+
+
+def figure_7(data: LowShotData, shots=(1, 5), dims=(64, 128, 256, 512), draws: int = 5, seed: int = 0,
+             cfg: TrainConfig | None = None, progress: bool = True):
+    """Imprinting and AllClassJoint at several embedding sizes."""
+    cfg = cfg or TrainConfig(epochs=20, seed=seed)
+    eps = protocol.episodes(data, shots, draws, seed)
+    results = []
+    for dim in dims:
+        base, _ = protocol.train_base(data, dim, cfg)
+        imp, joint = Imprinting(base), AllClassJoint(dim, cfg)
+        imp.name, joint.name = f"Imprinting D={dim}", f"AllClassJoint D={dim}"
+        results += protocol.run(data, [imp, joint], eps, progress)
+    return results
+
+
+def beyond(data: LowShotData, shots=PAPER_SHOTS, draws: int = 5, seed: int = 0, progress: bool = True,
+           configs: dict | None = None):
+    """Configurations beyond the paper's, against nearest class mean on raw features."""
+    configs = configs or default_configs(seed)
+    methods = [RawFeatureNCM()]
+    for name, (dim, cfg, scale, per_class) in configs.items():
+        base, _ = protocol.train_base(data, dim, cfg, scale=scale, per_class_scale=per_class)
+        m = Imprinting(base)
+        m.name = name
+        methods.append(m)
+    return protocol.run(data, methods, protocol.episodes(data, shots, draws, seed), progress)
+
+
+def default_configs(seed: int = 0) -> dict:
+    """name -> (embedding dim or None for no FC, training config, initial scale, per-class scale)."""
+    paper = TrainConfig(epochs=20, seed=seed)
+    return {
+        "Imprinting (paper: D=64)": (64, paper, 10.0, False),
+        "Imprinting D=256": (256, paper, 10.0, False),
+        "Imprinting no FC": (None, paper, 10.0, False),
+        "Imprinting no FC, s=30": (None, replace(paper, lr=1e-4), 30.0, False),
+        "Imprinting D=512, 5 epochs": (512, replace(paper, epochs=5), 10.0, False),
+    }
+
+
+def write(results, out_dir: Path, stem: str, title: str, prov: dict, columns=None) -> Path:
+    rows = protocol.summarize(results)
+    columns = columns or ["method", "n", "novel", "all", "novel_only", "draws", "seconds"]
+    return write_tables(out_dir, stem, title, rows, columns, prov)
+
+
+def write_paper_comparison(results, out_dir: Path, prov: dict) -> Path:
+    """Table 1 and 2 side by side with the paper's numbers."""
+    rows = protocol.summarize(results)
+    out = []
+    for r in rows:
+        paper1 = PAPER_TABLE1.get(r["method"])
+        paper2 = PAPER_TABLE2.get(r["method"])
+        i = PAPER_SHOTS.index(r["n"]) if r["n"] in PAPER_SHOTS else None
+        out.append({
+            "method": r["method"], "n": r["n"],
+            "novel (ours)": r["novel"], "novel (paper)": paper1[i] if paper1 and i is not None else "",
+            "all (ours)": r["all"], "all (paper)": paper2[i] if paper2 and i is not None else "",
+            "draws": r["draws"], "seconds": r["seconds"],
+        })
+    cols = ["method", "n", "novel (ours)", "novel (paper)", "all (ours)", "all (paper)", "draws", "seconds"]
+    return write_tables(out_dir, "tables_1_2", "Tables 1 and 2: top-1 (%) on novel and all classes", out, cols, prov)
+
+
+def plot_curves(results, out_dir: Path, prov: dict) -> Path:
+    """Figures 3 and 4: per-epoch test accuracy of the fine-tuned models (mean over draws)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric, title in ((axes[0], "novel", "Figure 3: novel classes"), (axes[1], "all", "Figure 4: all classes")):
+        for method, style in (("Imprinting+FT", "-"), ("Rand+FT", "--"), ("AllClassJoint", ":")):
+            for n in sorted({r.n for r in results}):
+                hs = [r.history for r in results if r.method == method and r.n == n and r.history]
+                if not hs or metric not in hs[0][0]:
+                    continue
+                curve = np.mean([[h[metric] for h in hist] for hist in hs], axis=0)
+                ax.plot(range(1, len(curve) + 1), curve, style, label=f"{method} n={n}")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("top-1 (%)")
+    axes[1].legend(fontsize=6, ncol=2)
+    fig.suptitle(prov["command"], fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "figures_3_4.png"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_lines(results, out_dir: Path, stem: str, metric: str, title: str, prov: dict) -> Path:
+    """A line per method of ``metric`` against n (Figures 6 and 7)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = protocol.summarize(results)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        rs = [r for r in rows if r["method"] == method]
+        ax.errorbar([r["n"] for r in rs], [r[f"{metric}_mean"] for r in rs], [r[f"{metric}_std"] for r in rs],
+                    marker="o", capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set_xticks(sorted({r["n"] for r in rows}), [str(n) for n in sorted({r["n"] for r in rows})])
+    ax.set_xlabel("n (examples per novel class)")
+    ax.set_ylabel(f"top-1 (%), {metric.replace('_', ' ')}")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.text(0.01, 0.01, prov["command"], fontsize=5)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{stem}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["DATASETS", "beyond", "figure_6", "figure_7", "prepare", "read_splits", "tables_1_2", "provenance",
+           "torch"]
