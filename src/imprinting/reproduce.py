@@ -97,6 +97,50 @@ def prepare(dataset: str, root=None, backbone: str = "efficientnet_lite0", image
     return LowShotData(dataset, train, test, train_feats, test_feats, base, novel, aug)
 
 
+def prepare_omniglot(root=None, dim: int = 64, cfg: TrainConfig | None = None, cache=None,
+                     progress: bool = True, seed: int = 0):
+    """Omniglot: the small ConvNet trained from scratch, end to end, on the background
+    characters; then its (frozen) backbone features feed every method.
+
+    Returns ``(data, model, train_pixels, test_pixels, history)``: the trained full model and
+    the preprocessed images are for end-to-end fine-tuning.
+    """
+    from torch import nn
+
+    from imprinting.backbones import Backbone
+    from imprinting.model import create_model
+    from imprinting.train import TensorImageDataset, train
+
+    train_set, test_set, rule = read_splits("omniglot", root)
+    base, novel = base_novel_split(train_set, rule)
+    cfg = cfg or TrainConfig(epochs=10, optimizer="adam", lr=1e-3, head_lr_mult=1.0, batch_size=128, seed=seed)
+    torch.manual_seed(seed)
+    model = create_model("conv4", pretrained=False, dim=dim, class_names=[train_set.class_names[c] for c in base])
+    pre = model.preprocess
+    # Decoded, resized pixels go through the feature cache like any features.
+    pixels = Backbone("pixels", nn.Flatten(), pre.in_chans * pre.image_size**2, pre, False, "pixels")
+    shape = (-1, pre.in_chans, pre.image_size, pre.image_size)
+    train_px = cached_features(pixels, train_set, pre, View(), cache, progress).reshape(shape)
+    test_px = cached_features(pixels, test_set, pre, View(), cache, progress).reshape(shape)
+    tmp = LowShotData("omniglot", train_set, test_set, train_px.flatten(1)[:, :1], test_px.flatten(1)[:, :1], base, novel)
+    idx = tmp.base_train_idx
+    history = train(model, TensorImageDataset(train_px[idx], tmp.train_y[idx]), cfg, progress=progress)
+    with torch.no_grad():
+        feats = [torch.cat([model.embedder.forward_features(x[i : i + 1024]) for i in range(0, len(x), 1024)])
+                 for x in (train_px, test_px)]
+    data = LowShotData("omniglot", train_set, test_set, feats[0], feats[1], base, novel)
+    return data, model, train_px, test_px, history
+
+
+def head_of(model) -> "protocol.ImprintModel":
+    """The FC + classifier of a full model, for methods that work on its cached features."""
+    head = protocol.head_model(model.embedder.feature_dim, model.config["dim"], list(model.class_names),
+                               per_class_scale=model.classifier.per_class_scale)
+    head.embedder.fc.load_state_dict(model.embedder.fc.state_dict())
+    head.classifier.load_state_dict(model.classifier.state_dict())
+    return head.eval()
+
+
 def _describe(data: LowShotData, root, backbone: str, image_size) -> str:
     return (f"{data.name} at {data_root(root)}: {len(data.train)} train / {len(data.test)} test images, "
             f"{len(data.base)} base + {len(data.novel)} novel classes; backbone {backbone} "
@@ -110,7 +154,9 @@ def tables_1_2(data: LowShotData, shots=PAPER_SHOTS, draws: int = 5, seed: int =
     t0 = time.perf_counter()
     base, _ = protocol.train_base(data, dim, cfg)
     t_base = time.perf_counter() - t0
-    methods = [RandomNovel(base), Imprinting(base), Imprinting(base, augment=True)]
+    methods = [RandomNovel(base), Imprinting(base)]
+    if data.train_aug is not None:
+        methods.append(Imprinting(base, augment=True))
     if finetune:
         methods += [Finetune(base, "random", cfg), Finetune(base, "imprint", cfg), AllClassJoint(dim, cfg)]
     eps = protocol.episodes(data, shots, draws, seed)

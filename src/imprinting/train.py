@@ -82,6 +82,21 @@ class ImageDataset(Dataset):
         return self.transform(load_image(self.paths[i], self.mode)), self.labels[i]
 
 
+class TensorImageDataset(Dataset):
+    """Preprocessed image tensors (N, C, H, W) held in memory, with labels (small images,
+    such as Omniglot's, train end to end from memory)."""
+
+    def __init__(self, images: torch.Tensor, labels):
+        self.images = images
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.labels[i]
+
+
 def balanced_sampler(labels: torch.Tensor, num_samples: int | None = None, generator=None) -> WeightedRandomSampler:
     """Draw samples so that every class is equally likely, whatever its number of examples."""
     labels = torch.as_tensor(labels, dtype=torch.long)
@@ -115,15 +130,17 @@ def train(
     evaluate: Callable[[ImprintModel], dict] | None = None,
     checkpoint: str | os.PathLike | None = None,
     progress: bool = True,
+    end_to_end: bool | None = None,
 ) -> list[dict]:
     """Train ``model`` on ``dataset`` for ``cfg.epochs`` epochs; returns the per-epoch history.
 
-    With a ``FeatureDataset`` the backbone is frozen and skipped; with an ``ImageDataset``
-    the whole network trains. ``evaluate(model)`` runs after each epoch (model in eval
+    With a ``FeatureDataset`` the backbone is frozen and skipped; with an ``ImageDataset`` or
+    a ``TensorImageDataset`` the whole network trains (``end_to_end`` overrides the choice). ``evaluate(model)`` runs after each epoch (model in eval
     mode) and its dict is added to the history. With ``checkpoint`` set, the state after
     each epoch is written there (atomically) and a later call resumes from it.
     """
-    end_to_end = isinstance(dataset, ImageDataset)
+    if end_to_end is None:
+        end_to_end = not isinstance(dataset, FeatureDataset)
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     sampler = (

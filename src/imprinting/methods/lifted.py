@@ -27,7 +27,8 @@ def train_lifted_embedder(data: LowShotData, dim: int = 64, epochs: int = 20, lr
     embedder = Embedder(torch.nn.Identity(), data.feature_dim, dim)
     idx = data.base_train_idx
     dataset = FeatureDataset(data.train_views(idx), data.train_y[idx])
-    sampler = samplers.MPerClassSampler(dataset.labels, m=per_class, batch_size=batch_size)
+    sampler = samplers.MPerClassSampler(dataset.labels, m=per_class, batch_size=batch_size,
+                                        length_before_new_iter=len(dataset))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True)
     loss_fn = losses.LiftedStructureLoss(neg_margin=1.0, pos_margin=0.0)
     opt = torch.optim.Adam(embedder.parameters(), lr=lr)

@@ -1,0 +1,153 @@
+"""The low-shot protocol and every method, end to end on a tiny synthetic data set."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imprinting import protocol
+from imprinting.data import ImageSet
+from imprinting.methods import (
+    AllClassJoint,
+    Finetune,
+    Imprinting,
+    LiftedEmbedding,
+    NearestNeighbour,
+    RandomNovel,
+    RawFeatureNCM,
+)
+from imprinting.methods.finetune_e2e import EndToEndFinetune
+from imprinting.methods.lifted import train_lifted_embedder
+from imprinting.methods.nearest import max_cosine_per_class
+from imprinting.train import TrainConfig
+
+CLASSES, BASE, FEAT = 10, 6, 16
+
+
+def _tiny(seed=0, train_per_class=20, test_per_class=10, views=3):
+    """Gaussian clusters: one per class in a 16-d 'feature' space; classes 0-5 base, 6-9 novel."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(CLASSES, FEAT, generator=g) * 2
+    def draw(per):
+        y = torch.arange(CLASSES).repeat_interleave(per)
+        return centers[y] + 0.8 * torch.randn(len(y), FEAT, generator=g), y.tolist()
+    xtr, ytr = draw(train_per_class)
+    xte, yte = draw(test_per_class)
+    names = [f"c{i}" for i in range(CLASSES)]
+    train = ImageSet("tiny/train", [Path(f"tr{i}.png") for i in range(len(ytr))], ytr, names, {"split": "train"})
+    test = ImageSet("tiny/test", [Path(f"te{i}.png") for i in range(len(yte))], yte, names, {"split": "test"})
+    aug = xtr[:, None, :] + 0.2 * torch.randn(len(ytr), views, FEAT, generator=g)
+    return protocol.LowShotData("tiny", train, test, xtr, xte, list(range(BASE)), list(range(BASE, CLASSES)), aug)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _tiny()
+
+
+@pytest.fixture(scope="module")
+def base(data):
+    model, _ = protocol.train_base(data, dim=8, cfg=TrainConfig(epochs=15, lr=1e-3, batch_size=16))
+    return model
+
+
+def test_accuracies_by_hand():
+    data = _tiny(train_per_class=2, test_per_class=1)
+    # test labels are 0..9 in order; predict right for 0, 1, 6, 7 only
+    pred = torch.tensor([0, 1, 0, 0, 0, 0, 6, 7, 0, 0])
+    scores = torch.nn.functional.one_hot(pred, CLASSES).float()
+    acc = protocol.accuracies(scores, data)
+    assert acc["all"] == pytest.approx(40.0) and acc["novel"] == pytest.approx(50.0)
+    # among novel classes only, rows 8 and 9 (argmax over columns 6-9 of a zero row) pick class 6
+    assert acc["novel_only"] == pytest.approx(50.0)
+
+
+def test_episodes_are_nested_seeded_and_from_training_images(data):
+    eps = protocol.episodes(data, shots=(1, 2, 5), draws=3, seed=4)
+    by = {(e.draw, e.n): set(e.shots.tolist()) for e in eps}
+    for d in range(3):
+        assert by[(d, 1)] <= by[(d, 2)] <= by[(d, 5)]
+        assert len(by[(d, 5)]) == 5 * len(data.novel)
+        assert all(data.train.labels[i] in data.novel for i in by[(d, 5)])
+    again = protocol.episodes(data, shots=(1, 2, 5), draws=3, seed=4)
+    assert all(torch.equal(a.shots, b.shots) for a, b in zip(eps, again))
+    other = protocol.episodes(data, shots=(1,), draws=1, seed=5)
+    assert not torch.equal(other[0].shots, eps[0].shots)
+
+
+def test_imprinting_far_above_random_and_base_weights_untouched(data, base):
+    eps = protocol.episodes(data, shots=(5,), draws=2)
+    before = base.classifier.weight.detach().clone()
+    res = protocol.summarize(protocol.run(data, [RandomNovel(base), Imprinting(base), Imprinting(base, True)], eps,
+                                          progress=False))
+    acc = {r["method"]: r for r in res}
+    assert acc["Imprinting"]["novel_mean"] > 80 and acc["Imprinting+Aug"]["novel_mean"] > 80
+    assert acc["Rand-noFT"]["novel_mean"] < 40
+    assert torch.equal(base.classifier.weight.detach(), before)  # methods work on copies
+
+
+def test_one_shot_nearest_neighbour_equals_imprinting(data, base):
+    (ep,) = protocol.episodes(data, shots=(1,), draws=1)
+    a = Imprinting(base).fit(data, ep)(data.test_feats).argmax(1)
+    b = NearestNeighbour(base).fit(data, ep)(data.test_feats).argmax(1)
+    assert torch.equal(a, b)
+
+
+def test_max_cosine_per_class_by_hand():
+    q = torch.tensor([[1.0, 0.0]])
+    ex = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    out = max_cosine_per_class(q, ex, torch.tensor([0, 0, 2]), 3)
+    assert out[0, 0].item() == pytest.approx(2**-0.5) and out[0, 1].item() == float("-inf")
+    assert out[0, 2].item() == pytest.approx(1.0)
+
+
+def test_every_method_runs_end_to_end_and_fine_tuning_records_curves(data, base):
+    cfg = TrainConfig(epochs=3, lr=1e-3, batch_size=16)
+    lifted = train_lifted_embedder(data, dim=8, epochs=3, per_class=4, batch_size=24)
+    methods = [Finetune(base, "imprint", cfg), Finetune(base, "random", cfg), AllClassJoint(8, cfg),
+               LiftedEmbedding(lifted, "average"), LiftedEmbedding(lifted, "nearest"), RawFeatureNCM()]
+    eps = protocol.episodes(data, shots=(2,), draws=1)
+    results = protocol.run(data, methods, eps, progress=False)
+    assert [r.method for r in results] == ["Imprinting+FT", "Rand+FT", "AllClassJoint", "Lifted-Avg", "Lifted-NN",
+                                           "RawFeatureNCM"]
+    for r in results:
+        assert 0 <= r.novel <= 100 and 0 <= r.all <= 100
+    ft = results[0]
+    assert [h["epoch"] for h in ft.history] == [1, 2, 3] and {"novel", "all"} <= set(ft.history[0])
+    assert results[-1].novel > 80  # class means of well-separated clusters
+
+
+def test_raw_feature_ncm_is_nearest_class_mean(data):
+    (ep,) = protocol.episodes(data, shots=(3,), draws=1)
+    scores = RawFeatureNCM().fit(data, ep)(data.test_feats)
+    idx = torch.cat([data.base_train_idx, ep.shots])
+    x = torch.nn.functional.normalize(data.train_feats[idx], dim=1).numpy()
+    y = data.train_y[idx].numpy()
+    means = np.stack([x[y == c].mean(0) for c in range(CLASSES)])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    expected = torch.nn.functional.normalize(data.test_feats, dim=1).numpy() @ means.T
+    np.testing.assert_allclose(scores.numpy(), expected, atol=1e-5)
+
+
+def test_end_to_end_fine_tuning_trains_the_backbone():
+    from imprinting.model import CosineClassifier, Embedder, ImprintModel
+
+    data = _tiny(train_per_class=6, test_per_class=3)
+    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(FEAT, FEAT))
+    model = ImprintModel(Embedder(backbone, FEAT, 8), CosineClassifier(8, BASE), [f"c{i}" for i in range(BASE)])
+    images = data.train_feats.reshape(-1, 1, 4, 4)
+    method = EndToEndFinetune(model, images, data.test_feats.reshape(-1, 1, 4, 4), "imprint",
+                              TrainConfig(epochs=2, lr=1e-3, batch_size=8))
+    (ep,) = protocol.episodes(data, shots=(2,), draws=1)
+    before = backbone[1].weight.detach().clone()
+    scores = method.fit(data, ep)(data.test_feats)
+    assert scores.shape == (len(data.test), CLASSES) and len(method.last_history) == 2
+    assert torch.equal(backbone[1].weight, before)  # the method fine-tunes a copy
+
+
+def test_summary_is_mean_and_std_over_draws():
+    rs = [protocol.Result("M", 1, d, novel=v, all=2 * v, novel_only=v, seconds=1.0) for d, v in enumerate([10, 20, 30])]
+    (row,) = protocol.summarize(rs)
+    assert row["novel_mean"] == 20 and row["novel_std"] == pytest.approx(np.std([10, 20, 30]), abs=0.01)
+    assert row["all"] == "40.00 ± 16.33" and row["draws"] == 3
