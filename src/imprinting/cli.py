@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -225,6 +226,190 @@ def transfer(data_root, backbone, shots, draws, seed, image_size, augment, cache
     click.echo(path.read_text())
 
 
+# -- imprint reproduce -------------------------------------------------------------
+
+
+def _protocol_options(f):
+    options = [
+        click.option("--dataset", type=click.Choice(["cub", "flowers102", "inaturalist"]), default="cub",
+                     show_default=True, help="Data set, in its standard layout under the data root."),
+        click.option("--data-root", type=click.Path(path_type=Path), default=None, envvar="IMPRINTING_DATA",
+                     help="Folder holding cub/, flowers102/, omniglot/ (env IMPRINTING_DATA)."),
+        click.option("--backbone", default="efficientnet_lite0", show_default=True, help="ImageNet-pretrained backbone."),
+        click.option("--image-size", type=int, default=None, help="Crop size (default: the backbone's, 224)."),
+        click.option("--augment", type=int, default=5, show_default=True,
+                     help="Cached random crop + flip views per training image (Imprinting+Aug, training)."),
+        click.option("--shots", "-n", type=int, multiple=True, default=(1, 2, 5, 10, 20), show_default=True),
+        click.option("--draws", type=int, default=5, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--epochs", type=int, default=20, show_default=True, help="Base training and fine-tuning epochs."),
+        click.option("--dim", type=int, default=64, show_default=True, help="Embedding size D."),
+        click.option("--cache", type=click.Path(path_type=Path), default=None, envvar="IMPRINTING_CACHE",
+                     help="Feature cache folder (env IMPRINTING_CACHE)."),
+        click.option("--out", type=click.Path(path_type=Path), default=None,
+                     help="Output folder (default results/<dataset>)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@main.group()
+def reproduce():
+    """The paper's tables and figures, written under results/<dataset>/ with their command.
+
+    Frozen-backbone mode: ImageNet-pretrained backbone features are computed once, cached,
+    and shared by every method, draw and shot count. Base/novel split by the data set's rule
+    (CUB: class id <= 100 is base; Flowers-102: class <= 51; iNaturalist: >= 100 training
+    images). Omniglot has its own command (the small ConvNet trained from scratch).
+    """
+
+
+def _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out):
+    from imprinting import reproduce as rp
+
+    t0 = time.perf_counter()
+    data = rp.prepare(dataset, data_root, backbone, image_size, augment, seed, cache)
+    extra = {"seed": seed, "data": rp._describe(data, data_root, backbone, image_size),
+             "seconds_features": round(time.perf_counter() - t0, 1)}
+    return data, extra, Path(out or f"results/{dataset}")
+
+
+def _train_cfg(epochs, seed):
+    from imprinting.train import TrainConfig
+
+    return TrainConfig(epochs=epochs, seed=seed)
+
+
+@reproduce.command("tables")
+@_protocol_options
+@click.option("--no-finetune", is_flag=True, help="Skip Rand+FT, Imprinting+FT and AllClassJoint.")
+def reproduce_tables(dataset, data_root, backbone, image_size, augment, shots, draws, seed, epochs, dim, cache, out,
+                     no_finetune):
+    """Tables 1 and 2 (novel and all classes) and Figures 3 and 4 (fine-tuning curves)."""
+    from imprinting import reproduce as rp
+    from imprinting.report import provenance
+
+    data, extra, out = _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out)
+    t0 = time.perf_counter()
+    results, info = rp.tables_1_2(data, shots, draws, seed, dim, _train_cfg(epochs, seed), not no_finetune)
+    prov = provenance(**extra, **info, seconds_methods=round(time.perf_counter() - t0, 1))
+    path = rp.write_paper_comparison(results, out, prov)
+    rp.write(results, out, "tables_1_2_full", "Tables 1 and 2, every metric (mean ± std over draws)", prov)
+    if not no_finetune:
+        rp.plot_curves(results, out, prov)
+    click.echo(path.read_text())
+
+
+@reproduce.command("table3")
+@_protocol_options
+def reproduce_table3(dataset, data_root, backbone, image_size, augment, shots, draws, seed, epochs, dim, cache, out):
+    """Table 3: transfer, the final layer replaced by novel weights only (novel-only top-1)."""
+    from imprinting import protocol
+    from imprinting import reproduce as rp
+    from imprinting.methods import Imprinting, RandomNovel
+    from imprinting.report import provenance
+
+    data, extra, out = _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out)
+    base, _ = protocol.train_base(data, dim, _train_cfg(epochs, seed))
+    methods = [RandomNovel(base), Imprinting(base)] + ([Imprinting(base, True)] if data.train_aug is not None else [])
+    results = protocol.run(data, methods, protocol.episodes(data, shots, draws, seed))
+    path = rp.write(results, out, "table_3", "Table 3: transfer to the novel classes (novel_only column)",
+                    provenance(**extra), ["method", "n", "novel_only", "draws", "seconds"])
+    click.echo(path.read_text())
+
+
+@reproduce.command("fig6")
+@_protocol_options
+def reproduce_fig6(dataset, data_root, backbone, image_size, augment, shots, draws, seed, epochs, dim, cache, out):
+    """Figure 6: averaged embeddings vs nearest neighbour; softmax vs lifted structured loss."""
+    from imprinting import reproduce as rp
+    from imprinting.report import provenance
+
+    data, extra, out = _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out)
+    results = rp.figure_6(data, shots, draws, seed, dim, _train_cfg(epochs, seed))
+    prov = provenance(**extra)
+    path = rp.write(results, out, "figure_6", "Figure 6: novel-only top-1, averaging vs nearest neighbour", prov)
+    rp.plot_lines(results, out, "figure_6", "novel_only", "Figure 6: novel classes (novel-only)", prov)
+    click.echo(path.read_text())
+
+
+@reproduce.command("fig7")
+@_protocol_options
+@click.option("--dims", type=int, multiple=True, default=(64, 128, 256, 512), show_default=True)
+def reproduce_fig7(dataset, data_root, backbone, image_size, augment, shots, draws, seed, epochs, dim, cache, out,
+                   dims):
+    """Figure 7: Imprinting and AllClassJoint at embedding sizes 64-512 (use -n 1 -n 5)."""
+    from imprinting import reproduce as rp
+    from imprinting.report import provenance
+
+    data, extra, out = _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out)
+    results = rp.figure_7(data, shots, dims, draws, seed, _train_cfg(epochs, seed))
+    prov = provenance(**extra)
+    path = rp.write(results, out, "figure_7", "Figure 7: embedding size", prov)
+    rp.plot_dims(results, out, prov)
+    click.echo(path.read_text())
+
+
+@reproduce.command("beyond")
+@_protocol_options
+def reproduce_beyond(dataset, data_root, backbone, image_size, augment, shots, draws, seed, epochs, dim, cache, out):
+    """Beyond the paper: other configurations against nearest class mean on raw features."""
+    from imprinting import reproduce as rp
+    from imprinting.report import provenance
+
+    data, extra, out = _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out)
+    results = rp.beyond(data, shots, draws, seed)
+    path = rp.write(results, out, "beyond", "Beyond the paper: configurations vs raw-feature class means",
+                    provenance(**extra))
+    click.echo(path.read_text())
+
+
+@reproduce.command("omniglot")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None, envvar="IMPRINTING_DATA")
+@click.option("--shots", "-n", type=int, multiple=True, default=(1, 2, 5, 10), show_default=True)
+@click.option("--draws", type=int, default=5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=int, default=10, show_default=True, help="Base training epochs (from scratch).")
+@click.option("--ft-epochs", type=int, default=3, show_default=True, help="Fine-tuning epochs.")
+@click.option("--dim", type=int, default=64, show_default=True)
+@click.option("--cache", type=click.Path(path_type=Path), default=None, envvar="IMPRINTING_CACHE")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results/omniglot"), show_default=True)
+def reproduce_omniglot(data_root, shots, draws, seed, epochs, ft_epochs, dim, cache, out):
+    """Omniglot: 964 background characters as base, 659 evaluation characters as novel.
+
+    The small ConvNet is trained from scratch on the base characters; then every method,
+    including end-to-end fine-tuning of the whole network.
+    """
+    from imprinting import protocol
+    from imprinting import reproduce as rp
+    from imprinting.methods import AllClassJoint, Finetune, Imprinting, NearestNeighbour, RandomNovel
+    from imprinting.methods.finetune_e2e import EndToEndFinetune
+    from imprinting.report import provenance
+    from imprinting.train import TrainConfig
+
+    t0 = time.perf_counter()
+    base_cfg = TrainConfig(epochs=epochs, optimizer="adam", lr=1e-3, head_lr_mult=1.0, batch_size=128, seed=seed)
+    data, model, train_px, test_px, history = rp.prepare_omniglot(data_root, dim, base_cfg, cache, seed=seed)
+    t_base = time.perf_counter() - t0
+    head = rp.head_of(model)
+    ft = TrainConfig(epochs=ft_epochs, optimizer="adam", lr=1e-4, head_lr_mult=1.0, batch_size=128, seed=seed)
+    methods = [RandomNovel(head), Imprinting(head), NearestNeighbour(head),
+               Finetune(head, "random", ft), Finetune(head, "imprint", ft), AllClassJoint(dim, ft),
+               EndToEndFinetune(model, train_px, test_px, "random", ft),
+               EndToEndFinetune(model, train_px, test_px, "imprint", ft)]
+    t1 = time.perf_counter()
+    results = protocol.run(data, methods, protocol.episodes(data, shots, draws, seed))
+    prov = provenance(seed=seed, data=f"Omniglot at {data_root}: {len(data.train)} train / {len(data.test)} test "
+                      f"images (drawers 1-10 train, 11-20 test), {len(data.base)} base + {len(data.novel)} novel "
+                      f"characters; conv4 trained from scratch at 28x28",
+                      base_training=f"{epochs} epochs, final train top-1 {history[-1]['train_top1']:.1f}%",
+                      seconds_base_training=round(t_base, 1), seconds_methods=round(time.perf_counter() - t1, 1))
+    path = rp.write(results, out, "tables_1_2", "Omniglot: top-1 (%) on novel and all classes", prov)
+    rp.plot_curves(results, out, prov)
+    click.echo(path.read_text())
+
+
 def _embed_with_bar(model, files, views):
     import torch
 
@@ -242,6 +427,10 @@ def _bar(total, desc):
 
     return tqdm(total=total, desc=desc, unit="img" if "images" in desc else "class",
                 disable=total < 2 or not sys.stderr.isatty())
+
+
+from imprinting.serve.cli import serve; main.add_command(serve)  # noqa: E402,E702
+from imprinting.export_cli import export; main.add_command(export)  # noqa: E402,E702
 
 
 if __name__ == "__main__":

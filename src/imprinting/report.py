@@ -15,13 +15,23 @@ from pathlib import Path
 import torch
 
 
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def provenance(command: list[str] | None = None, **extra) -> dict:
     """The command, machine and date behind a result, plus anything in ``extra`` (seed, data...)."""
     cmd = command if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]]
     return {
         "command": shlex.join(cmd),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.processor() or 'cpu'}"
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores ({cpu_name()})"
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"),
         "python": platform.python_version(),
         "torch": torch.__version__,

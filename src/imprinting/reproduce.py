@@ -296,5 +296,34 @@ def plot_lines(results, out_dir: Path, stem: str, metric: str, title: str, prov:
     return path
 
 
-__all__ = ["DATASETS", "beyond", "figure_6", "figure_7", "prepare", "read_splits", "tables_1_2", "provenance",
-           "torch"]
+
+
+def plot_dims(results, out_dir: Path, prov: dict) -> Path:
+    """Figure 7: top-1 against embedding size, a line per (method, n)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = protocol.summarize(results)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("novel", "all")):
+        lines: dict = {}
+        for r in rows:
+            method, dim = r["method"].rsplit(" D=", 1)
+            lines.setdefault((method, r["n"]), []).append((int(dim), r[f"{metric}_mean"], r[f"{metric}_std"]))
+        for (method, n), pts in sorted(lines.items()):
+            pts.sort()
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts], marker="o", capsize=3,
+                        label=f"{method} n={n}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("embedding size D")
+        ax.set_ylabel(f"top-1 (%), {metric} classes")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Figure 7 - {prov['command']}", fontsize=7)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "figure_7.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

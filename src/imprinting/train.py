@@ -141,6 +141,18 @@ def train(
     """
     if end_to_end is None:
         end_to_end = not isinstance(dataset, FeatureDataset)
+    if end_to_end:
+        return _train(model, dataset, cfg, evaluate, checkpoint, progress, True)
+    # Small matrix products on cached features: one thread is faster than two fighting.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(model, dataset, cfg, evaluate, checkpoint, progress, False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model, dataset, cfg, evaluate, checkpoint, progress, end_to_end) -> list[dict]:
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     sampler = (

@@ -103,7 +103,7 @@ def run(data: TransferData, shots=(1, 5, 10), draws: int = 5, seed: int = 0) -> 
                     "top1_std": round(float(np.std(values)), 2),
                     "draws": len(values),
                     "imprint_us_per_class": round(1e6 * float(np.mean(seconds)) / len(classes), 2)
-                    if method != "Rand-noFT"
+                    if method == "Imprinting"
                     else "",
                 }
             )
