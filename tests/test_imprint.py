@@ -116,3 +116,26 @@ def test_augmented_imprinting_averages_k_random_views(tmp_path):
     m.imprint("aug", files, views=5)
     np.testing.assert_allclose(m.classifier.weight[0].detach().numpy(), _reference_weight(views.numpy()), atol=1e-6)
     assert int(m.sums.counts[0]) == 10
+
+
+def test_class_restored_from_its_sum_equals_the_imprinted_one(model):
+    e = torch.randn(4, 8)
+    model.add_class("a", e)
+    other = create_model("conv4", pretrained=False, dim=8)
+    other.add_class_from_sum("a", model.sums.sums[0].clone(), int(model.sums.counts[0]))
+    assert torch.equal(other.classifier.weight.detach(), model.classifier.weight.detach())
+    other.add_examples("a", e[:1])
+    model.add_examples("a", e[:1])
+    assert torch.equal(other.classifier.weight.detach(), model.classifier.weight.detach())
+
+
+def test_predictions_rank_by_cosine_and_flag_unknowns(model):
+    model.add_class("x", torch.tensor([[1.0, 0, 0, 0, 0, 0, 0, 0]]))
+    model.add_class("y", torch.tensor([[0, 1.0, 0, 0, 0, 0, 0, 0]]))
+    q = torch.nn.functional.normalize(torch.tensor([[0.9, 0.3, 0, 0, 0, 0, 0, 0], [0, 0, 1.0, 0, 0, 0, 0, 0]]), dim=1)
+    p = model.predict_embeddings(q, k=2, unknown_threshold=0.5)
+    assert p[0].classes == ["x", "y"] and p[0].cosines[0] == pytest.approx(0.9 / math.sqrt(0.9))
+    s = model.classifier.scale.item()
+    expected = torch.softmax(torch.tensor([s * p[0].cosines[0], s * p[0].cosines[1]]), 0)
+    assert p[0].probabilities == pytest.approx(expected.tolist(), abs=1e-6)
+    assert not p[0].unknown and p[1].unknown  # the second query is orthogonal to both classes

@@ -248,6 +248,8 @@ def _protocol_options(f):
                      help="Feature cache folder (env IMPRINTING_CACHE)."),
         click.option("--out", type=click.Path(path_type=Path), default=None,
                      help="Output folder (default results/<dataset>)."),
+        click.option("--limit-classes", type=int, default=None,
+                     help="Keep only the first K base and K novel classes (a quick smoke run)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -265,11 +267,11 @@ def reproduce():
     """
 
 
-def _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out):
+def _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out, limit_classes):
     from imprinting import reproduce as rp
 
     t0 = time.perf_counter()
-    data = rp.prepare(dataset, data_root, backbone, image_size, augment, seed, cache)
+    data = rp.prepare(dataset, data_root, backbone, image_size, augment, seed, cache, limit=limit_classes)
     extra = {"seed": seed, "data": rp._describe(data, data_root, backbone, image_size),
              "seconds_features": round(time.perf_counter() - t0, 1)}
     return data, extra, Path(out or f"results/{dataset}")
@@ -285,12 +287,12 @@ def _train_cfg(epochs, seed):
 @_protocol_options
 @click.option("--no-finetune", is_flag=True, help="Skip Rand+FT, Imprinting+FT and AllClassJoint.")
 def reproduce_tables(dataset, data_root, backbone, image_size, augment, shots, draws, seed, epochs, dim, cache, out,
-                     no_finetune):
+                     limit_classes, no_finetune):
     """Tables 1 and 2 (novel and all classes) and Figures 3 and 4 (fine-tuning curves)."""
     from imprinting import reproduce as rp
     from imprinting.report import provenance
 
-    data, extra, out = _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out)
+    data, extra, out = _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out, limit_classes)
     t0 = time.perf_counter()
     results, info = rp.tables_1_2(data, shots, draws, seed, dim, _train_cfg(epochs, seed), not no_finetune)
     prov = provenance(**extra, **info, seconds_methods=round(time.perf_counter() - t0, 1))
@@ -303,14 +305,15 @@ def reproduce_tables(dataset, data_root, backbone, image_size, augment, shots, d
 
 @reproduce.command("table3")
 @_protocol_options
-def reproduce_table3(dataset, data_root, backbone, image_size, augment, shots, draws, seed, epochs, dim, cache, out):
+def reproduce_table3(dataset, data_root, backbone, image_size, augment, shots, draws, seed, epochs, dim, cache, out,
+                     limit_classes):
     """Table 3: transfer, the final layer replaced by novel weights only (novel-only top-1)."""
     from imprinting import protocol
     from imprinting import reproduce as rp
     from imprinting.methods import Imprinting, RandomNovel
     from imprinting.report import provenance
 
-    data, extra, out = _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out)
+    data, extra, out = _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out, limit_classes)
     base, _ = protocol.train_base(data, dim, _train_cfg(epochs, seed))
     methods = [RandomNovel(base), Imprinting(base)] + ([Imprinting(base, True)] if data.train_aug is not None else [])
     results = protocol.run(data, methods, protocol.episodes(data, shots, draws, seed))
@@ -321,12 +324,13 @@ def reproduce_table3(dataset, data_root, backbone, image_size, augment, shots, d
 
 @reproduce.command("fig6")
 @_protocol_options
-def reproduce_fig6(dataset, data_root, backbone, image_size, augment, shots, draws, seed, epochs, dim, cache, out):
+def reproduce_fig6(dataset, data_root, backbone, image_size, augment, shots, draws, seed, epochs, dim, cache, out,
+                   limit_classes):
     """Figure 6: averaged embeddings vs nearest neighbour; softmax vs lifted structured loss."""
     from imprinting import reproduce as rp
     from imprinting.report import provenance
 
-    data, extra, out = _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out)
+    data, extra, out = _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out, limit_classes)
     results = rp.figure_6(data, shots, draws, seed, dim, _train_cfg(epochs, seed))
     prov = provenance(**extra)
     path = rp.write(results, out, "figure_6", "Figure 6: novel-only top-1, averaging vs nearest neighbour", prov)
@@ -338,12 +342,12 @@ def reproduce_fig6(dataset, data_root, backbone, image_size, augment, shots, dra
 @_protocol_options
 @click.option("--dims", type=int, multiple=True, default=(64, 128, 256, 512), show_default=True)
 def reproduce_fig7(dataset, data_root, backbone, image_size, augment, shots, draws, seed, epochs, dim, cache, out,
-                   dims):
+                   limit_classes, dims):
     """Figure 7: Imprinting and AllClassJoint at embedding sizes 64-512 (use -n 1 -n 5)."""
     from imprinting import reproduce as rp
     from imprinting.report import provenance
 
-    data, extra, out = _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out)
+    data, extra, out = _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out, limit_classes)
     results = rp.figure_7(data, shots, dims, draws, seed, _train_cfg(epochs, seed))
     prov = provenance(**extra)
     path = rp.write(results, out, "figure_7", "Figure 7: embedding size", prov)
@@ -353,12 +357,13 @@ def reproduce_fig7(dataset, data_root, backbone, image_size, augment, shots, dra
 
 @reproduce.command("beyond")
 @_protocol_options
-def reproduce_beyond(dataset, data_root, backbone, image_size, augment, shots, draws, seed, epochs, dim, cache, out):
+def reproduce_beyond(dataset, data_root, backbone, image_size, augment, shots, draws, seed, epochs, dim, cache, out,
+                     limit_classes):
     """Beyond the paper: other configurations against nearest class mean on raw features."""
     from imprinting import reproduce as rp
     from imprinting.report import provenance
 
-    data, extra, out = _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out)
+    data, extra, out = _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out, limit_classes)
     results = rp.beyond(data, shots, draws, seed)
     path = rp.write(results, out, "beyond", "Beyond the paper: configurations vs raw-feature class means",
                     provenance(**extra))
@@ -375,7 +380,8 @@ def reproduce_beyond(dataset, data_root, backbone, image_size, augment, shots, d
 @click.option("--dim", type=int, default=64, show_default=True)
 @click.option("--cache", type=click.Path(path_type=Path), default=None, envvar="IMPRINTING_CACHE")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results/omniglot"), show_default=True)
-def reproduce_omniglot(data_root, shots, draws, seed, epochs, ft_epochs, dim, cache, out):
+@click.option("--limit-classes", type=int, default=None, help="Keep only the first K base and K novel characters.")
+def reproduce_omniglot(data_root, shots, draws, seed, epochs, ft_epochs, dim, cache, out, limit_classes):
     """Omniglot: 964 background characters as base, 659 evaluation characters as novel.
 
     The small ConvNet is trained from scratch on the base characters; then every method,
@@ -390,7 +396,8 @@ def reproduce_omniglot(data_root, shots, draws, seed, epochs, ft_epochs, dim, ca
 
     t0 = time.perf_counter()
     base_cfg = TrainConfig(epochs=epochs, optimizer="adam", lr=1e-3, head_lr_mult=1.0, batch_size=128, seed=seed)
-    data, model, train_px, test_px, history = rp.prepare_omniglot(data_root, dim, base_cfg, cache, seed=seed)
+    data, model, train_px, test_px, history = rp.prepare_omniglot(data_root, dim, base_cfg, cache, seed=seed,
+                                                                  limit=limit_classes)
     t_base = time.perf_counter() - t0
     head = rp.head_of(model)
     ft = TrainConfig(epochs=ft_epochs, optimizer="adam", lr=1e-4, head_lr_mult=1.0, batch_size=128, seed=seed)

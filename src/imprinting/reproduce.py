@@ -83,12 +83,26 @@ def read_splits(dataset: str, root=None) -> tuple[ImageSet, ImageSet, str]:
     raise ValueError(f"unknown data set {dataset!r}; choose from {', '.join(DATASETS)}")
 
 
+def limit_classes(train: ImageSet, test: ImageSet, base: list[int], novel: list[int], limit: int | None):
+    """Keep the first ``limit`` base and novel classes (tiny runs for tests and smoke checks)."""
+    if not limit:
+        return train, test, base, novel
+    base, novel = base[:limit], novel[:limit]
+    keep = set(base) | set(novel)
+    pick = lambda s: s.subset([i for i, y in enumerate(s.labels) if y in keep], f"{s.name}-{limit}x2")  # noqa: E731
+    return pick(train), pick(test), base, novel
+
+
 def prepare(dataset: str, root=None, backbone: str = "efficientnet_lite0", image_size: int | None = None,
             augment: int = 5, seed: int = 0, cache=None, progress: bool = True,
-            backbone_obj=None) -> LowShotData:
-    """Read a data set, split its classes, and compute (or load) cached backbone features."""
+            backbone_obj=None, limit: int | None = None) -> LowShotData:
+    """Read a data set, split its classes, and compute (or load) cached backbone features.
+
+    ``limit`` keeps only the first ``limit`` base and ``limit`` novel classes.
+    """
     train, test, rule = read_splits(dataset, root)
     base, novel = base_novel_split(train, rule)
+    train, test, base, novel = limit_classes(train, test, base, novel, limit)
     bb = backbone_obj or create_backbone(backbone, pretrained=True)
     pre = bb.preprocess.at_size(image_size)
     train_feats = cached_features(bb, train, pre, View(), cache, progress)
@@ -98,7 +112,7 @@ def prepare(dataset: str, root=None, backbone: str = "efficientnet_lite0", image
 
 
 def prepare_omniglot(root=None, dim: int = 64, cfg: TrainConfig | None = None, cache=None,
-                     progress: bool = True, seed: int = 0):
+                     progress: bool = True, seed: int = 0, limit: int | None = None):
     """Omniglot: the small ConvNet trained from scratch, end to end, on the background
     characters; then its (frozen) backbone features feed every method.
 
@@ -113,6 +127,7 @@ def prepare_omniglot(root=None, dim: int = 64, cfg: TrainConfig | None = None, c
 
     train_set, test_set, rule = read_splits("omniglot", root)
     base, novel = base_novel_split(train_set, rule)
+    train_set, test_set, base, novel = limit_classes(train_set, test_set, base, novel, limit)
     cfg = cfg or TrainConfig(epochs=10, optimizer="adam", lr=1e-3, head_lr_mult=1.0, batch_size=128, seed=seed)
     torch.manual_seed(seed)
     model = create_model("conv4", pretrained=False, dim=dim, class_names=[train_set.class_names[c] for c in base])
@@ -193,7 +208,8 @@ def beyond(data: LowShotData, shots=PAPER_SHOTS, draws: int = 5, seed: int = 0, 
            configs: dict | None = None):
     """Configurations beyond the paper's, against nearest class mean on raw features."""
     configs = configs or default_configs(seed)
-    methods = [RawFeatureNCM()]
+    methods = [RawFeatureNCM(), RawFeatureNCM(center=True), RawFeatureNCM(power=0.5),
+               RawFeatureNCM(center=True, power=0.5)]
     for name, (dim, cfg, scale, per_class) in configs.items():
         base, _ = protocol.train_base(data, dim, cfg, scale=scale, per_class_scale=per_class)
         m = Imprinting(base)

@@ -1,8 +1,11 @@
-"""Nearest class mean on the raw L2-normalized pretrained features: no base training.
+"""Nearest class mean on the pretrained features themselves: no base training.
 
 Every class, base and novel, is imprinted on the backbone's own features (base classes
-from all their training images, novel classes from the n shots). This is the transfer
-baseline that a trained embedding must beat to be worth training.
+from all their training images, novel classes from the n shots). With no options this is
+the plain baseline: L2-normalized raw features. Two cheap, well-known feature transforms
+go beyond it (SimpleShot's "CL2N", Wang et al. 2019; the Tukey power transform):
+  - ``power=p``: x -> x**p (features must be non-negative, as after ReLU6) before anything,
+  - ``center=True``: subtract the mean feature of the base training images, then normalize.
 """
 
 from __future__ import annotations
@@ -16,9 +19,23 @@ from imprinting.protocol import Episode, LowShotData
 
 
 class RawFeatureNCM(Method):
-    name = "RawFeatureNCM"
+    def __init__(self, center: bool = False, power: float | None = None, name: str | None = None):
+        self.center = center
+        self.power = power
+        parts = ([f"power {power}"] if power else []) + (["centered"] if center else [])
+        self.name = name or ("RawFeatureNCM" + (f" ({', '.join(parts)})" if parts else ""))
+
+    def transform(self, data: LowShotData):
+        power = self.power
+
+        def pre(x: torch.Tensor) -> torch.Tensor:
+            return x.clamp_min(0) ** power if power else x
+
+        mean = pre(data.train_feats[data.base_train_idx]).mean(0) if self.center else 0.0
+        return lambda x: F.normalize(pre(x) - mean, dim=1)
 
     def fit(self, data: LowShotData, episode: Episode):
+        tf = self.transform(data)
         idx = torch.cat([data.base_train_idx, episode.shots])
-        w = imprint_weights(data.train_feats[idx], data.train_y[idx], len(data.order))
-        return lambda feats: F.normalize(feats, dim=1) @ w.t()
+        w = imprint_weights(tf(data.train_feats[idx]), data.train_y[idx], len(data.order))
+        return lambda feats: tf(feats) @ w.t()

@@ -1,0 +1,62 @@
+"""`imprint reproduce` end to end on a tiny subset of each real data set."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from imprinting.cli import main
+
+TINY = ["--limit-classes", "3", "--image-size", "64", "--augment", "2", "-n", "1", "-n", "2", "--draws", "2",
+        "--epochs", "2"]
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _rows(path):
+    doc = json.loads(path.read_text())
+    assert doc["provenance"]["command"].startswith("imprint") or "reproduce" in doc["provenance"]["command"]
+    assert {"date", "machine", "seed", "data"} <= set(doc["provenance"])
+    return doc["rows"]
+
+
+@pytest.mark.parametrize("dataset", ["cub", "flowers102"])
+def test_tables_on_a_tiny_subset(shared_data, tmp_path, dataset):
+    out = tmp_path / dataset
+    run("reproduce", "tables", "--dataset", dataset, "--data-root", shared_data, "--out", out, *TINY)
+    rows = _rows(out / "tables_1_2.json")
+    methods = {r["method"] for r in rows}
+    assert methods == {"Rand-noFT", "Imprinting", "Imprinting+Aug", "Rand+FT", "Imprinting+FT", "AllClassJoint"}
+    assert {r["n"] for r in rows} == {1, 2} and all(r["draws"] == 2 for r in rows)
+    assert (out / "tables_1_2.md").read_text().startswith("# Tables 1 and 2")
+    assert (out / "tables_1_2.csv").exists() and (out / "figures_3_4.png").stat().st_size > 1000
+    imp = {r["n"]: r for r in _rows(out / "tables_1_2_full.json") if r["method"] == "Imprinting"}
+    rand = {r["n"]: r for r in _rows(out / "tables_1_2_full.json") if r["method"] == "Rand-noFT"}
+    assert imp[2]["novel_mean"] > rand[2]["novel_mean"]
+
+
+def test_figures_and_table3_on_a_tiny_cub_subset(shared_data, tmp_path):
+    out = tmp_path / "cub"
+    run("reproduce", "table3", "--data-root", shared_data, "--out", out, *TINY)
+    assert {r["method"] for r in _rows(out / "table_3.json")} == {"Rand-noFT", "Imprinting", "Imprinting+Aug"}
+    run("reproduce", "fig6", "--data-root", shared_data, "--out", out, *TINY)
+    assert {r["method"] for r in _rows(out / "figure_6.json")} == {"Imprinting", "NearestNeighbour", "Lifted-Avg",
+                                                                   "Lifted-NN"}
+    assert (out / "figure_6.png").exists()
+    run("reproduce", "fig7", "--data-root", shared_data, "--out", out, "--dims", "16", "--dims", "32", *TINY)
+    assert len(_rows(out / "figure_7.json")) == 2 * 2 * 2 and (out / "figure_7.png").exists()
+    run("reproduce", "beyond", "--data-root", shared_data, "--out", out, *TINY)
+    assert "RawFeatureNCM" in {r["method"] for r in _rows(out / "beyond.json")}
+
+
+def test_omniglot_on_a_tiny_subset(shared_data, tmp_path):
+    out = tmp_path / "omniglot"
+    run("reproduce", "omniglot", "--data-root", shared_data, "--out", out, "--limit-classes", "4", "-n", "1",
+        "--draws", "1", "--epochs", "2", "--ft-epochs", "1")
+    rows = _rows(out / "tables_1_2.json")
+    assert "Imprinting+FT (end to end)" in {r["method"] for r in rows}
+    assert len(rows) == 8
