@@ -60,3 +60,11 @@ def test_omniglot_on_a_tiny_subset(shared_data, tmp_path):
     rows = _rows(out / "tables_1_2.json")
     assert "Imprinting+FT (end to end)" in {r["method"] for r in rows}
     assert len(rows) == 8
+
+
+def test_figure_5_grid_on_a_tiny_cub_subset(shared_data, tmp_path):
+    out = tmp_path / "cub"
+    run("reproduce", "fig5", "--data-root", shared_data, "--out", out, *TINY)
+    rows = _rows(out / "figure_5.json")
+    assert len(rows) == 3 and rows[0]["recall_at_1"] >= rows[-1]["recall_at_1"]
+    assert (out / "figure_5.png").stat().st_size > 10_000

@@ -370,6 +370,23 @@ def reproduce_beyond(dataset, data_root, backbone, image_size, augment, shots, d
     click.echo(path.read_text())
 
 
+@reproduce.command("fig5")
+@_protocol_options
+def reproduce_fig5(dataset, data_root, backbone, image_size, augment, shots, draws, seed, epochs, dim, cache, out,
+                   limit_classes):
+    """Figure 5: 1-shot exemplars by per-class recall, and random success and failure cases."""
+    from imprinting import reproduce as rp
+    from imprinting.report import provenance, write_tables
+
+    data, extra, out = _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out, limit_classes)
+    rows, cases = rp.figure_5(data, dim, _train_cfg(epochs, seed), seed)
+    prov = provenance(**extra)
+    path = write_tables(out, "figure_5", "Figure 5: per-class recall@1 of 1-shot imprinting (novel classes)",
+                        rows, ["class", "recall_at_1", "test_images", "exemplar"], prov)
+    rp.plot_figure_5(rows, cases, out, prov)
+    click.echo(path.read_text())
+
+
 @reproduce.command("omniglot")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None, envvar="IMPRINTING_DATA")
 @click.option("--shots", "-n", type=int, multiple=True, default=(1, 2, 5, 10), show_default=True)

@@ -343,3 +343,71 @@ def plot_dims(results, out_dir: Path, prov: dict) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def figure_5(data: LowShotData, dim: int = 64, cfg: TrainConfig | None = None, seed: int = 0,
+             show: int = 8) -> tuple[list[dict], dict]:
+    """Figure 5: 1-shot exemplars sorted by their class's recall@1, and success/failure cases.
+
+    Returns per-class rows (class, exemplar, recall) and the picked cases.
+    """
+    cfg = cfg or TrainConfig(epochs=20, seed=seed)
+    base, _ = protocol.train_base(data, dim, cfg)
+    (ep,) = protocol.episodes(data, shots=(1,), draws=1, seed=seed)
+    scores = Imprinting(base).fit(data, ep)(data.test_feats)
+    pred = scores.argmax(1)
+    rows = []
+    for c_idx, c in enumerate(data.novel, start=data.num_base):
+        mask = data.test_y == c_idx
+        exemplar = int(ep.shots[data.train_y[ep.shots] == c_idx][0])
+        rows.append({"class": data.train.class_names[c], "exemplar": str(data.train.paths[exemplar]),
+                     "recall_at_1": round(100.0 * (pred[mask] == c_idx).float().mean().item(), 2),
+                     "test_images": int(mask.sum())})
+    rows.sort(key=lambda r: -r["recall_at_1"])
+    g = torch.Generator().manual_seed(seed)
+    novel_idx = torch.nonzero(data.novel_test).flatten()
+    ok = novel_idx[pred[novel_idx] == data.test_y[novel_idx]]
+    bad = novel_idx[pred[novel_idx] != data.test_y[novel_idx]]
+    exemplar_of = {r["class"]: r["exemplar"] for r in rows}
+    names = data.names(data.order)
+
+    def case(i):
+        i = int(i)
+        p = names[int(pred[i])]
+        return {"test": str(data.test.paths[i]), "true": names[int(data.test_y[i])], "predicted": p,
+                "predicted_exemplar": exemplar_of.get(p)}
+
+    cases = {
+        "success": [case(i) for i in ok[torch.randperm(len(ok), generator=g)[:show]]],
+        "failure": [case(i) for i in bad[torch.randperm(len(bad), generator=g)[:show]]],
+    }
+    return rows, cases
+
+
+def plot_figure_5(rows: list[dict], cases: dict, out_dir: Path, prov: dict, show: int = 8) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    picks = rows[:show] + rows[-show:]
+    fig, axes = plt.subplots(4, show, figsize=(1.7 * show, 8.4))
+    for ax, r in zip(axes[:2].flat, picks):
+        ax.imshow(Image.open(r["exemplar"]).convert("RGB"))
+        ax.set_title(f"{r['class'][:16]}\nrecall {r['recall_at_1']:.0f}%", fontsize=6)
+    for row, kind in ((2, "success"), (3, "failure")):
+        for ax, c in zip(axes[row], cases[kind]):
+            ax.imshow(Image.open(c["test"]).convert("RGB"))
+            color = "green" if kind == "success" else "red"
+            ax.set_title(f"true {c['true'][:14]}\npred {c['predicted'][:14]}", fontsize=6, color=color)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("Figure 5: 1-shot exemplars, best and worst classes (rows 1-2); random successes and failures "
+                 f"(rows 3-4)\n{prov['command']}", fontsize=7)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "figure_5.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -9,7 +9,6 @@ once on the base classes and shared by every episode.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pytorch_metric_learning import losses, samplers
 from torch.utils.data import DataLoader
 
@@ -27,8 +26,10 @@ def train_lifted_embedder(data: LowShotData, dim: int = 64, epochs: int = 20, lr
     embedder = Embedder(torch.nn.Identity(), data.feature_dim, dim)
     idx = data.base_train_idx
     dataset = FeatureDataset(data.train_views(idx), data.train_y[idx])
+    # Batches of ``per_class`` examples of each of several classes (fewer classes: smaller batches).
+    batch_size = min(batch_size, per_class * len(torch.unique(dataset.labels)))
     sampler = samplers.MPerClassSampler(dataset.labels, m=per_class, batch_size=batch_size,
-                                        length_before_new_iter=len(dataset))
+                                        length_before_new_iter=max(len(dataset), batch_size))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True)
     loss_fn = losses.LiftedStructureLoss(neg_margin=1.0, pos_margin=0.0)
     opt = torch.optim.Adam(embedder.parameters(), lr=lr)
