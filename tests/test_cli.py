@@ -128,3 +128,21 @@ def test_pretrained_model_learns_flowers_from_five_images(shared_data, tmp_path)
     got = [json.loads(line)["classes"][0] for line in r.output.splitlines()]
     correct = sum(g == f"flower {c}" for g, (_, c) in zip(got, queries))
     assert correct >= 10, got  # chance is 4 of 12
+
+
+def test_train_a_base_model_on_a_folder_then_imprint(tmp_path, tiny_folder):
+    out = tmp_path / "base.safetensors"
+    ckpt = tmp_path / "state.pt"
+    r = run("train", tiny_folder, out, "--backbone", "conv4", "--random-init", "--dim", "8", "--epochs", "3",
+            "--lr", "1e-2", "--batch-size", "4", "--augment", "2", "--checkpoint", ckpt)
+    assert r.exit_code == 0, r.output
+    model = checkpoint.load(out)
+    assert model.class_names == ["blue", "green", "red"] and model.sums.counts.tolist() == [0, 0, 0]  # trained
+    assert ckpt.exists()
+    files = [make_image(tmp_path / "y" / f"{i}.png", (220, 220, 20), seed=i) for i in range(2)]
+    assert run("add-class", out, "--name", "yellow", *files).exit_code == 0
+    r = run("add-class", out, "--name", "red", "--append", files[0])
+    assert r.exit_code != 0 and "base class" in r.output  # trained classes take no examples
+    r = run("train", tiny_folder, tmp_path / "e2e.safetensors", "--backbone", "conv4", "--random-init",
+            "--mode", "end-to-end", "--epochs", "1", "--batch-size", "4")
+    assert r.exit_code == 0, r.output

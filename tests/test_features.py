@@ -74,3 +74,10 @@ def test_damaged_cache_entry_is_recomputed(images, counted, tmp_path):
     entry.write_bytes(entry.read_bytes()[:50])
     again = cached_features(bb, images, cache=c, progress=False, num_workers=0)
     assert len(counted) == 2 and torch.equal(first, again)
+
+
+def test_different_weights_of_the_same_backbone_do_not_share_a_cache_entry(images, counted, tmp_path):
+    a, b = create_backbone("conv4", pretrained=False), create_backbone("conv4", pretrained=False)
+    fa = cached_features(a, images, cache=tmp_path / "c", progress=False, num_workers=0)
+    fb = cached_features(b, images, cache=tmp_path / "c", progress=False, num_workers=0)
+    assert len(counted) == 2 and not torch.equal(fa, fb)

@@ -226,6 +226,58 @@ def transfer(data_root, backbone, shots, draws, seed, image_size, augment, cache
     click.echo(path.read_text())
 
 
+@main.command("train")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--backbone", default="efficientnet_lite0", show_default=True, help="Pretrained backbone to start from.")
+@click.option("--random-init", is_flag=True, help="Start the backbone from random weights (e.g. conv4).")
+@click.option("--dim", type=int, default=64, show_default=True, help="Embedding size D (0: no FC layer).")
+@click.option("--mode", type=click.Choice(["frozen", "end-to-end"]), default="frozen", show_default=True,
+              help="frozen: train FC + classifier on cached backbone features (fast); end-to-end: the whole network.")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="Backbone learning rate; new layers get 10x.")
+@click.option("--optimizer", type=click.Choice(["rmsprop", "sgd", "adam"]), default="rmsprop", show_default=True)
+@click.option("--image-size", type=int, default=None, help="Crop size (default: the backbone's).")
+@click.option("--augment", type=int, default=5, show_default=True,
+              help="frozen mode: cached random crop + flip views per image used as augmentation (0: none).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Training state after each epoch; an interrupted run given the same file resumes.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--cache", type=click.Path(path_type=Path), default=None, envvar="IMPRINTING_CACHE")
+def train_command(folder, out, backbone, random_init, dim, mode, epochs, batch_size, lr, optimizer, image_size,
+                  augment, checkpoint, seed, cache):
+    """Train a base model on FOLDER (one sub-folder of images per class) and save it to OUT.
+
+    The result is an ordinary model file: imprint new classes into it with add-class.
+    """
+    from imprinting import checkpoint as ckpt
+    from imprinting.backbones import create_backbone
+    from imprinting.data.features import View, cached_features
+    from imprinting.data.folder import read_folder
+    from imprinting.model import create_model
+    from imprinting.train import FeatureDataset, ImageDataset, TrainConfig, train
+
+    images = read_folder(folder)
+    model = create_model(backbone, dim=dim or None, pretrained=not random_init, image_size=image_size,
+                         class_names=images.class_names)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed)
+    labels = images.labels
+    if mode == "frozen":
+        bb = create_backbone(backbone, pretrained=not random_init)
+        bb.module = model.embedder.backbone  # the same weights the model holds
+        view = View(augment, seed) if augment else View()
+        feats = cached_features(bb, images, model.preprocess, view, cache)
+        dataset = FeatureDataset(feats, labels)
+    else:
+        dataset = ImageDataset(images.paths, labels, model.preprocess)
+    history = train(model, dataset, cfg, checkpoint=checkpoint)
+    ckpt.save(model, out)
+    last = history[-1] if history else {}
+    click.echo(f"wrote {out}: {model.num_classes} classes, {epochs} epochs ({mode}), "
+               f"final loss {last.get('loss', float('nan')):.3f}, train top-1 {last.get('train_top1', 0):.1f}%")
+
+
 # -- imprint reproduce -------------------------------------------------------------
 
 

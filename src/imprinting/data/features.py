@@ -1,7 +1,7 @@
 """Backbone features computed once and cached on disk.
 
-A cache entry is keyed by everything that changes the numbers: the backbone and its
-weights, the preprocessing (image size included), the view (centre crop, or k random
+A cache entry is keyed by everything that changes the numbers: the backbone and a hash of
+its weights, the preprocessing (image size included), the view (centre crop, or k random
 crop + flip versions with a seed), and each image file's path, size and modification
 time. Change any of them and the features are computed again. Every method, seed and shot
 count then reuses the same features.
@@ -64,6 +64,15 @@ class _Images(Dataset):
             return torch.stack([self.transform(image) for _ in range(self.view.augment)])
 
 
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A hash of every parameter and buffer: the same weights, the same features."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def cache_key(backbone: Backbone, pre: Preprocess, images: ImageSet, view: View) -> str:
     files = []
     for p in images.paths:
@@ -72,7 +81,8 @@ def cache_key(backbone: Backbone, pre: Preprocess, images: ImageSet, view: View)
     blob = json.dumps(
         {
             "backbone": backbone.name,
-            "weights": backbone.weights_id,
+            # Named pretrained weights by name; anything else (random, trained here) by content.
+            "weights": backbone.weights_id if backbone.pretrained else weights_fingerprint(backbone.module),
             "preprocess": pre.to_dict(),
             "view": view.describe(),
             "files": files,
