@@ -199,7 +199,7 @@ def _train(model, dataset, cfg, evaluate, checkpoint, progress, end_to_end) -> l
 
 
 def _save_state(path, epoch, model, optimizer, scheduler, generator, history, cfg) -> None:
-    from imprinting.checkpoint import atomic_write
+    from imprinting.files import atomic_write
 
     state = {
         "epoch": epoch,

@@ -127,7 +127,7 @@ def cached_features(
     **kwargs,
 ) -> torch.Tensor:
     """``compute_features`` through the on-disk cache (see the module docstring)."""
-    from imprinting.checkpoint import atomic_write
+    from imprinting.files import atomic_write
 
     pre = pre or backbone.preprocess
     key = cache_key(backbone, pre, images, view)
