@@ -56,7 +56,7 @@ def test_figures_and_table3_on_a_tiny_cub_subset(shared_data, tmp_path):
 def test_omniglot_on_a_tiny_subset(shared_data, tmp_path):
     out = tmp_path / "omniglot"
     run("reproduce", "omniglot", "--data-root", shared_data, "--out", out, "--limit-classes", "4", "-n", "1",
-        "--draws", "1", "--epochs", "2", "--ft-epochs", "1")
+        "--draws", "1", "--epochs", "2", "--ft-epochs", "1", "--e2e-shots", "1")
     rows = _rows(out / "tables_1_2.json")
     assert "Imprinting+FT (end to end)" in {r["method"] for r in rows}
     assert len(rows) == 8

@@ -149,13 +149,15 @@ def info(model_path, as_json):
     counts = model.sums.counts.tolist()
     classes = [{"name": n, "kind": "imprinted" if c else "base", "examples": c} for n, c in zip(model.class_names, counts)]
     scale = model.classifier.scale.detach() if hasattr(model.classifier, "scale") else None
+    if scale is not None:  # one shared s, or the mean of the per-class ones
+        scale = round(scale.mean().item(), 4)
     summary = {
         "file": str(model_path),
         "backbone": model.config["backbone"],
         "pretrained": model.config["pretrained"],
         "embedding_dim": model.embedder.dim,
         "classifier": model.config["classifier"],
-        "scale": None if scale is None else [round(v, 4) for v in scale.tolist()][:1],
+        "scale": scale,
         "image_size": model.preprocess.image_size,
         "unknown_threshold": model.unknown_threshold,
         "num_classes": model.num_classes,
@@ -444,13 +446,17 @@ def reproduce_fig5(dataset, data_root, backbone, image_size, augment, shots, dra
 @click.option("--shots", "-n", type=int, multiple=True, default=(1, 2, 5, 10), show_default=True)
 @click.option("--draws", type=int, default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--epochs", type=int, default=10, show_default=True, help="Base training epochs (from scratch).")
+@click.option("--epochs", type=int, default=5, show_default=True, help="Base training epochs (from scratch).")
 @click.option("--ft-epochs", type=int, default=3, show_default=True, help="Fine-tuning epochs.")
+@click.option("--e2e-shots", type=int, multiple=True, default=(1, 5), show_default=True,
+              help="Shot counts for end-to-end fine-tuning (it costs minutes per episode on a CPU).")
+@click.option("--e2e-draws", type=int, default=1, show_default=True, help="Draws for end-to-end fine-tuning.")
 @click.option("--dim", type=int, default=64, show_default=True)
 @click.option("--cache", type=click.Path(path_type=Path), default=None, envvar="IMPRINTING_CACHE")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results/omniglot"), show_default=True)
 @click.option("--limit-classes", type=int, default=None, help="Keep only the first K base and K novel characters.")
-def reproduce_omniglot(data_root, shots, draws, seed, epochs, ft_epochs, dim, cache, out, limit_classes):
+def reproduce_omniglot(data_root, shots, draws, seed, epochs, ft_epochs, e2e_shots, e2e_draws, dim, cache, out,
+                       limit_classes):
     """Omniglot: 964 background characters as base, 659 evaluation characters as novel.
 
     The small ConvNet is trained from scratch on the base characters; then every method,
@@ -471,11 +477,13 @@ def reproduce_omniglot(data_root, shots, draws, seed, epochs, ft_epochs, dim, ca
     head = rp.head_of(model)
     ft = TrainConfig(epochs=ft_epochs, optimizer="adam", lr=1e-4, head_lr_mult=1.0, batch_size=128, seed=seed)
     methods = [RandomNovel(head), Imprinting(head), NearestNeighbour(head),
-               Finetune(head, "random", ft), Finetune(head, "imprint", ft), AllClassJoint(dim, ft),
-               EndToEndFinetune(model, train_px, test_px, "random", ft),
-               EndToEndFinetune(model, train_px, test_px, "imprint", ft)]
+               Finetune(head, "random", ft), Finetune(head, "imprint", ft), AllClassJoint(dim, ft)]
+    e2e = [EndToEndFinetune(model, train_px, test_px, "random", ft),
+           EndToEndFinetune(model, train_px, test_px, "imprint", ft)]
     t1 = time.perf_counter()
-    results = protocol.run(data, methods, protocol.episodes(data, shots, draws, seed))
+    eps = protocol.episodes(data, sorted(set(shots) | set(e2e_shots)), draws, seed)
+    results = protocol.run(data, methods, [e for e in eps if e.n in shots])
+    results += protocol.run(data, e2e, [e for e in eps if e.n in e2e_shots and e.draw < e2e_draws])
     prov = provenance(seed=seed, data=f"Omniglot at {data_root}: {len(data.train)} train / {len(data.test)} test "
                       f"images (drawers 1-10 train, 11-20 test), {len(data.base)} base + {len(data.novel)} novel "
                       f"characters; conv4 trained from scratch at 28x28",

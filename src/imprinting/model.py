@@ -421,6 +421,8 @@ class ImprintModel(nn.Module):
         index = self.index_of(name)
         if not self.is_imprinted(name):
             raise ValueError(f"class {name!r} is a base class and cannot be removed")
+        if not isinstance(self.classifier, CosineClassifier):
+            raise ValueError("classes can be removed from cosine classifiers only")
         keep = [i for i in range(self.num_classes) if i != index]
         weight = self.classifier.weight.detach()[keep].clone()
         scale = self.classifier.scale.detach()
