@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?= ../shared/data
 export IMPRINTING_DATA ?= $(DATA)
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean results
 
 venv: $(STAMP)
 
@@ -26,6 +26,19 @@ demo: $(STAMP)
 ## The test suite (real-data tests read ../shared/data, skipped with the reason when absent).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+## Every committed result under results/ (hours on 2 CPU cores the first time; features are cached).
+results: $(STAMP)
+	$(BIN)/imprint transfer --data-root $(IMPRINTING_DATA) --out results/flowers102
+	for ds in cub flowers102; do \
+	  $(BIN)/imprint reproduce tables --dataset $$ds --augment 2 --data-root $(IMPRINTING_DATA) && \
+	  $(BIN)/imprint reproduce table3 --dataset $$ds --augment 2 --data-root $(IMPRINTING_DATA) && \
+	  $(BIN)/imprint reproduce fig5 --dataset $$ds --augment 2 --data-root $(IMPRINTING_DATA) && \
+	  $(BIN)/imprint reproduce fig6 --dataset $$ds --augment 2 --data-root $(IMPRINTING_DATA) && \
+	  $(BIN)/imprint reproduce fig7 --dataset $$ds --augment 2 -n 1 -n 5 --data-root $(IMPRINTING_DATA) && \
+	  $(BIN)/imprint reproduce beyond --dataset $$ds --augment 2 --data-root $(IMPRINTING_DATA) || exit 1; \
+	done
+	$(BIN)/imprint reproduce omniglot --data-root $(IMPRINTING_DATA)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -151,3 +151,16 @@ def test_summary_is_mean_and_std_over_draws():
     (row,) = protocol.summarize(rs)
     assert row["novel_mean"] == 20 and row["novel_std"] == pytest.approx(np.std([10, 20, 30]), abs=0.01)
     assert row["all"] == "40.00 ± 16.33" and row["draws"] == 3
+
+
+def test_feature_transform_powers_then_centers_on_base_features(data):
+    from imprinting.methods.raw import FeatureTransform
+
+    tf = FeatureTransform.fit(data, power=0.5)
+    base = data.train_feats[data.base_train_idx].clamp_min(0).numpy() ** 0.5
+    np.testing.assert_allclose(tf.mean.numpy(), base.mean(0), atol=1e-5)
+    x = torch.tensor([[4.0] * FEAT, [-1.0] * FEAT])
+    np.testing.assert_allclose(tf(x).numpy(), np.array([[2.0] * FEAT, [0.0] * FEAT]) - base.mean(0), atol=1e-5)
+    model, _ = protocol.train_base(data, dim=None, cfg=TrainConfig(epochs=1), transform=tf)
+    emb = model.embedder.forward_head(x)
+    np.testing.assert_allclose(emb.detach().norm(dim=1).numpy(), [1.0, 1.0], atol=1e-5)

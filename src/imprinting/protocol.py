@@ -79,10 +79,17 @@ def head_model(feature_dim: int, dim: int | None, class_names: list[str], scale:
 
 
 def train_base(data: LowShotData, dim: int | None = 64, cfg: TrainConfig | None = None,
-               scale: float = 10.0, per_class_scale: bool = False, progress: bool = False):
-    """Stage 1: FC + cosine classifier trained with softmax cross-entropy on the base classes."""
+               scale: float = 10.0, per_class_scale: bool = False, progress: bool = False,
+               transform: torch.nn.Module | None = None):
+    """Stage 1: FC + cosine classifier trained with softmax cross-entropy on the base classes.
+
+    ``transform``: a fixed feature transform applied before the FC layer (or before the
+    normalization when ``dim`` is None).
+    """
     cfg = cfg or TrainConfig()
     model = head_model(data.feature_dim, dim, data.names(data.base), scale, per_class_scale)
+    if transform is not None:
+        model.embedder.fc = torch.nn.Sequential(transform, model.embedder.fc)
     idx = data.base_train_idx
     history = train(model, FeatureDataset(data.train_views(idx), data.train_y[idx]), cfg, progress=progress)
     return model, history

@@ -27,6 +27,7 @@ from imprinting.methods import (
     RawFeatureNCM,
 )
 from imprinting.methods.lifted import train_lifted_embedder
+from imprinting.methods.raw import FeatureTransform
 from imprinting.protocol import LowShotData
 from imprinting.report import provenance, write_tables
 from imprinting.train import TrainConfig
@@ -210,8 +211,9 @@ def beyond(data: LowShotData, shots=PAPER_SHOTS, draws: int = 5, seed: int = 0, 
     configs = configs or default_configs(seed)
     methods = [RawFeatureNCM(), RawFeatureNCM(center=True), RawFeatureNCM(power=0.5),
                RawFeatureNCM(center=True, power=0.5)]
-    for name, (dim, cfg, scale, per_class) in configs.items():
-        base, _ = protocol.train_base(data, dim, cfg, scale=scale, per_class_scale=per_class)
+    for name, (dim, cfg, scale, per_class, power) in configs.items():
+        transform = FeatureTransform.fit(data, power) if power else None
+        base, _ = protocol.train_base(data, dim, cfg, scale=scale, per_class_scale=per_class, transform=transform)
         m = Imprinting(base)
         m.name = name
         methods.append(m)
@@ -219,14 +221,17 @@ def beyond(data: LowShotData, shots=PAPER_SHOTS, draws: int = 5, seed: int = 0, 
 
 
 def default_configs(seed: int = 0) -> dict:
-    """name -> (embedding dim or None for no FC, training config, initial scale, per-class scale)."""
+    """name -> (embedding dim or None for no FC, training config, initial scale, per-class scale,
+    power transform of the features (with centering) or None)."""
     paper = TrainConfig(epochs=20, seed=seed)
     return {
-        "Imprinting (paper: D=64)": (64, paper, 10.0, False),
-        "Imprinting D=256": (256, paper, 10.0, False),
-        "Imprinting no FC": (None, paper, 10.0, False),
-        "Imprinting no FC, s=30": (None, replace(paper, lr=1e-4), 30.0, False),
-        "Imprinting D=512, 5 epochs": (512, replace(paper, epochs=5), 10.0, False),
+        "Imprinting (paper: D=64)": (64, paper, 10.0, False, None),
+        "Imprinting D=512": (512, paper, 10.0, False, None),
+        "Imprinting D=512, 5 epochs": (512, replace(paper, epochs=5), 10.0, False, None),
+        "Imprinting no FC": (None, paper, 10.0, False, None),
+        "Imprinting no FC, per-class s": (None, paper, 10.0, True, None),
+        "Imprinting no FC, power 0.5 + centered": (None, paper, 10.0, False, 0.5),
+        "Imprinting no FC, power 0.5 + centered, s=20": (None, paper, 20.0, False, 0.5),
     }
 
 

@@ -12,10 +12,34 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from imprinting.imprint import imprint_weights
 from imprinting.methods import Method
 from imprinting.protocol import Episode, LowShotData
+
+
+class FeatureTransform(nn.Module):
+    """x -> x**power (optional) - mean (optional): a fixed layer put before normalization."""
+
+    def __init__(self, feature_dim: int, power: float | None = None):
+        super().__init__()
+        self.power = power
+        self.register_buffer("mean", torch.zeros(feature_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.power:
+            x = x.clamp_min(0) ** self.power
+        return x - self.mean
+
+    @classmethod
+    def fit(cls, data: LowShotData, power: float | None = None, center: bool = True) -> "FeatureTransform":
+        """Power from the argument; mean of the transformed base training features."""
+        tf = cls(data.feature_dim, power)
+        if center:
+            with torch.no_grad():
+                tf.mean.copy_(tf(data.train_feats[data.base_train_idx]).mean(0))
+        return tf
 
 
 class RawFeatureNCM(Method):
@@ -26,13 +50,8 @@ class RawFeatureNCM(Method):
         self.name = name or ("RawFeatureNCM" + (f" ({', '.join(parts)})" if parts else ""))
 
     def transform(self, data: LowShotData):
-        power = self.power
-
-        def pre(x: torch.Tensor) -> torch.Tensor:
-            return x.clamp_min(0) ** power if power else x
-
-        mean = pre(data.train_feats[data.base_train_idx]).mean(0) if self.center else 0.0
-        return lambda x: F.normalize(pre(x) - mean, dim=1)
+        ft = FeatureTransform.fit(data, self.power, self.center)
+        return lambda x: F.normalize(ft(x), dim=1)
 
     def fit(self, data: LowShotData, episode: Episode):
         tf = self.transform(data)
