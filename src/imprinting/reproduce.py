@@ -251,11 +251,11 @@ def write_paper_comparison(results, out_dir: Path, prov: dict) -> Path:
         i = PAPER_SHOTS.index(r["n"]) if r["n"] in PAPER_SHOTS else None
         out.append({
             "method": r["method"], "n": r["n"],
-            "novel (ours)": r["novel"], "novel (paper)": paper1[i] if paper1 and i is not None else "",
-            "all (ours)": r["all"], "all (paper)": paper2[i] if paper2 and i is not None else "",
+            "novel (ours)": r["novel"], "novel (paper, CUB)": paper1[i] if paper1 and i is not None else "",
+            "all (ours)": r["all"], "all (paper, CUB)": paper2[i] if paper2 and i is not None else "",
             "draws": r["draws"], "seconds": r["seconds"],
         })
-    cols = ["method", "n", "novel (ours)", "novel (paper)", "all (ours)", "all (paper)", "draws", "seconds"]
+    cols = ["method", "n", "novel (ours)", "novel (paper, CUB)", "all (ours)", "all (paper, CUB)", "draws", "seconds"]
     return write_tables(out_dir, "tables_1_2", "Tables 1 and 2: top-1 (%) on novel and all classes", out, cols, prov)
 
 
