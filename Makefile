@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?= ../shared/data
 export IMPRINTING_DATA ?= $(DATA)
 
-.PHONY: demo test venv clean results
+.PHONY: demo test venv clean results serve
 
 venv: $(STAMP)
 
@@ -21,11 +21,15 @@ $(STAMP): pyproject.toml
 
 ## The main job: transfer learning by imprinting on Flowers-102 (paper Table 3).
 demo: $(STAMP)
-	$(BIN)/imprint transfer --data-root $(IMPRINTING_DATA) --out results/flowers102
+	$(BIN)/imprint transfer --data-root $(IMPRINTING_DATA) --out results/flowers102 --save-model models/flowers102.safetensors
 
 ## The test suite (real-data tests read ../shared/data, skipped with the reason when absent).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+## The service on the model the main job wrote (http://127.0.0.1:8000/).
+serve: $(STAMP)
+	$(BIN)/imprint serve models/flowers102.safetensors --store models/flowers102.sqlite
 
 ## Every committed result under results/ (hours on 2 CPU cores the first time; features are cached).
 results: $(STAMP)

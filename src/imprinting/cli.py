@@ -187,7 +187,9 @@ def info(model_path, as_json):
               help="Feature cache folder (env IMPRINTING_CACHE, default ~/.cache/imprinting).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results/flowers102"), show_default=True,
               help="Where to write transfer.md/.csv/.json.")
-def transfer(data_root, backbone, shots, draws, seed, image_size, augment, cache, out):
+@click.option("--save-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also save a model with all 102 classes imprinted from every training image (for imprint serve).")
+def transfer(data_root, backbone, shots, draws, seed, image_size, augment, cache, out, save_model):
     """Transfer learning by imprinting on Flowers-102 (paper Table 3).
 
     Imprints the 102 classes from n = 1, 5, 10 training images each onto an
@@ -226,6 +228,18 @@ def transfer(data_root, backbone, shots, draws, seed, image_size, augment, cache
     path = write_tables(out, "transfer", "Transfer learning by imprinting on Flowers-102 (top-1 %, test split)",
                         rows, columns, prov)
     click.echo(path.read_text())
+    if save_model is not None:
+        from imprinting import checkpoint
+
+        import torch
+
+        full = create_model(backbone, dim=None, image_size=image_size)
+        labels = torch.tensor(train.labels)
+        for c, name in enumerate(train.class_names):  # the cached embeddings: no forward pass again
+            full.add_class(name, data.train_emb[labels == c])
+        checkpoint.save(full, save_model)
+        click.echo(f"wrote {save_model}: {full.num_classes} classes; try: imprint serve {save_model} --store "
+                   f"{save_model.with_suffix('.sqlite')}")
 
 
 @main.command("train")

@@ -1,0 +1,18 @@
+"""``imprint serve``: an HTTP service that learns new classes from uploaded pictures.
+
+``create_app(model_path, store_path, token=None)`` builds the FastAPI app; the classes
+taught through it live in a SQLite store (``imprinting.serve.store``). Importing this
+package is cheap: FastAPI is imported only when the app is built.
+"""
+
+from __future__ import annotations
+
+__all__ = ["create_app"]
+
+
+def __getattr__(name: str):
+    if name == "create_app":
+        from imprinting.serve.app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,212 @@
+// The service's page: plain JavaScript, no build step. Every request goes to the JSON API.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const MAX_ROWS = 500; // the class table shows at most this many rows (use the filter)
+let classes = [];
+let pending = []; // pictures waiting to be added to a class: File objects
+let stream = null;
+let snapCount = 0;
+
+function status(message, ok) {
+  const el = $("status");
+  el.textContent = message;
+  el.className = ok ? "ok" : "error";
+}
+
+function authHeaders() {
+  const token = $("token").value.trim();
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+
+async function api(method, path, body) {
+  const res = await fetch(path, { method, body, headers: method === "GET" ? {} : authHeaders() });
+  let data = null;
+  try { data = await res.json(); } catch (e) { data = null; }
+  if (!res.ok) {
+    if (res.status === 401) { $("token-section").hidden = false; $("token").focus(); }
+    throw new Error((data && data.detail) || `${res.status} ${res.statusText}`);
+  }
+  return data;
+}
+
+function element(tag, text, cls) {
+  const el = document.createElement(tag);
+  if (text !== undefined) el.textContent = text;
+  if (cls) el.className = cls;
+  return el;
+}
+
+function thumbnail(file) {
+  const img = element("img");
+  img.src = URL.createObjectURL(file);
+  img.alt = file.name;
+  img.onload = () => URL.revokeObjectURL(img.src);
+  return img;
+}
+
+// -- classes ------------------------------------------------------------------
+async function loadClasses() {
+  const data = await api("GET", "/classes");
+  classes = data.classes;
+  renderClasses();
+}
+
+function renderClasses() {
+  const filter = $("class-filter").value.trim().toLowerCase();
+  const shown = classes.filter((c) => c.name.toLowerCase().includes(filter));
+  const body = $("classes").tBodies[0];
+  body.replaceChildren();
+  for (const c of shown.slice(0, MAX_ROWS)) {
+    const row = element("tr");
+    row.dataset.name = c.name;
+    row.append(element("td", c.name), element("td", c.kind), element("td", String(c.examples)));
+    const cell = element("td");
+    if (c.source === "store") {
+      const del = element("button", "Delete");
+      del.type = "button";
+      del.className = "delete";
+      del.onclick = () => deleteClass(c.name);
+      cell.append(del);
+    }
+    row.append(cell);
+    body.append(row);
+  }
+  $("class-count").textContent = shown.length > MAX_ROWS
+    ? `showing ${MAX_ROWS} of ${shown.length} (filter to find others)`
+    : `${shown.length} of ${classes.length} classes`;
+  const list = $("class-list");
+  list.replaceChildren(...classes.filter((c) => c.source === "store").slice(0, MAX_ROWS)
+    .map((c) => { const o = element("option"); o.value = c.name; return o; }));
+}
+
+async function deleteClass(name) {
+  if (!confirm(`Delete the class "${name}" and its examples?`)) return;
+  try {
+    await api("DELETE", "/classes/" + encodeURIComponent(name));
+    status(`Deleted "${name}".`, true);
+    await loadClasses();
+  } catch (e) { status(`Could not delete "${name}": ${e.message}`); }
+}
+
+// -- teaching -----------------------------------------------------------------
+function renderPending() {
+  $("teach-pending").replaceChildren(...pending.map(thumbnail));
+}
+
+async function teach() {
+  const name = $("class-name").value.trim();
+  if (!name) { status("Type a class name first."); return; }
+  if (!pending.length) { status("Choose pictures (or take some with the camera) first."); return; }
+  const form = new FormData();
+  for (const f of pending) form.append("files", f, f.name);
+  $("teach-btn").disabled = true;
+  try {
+    const r = await api("POST", "/classes/" + encodeURIComponent(name) + "/examples", form);
+    status(`"${r.name}" ${r.created ? "created" : "updated"}: ${r.examples} examples (${r.added} added in ${r.seconds.toFixed(2)} s).`, true);
+    pending = [];
+    $("teach-files").value = "";
+    renderPending();
+    await loadClasses();
+  } catch (e) { status(`Could not teach "${name}": ${e.message}`); }
+  finally { $("teach-btn").disabled = false; }
+}
+
+// -- predicting ---------------------------------------------------------------
+async function predict(files) {
+  if (!files.length) { status("Choose a picture first."); return; }
+  const form = new FormData();
+  for (const f of files) form.append("files", f, f.name);
+  const k = Math.max(1, Math.min(100, parseInt($("top-k").value, 10) || 5));
+  try {
+    const r = await api("POST", `/predict?k=${k}`, form);
+    const out = $("predictions");
+    out.replaceChildren();
+    r.predictions.forEach((p, i) => {
+      const box = element("div", undefined, "result");
+      box.append(thumbnail(files[i]));
+      const table = element("table");
+      table.createCaption().textContent = p.file;
+      if (p.unknown) table.caption.append(" ", element("span", "unknown", "unknown"));
+      const head = table.createTHead().insertRow();
+      for (const h of ["#", "Class", "Probability", "Cosine"]) head.append(element("th", h));
+      const body = table.createTBody();
+      p.top.forEach((t, rank) => {
+        const row = body.insertRow();
+        row.append(element("td", String(rank + 1)), element("td", t.class, "class"),
+          element("td", (100 * t.probability).toFixed(1) + "%"), element("td", t.cosine.toFixed(3)));
+      });
+      box.append(table);
+      out.append(box);
+    });
+    status(`Predicted ${r.predictions.length} picture(s) in ${r.seconds.toFixed(2)} s.`, true);
+  } catch (e) { status(`Could not predict: ${e.message}`); }
+}
+
+// -- camera -------------------------------------------------------------------
+async function startCamera() {
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" }, audio: false });
+  } catch (e) { status(`The camera is not available: ${e.message}`); return; }
+  const video = $("camera-video");
+  video.onloadedmetadata = () => { document.body.dataset.camera = "ready"; };
+  video.srcObject = stream;
+  video.hidden = false;
+  $("camera-start").hidden = true;
+  $("camera-stop").hidden = false;
+  $("snap-teach").disabled = $("snap-predict").disabled = false;
+}
+
+function stopCamera() {
+  if (stream) stream.getTracks().forEach((t) => t.stop());
+  stream = null;
+  delete document.body.dataset.camera;
+  $("camera-video").hidden = true;
+  $("camera-start").hidden = false;
+  $("camera-stop").hidden = true;
+  $("snap-teach").disabled = $("snap-predict").disabled = true;
+}
+
+function snap() {
+  const video = $("camera-video");
+  const canvas = document.createElement("canvas");
+  canvas.width = video.videoWidth;
+  canvas.height = video.videoHeight;
+  canvas.getContext("2d").drawImage(video, 0, 0);
+  return new Promise((resolve, reject) => canvas.toBlob((blob) => {
+    if (!blob) { reject(new Error("no picture from the camera yet")); return; }
+    snapCount += 1;
+    resolve(new File([blob], `camera-${snapCount}.jpg`, { type: "image/jpeg" }));
+  }, "image/jpeg", 0.92));
+}
+
+// -- start ----------------------------------------------------------------------
+async function start() {
+  $("token").value = sessionStorage.getItem("imprint-token") || "";
+  $("token").onchange = () => sessionStorage.setItem("imprint-token", $("token").value.trim());
+  $("teach-files").onchange = () => { pending = pending.concat(Array.from($("teach-files").files)); renderPending(); };
+  $("teach-btn").onclick = teach;
+  $("predict-btn").onclick = () => predict(Array.from($("predict-files").files));
+  $("class-filter").oninput = renderClasses;
+  if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
+    $("camera-section").hidden = false;
+    $("camera-start").onclick = startCamera;
+    $("camera-stop").onclick = stopCamera;
+    $("snap-teach").onclick = async () => {
+      try { pending.push(await snap()); renderPending(); status("Picture taken: add it to a class.", true); }
+      catch (e) { status(e.message); }
+    };
+    $("snap-predict").onclick = async () => {
+      try { await predict([await snap()]); } catch (e) { status(e.message); }
+    };
+  }
+  try {
+    const h = await api("GET", "/health");
+    $("model-info").textContent = `Model: ${h.backbone}, ${h.embedding_dim}-d embeddings, ${h.image_size} px.`;
+    if (h.writes_need_token) $("token-section").hidden = false;
+    await loadClasses();
+    document.body.dataset.ready = "1";
+  } catch (e) { status(`The service does not answer: ${e.message}`); }
+}
+
+start();

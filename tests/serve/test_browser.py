@@ -1,0 +1,107 @@
+"""The web page end to end in headless Chromium (Debian's, driven by Playwright; no browser
+download): token, teach from the file picker and the camera, predict, delete."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        # a fake camera (a moving test pattern) that needs no permission prompt
+        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+
+
+@pytest.fixture(scope="module")
+def page(shared_server):
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's Chromium (apt-get install -y chromium) to run the browser test")
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            context = browser.new_context(permissions=["camera"])
+            page = context.new_page()
+            page.errors = []
+            page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: page.errors.append(str(e)))
+            page.on("dialog", lambda d: d.accept())  # "Delete the class ...?"
+            page.goto(shared_server.url + "/")
+            page.wait_for_selector("body[data-ready='1']", timeout=20000)
+            yield page
+        finally:
+            browser.close()
+
+
+def picture(kit, seed: int) -> dict:
+    return {"name": f"teal{seed}.png", "mimeType": "image/png", "buffer": kit.image_bytes((40, 200, 200), seed=seed)}
+
+
+def test_page_teach_predict_delete(page, shared_server, kit):
+    from playwright.sync_api import expect
+
+    status = page.locator("#status")
+    expect(page.locator("#model-info")).to_contain_text("conv4")
+    expect(page.locator("#token-section")).to_be_visible()  # this server wants a token for writes
+    expect(page.locator("tr[data-name='base_a'] td").nth(1)).to_have_text("base")
+    expect(page.locator("tr[data-name='base_a'] button")).to_have_count(0)  # base classes cannot be deleted
+
+    # teach from the file picker, first with a wrong token
+    page.fill("#token", "wrong")
+    page.fill("#class-name", "page teal")
+    page.set_input_files("#teach-files", [picture(kit, s) for s in (300, 301, 302)])
+    expect(page.locator("#teach-pending img")).to_have_count(3)
+    page.click("#teach-btn")
+    expect(status).to_contain_text("wrong token")
+    page.fill("#token", kit.TOKEN)
+    page.click("#teach-btn")
+    expect(status).to_contain_text('"page teal" created: 3 examples')
+    expect(page.locator("tr[data-name='page teal'] td").nth(2)).to_have_text("3")
+    expect(page.locator("#teach-pending img")).to_have_count(0)
+
+    # a picture from the camera, added to the class
+    page.click("#camera-start")
+    page.wait_for_selector("body[data-camera='ready']", timeout=15000)
+    page.click("#snap-teach")
+    expect(page.locator("#teach-pending img")).to_have_count(1)
+    page.click("#teach-btn")
+    expect(status).to_contain_text('"page teal" updated: 4 examples')
+    expect(page.locator("tr[data-name='page teal'] td").nth(2)).to_have_text("4")
+    stored = shared_server.client().get("/classes/page teal").json()["stored_examples"]
+    assert [e["filename"] for e in stored] == ["teal300.png", "teal301.png", "teal302.png", "camera-1.jpg"]
+
+    # the top predictions of a picture: the page shows what the API answers
+    probe = picture(kit, 301)
+    page.fill("#top-k", "3")
+    page.set_input_files("#predict-files", [probe])
+    page.click("#predict-btn")
+    result = page.locator("#predictions .result")
+    expect(result).to_have_count(1)
+    expect(result.locator("tbody tr")).to_have_count(3)
+    api = shared_server.client().post("/predict", params={"k": 3}, files=kit.files((probe["name"], probe["buffer"])))
+    top = api.json()["predictions"][0]["top"]
+    assert "page teal" in [t["class"] for t in top]
+    rows = result.locator("tbody tr")
+    for i, t in enumerate(top):
+        cells = rows.nth(i).locator("td")
+        expect(cells.nth(1)).to_have_text(t["class"])
+        expect(cells.nth(2)).to_have_text(f"{100 * t['probability']:.1f}%")
+        expect(cells.nth(3)).to_have_text(f"{t['cosine']:.3f}")
+
+    # predict straight from the camera
+    page.click("#snap-predict")
+    expect(page.locator("#predictions caption")).to_contain_text("camera-2.jpg")
+    expect(page.locator("#predictions tbody tr")).to_have_count(3)
+    page.click("#camera-stop")
+
+    # delete the class
+    page.click("tr[data-name='page teal'] button.delete")
+    expect(status).to_contain_text('Deleted "page teal"')
+    expect(page.locator("tr[data-name='page teal']")).to_have_count(0)
+    names = [c["name"] for c in shared_server.client().get("/classes").json()["classes"]]
+    assert "page teal" not in names
+
+    # no script errors and no content-security-policy violations (failed 401 fetches aside)
+    assert [e for e in page.errors if "Failed to load resource" not in e] == []
