@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "lite.md"
+DOC = Path(__file__).resolve().parents[2] / "README.md"
 
 LITE_SESSION = """
 import sys
@@ -73,7 +73,7 @@ def test_readme_script_is_short():
 
 
 def test_readme_script_runs_as_written(run_without_torch, effnet_export, tiny_images, tmp_path):
-    """docs/lite.md's script, verbatim, in a folder laid out as the text says, without torch."""
+    """The README's torch-free script, verbatim, in a folder laid out as the text says, without torch."""
     work = tmp_path / "readme"
     shutil.copytree(effnet_export, work / "lite_export")
     for src_group, folder in (("red", "roses"), ("green", "tulips")):
