@@ -164,3 +164,16 @@ def test_feature_transform_powers_then_centers_on_base_features(data):
     model, _ = protocol.train_base(data, dim=None, cfg=TrainConfig(epochs=1), transform=tf)
     emb = model.embedder.forward_head(x)
     np.testing.assert_allclose(emb.detach().norm(dim=1).numpy(), [1.0, 1.0], atol=1e-5)
+
+
+def test_cosine_ensemble_is_the_weighted_sum_of_member_cosines(data, base):
+    from imprinting.methods import CosineEnsemble
+
+    (ep,) = protocol.episodes(data, shots=(2,), draws=1)
+    imp, ncm = Imprinting(base, cosine=True), RawFeatureNCM(center=True, power=0.5)
+    both = CosineEnsemble([(imp, 0.4), (ncm, 0.6)]).fit(data, ep)(data.test_feats)
+    expected = 0.4 * imp.fit(data, ep)(data.test_feats) + 0.6 * ncm.fit(data, ep)(data.test_feats)
+    torch.testing.assert_close(both, expected)
+    cos = Imprinting(base, cosine=True).fit(data, ep)(data.test_feats)
+    assert cos.abs().max() <= 1 + 1e-5  # cosines, not logits
+    torch.testing.assert_close(Imprinting(base).fit(data, ep)(data.test_feats), base.classifier.scale * cos)

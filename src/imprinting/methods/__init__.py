@@ -24,6 +24,7 @@ class Method:
         raise NotImplementedError
 
 
+from imprinting.methods.ensemble import CosineEnsemble  # noqa: E402
 from imprinting.methods.finetune import Finetune  # noqa: E402
 from imprinting.methods.imprinting import Imprinting, RandomNovel  # noqa: E402
 from imprinting.methods.joint import AllClassJoint  # noqa: E402
@@ -33,6 +34,7 @@ from imprinting.methods.raw import RawFeatureNCM  # noqa: E402
 
 __all__ = [
     "AllClassJoint",
+    "CosineEnsemble",
     "Finetune",
     "Imprinting",
     "LiftedEmbedding",

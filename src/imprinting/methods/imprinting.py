@@ -36,20 +36,25 @@ def with_novel_classes(base: ImprintModel, data: LowShotData, episode: Episode, 
     return model
 
 
-def scorer(model: ImprintModel):
+def scorer(model: ImprintModel, cosine: bool = False):
+    """Logits (s * cos), or with ``cosine`` the cosines alone."""
+    if cosine:
+        return lambda feats: model.classifier.cosine(model.embedder.forward_head(feats))
     return lambda feats: model.classifier(model.embedder.forward_head(feats))
 
 
 class Imprinting(Method):
     """Novel weights = normalized mean embedding of the n examples (``augment``: of their views)."""
 
-    def __init__(self, base: ImprintModel, augment: bool = False):
+    def __init__(self, base: ImprintModel, augment: bool = False, cosine: bool = False):
         self.base = base
         self.augment = augment
+        self.cosine = cosine
         self.name = "Imprinting+Aug" if augment else "Imprinting"
 
     def fit(self, data: LowShotData, episode: Episode):
-        return scorer(with_novel_classes(self.base, data, episode, "imprint_aug" if self.augment else "imprint"))
+        model = with_novel_classes(self.base, data, episode, "imprint_aug" if self.augment else "imprint")
+        return scorer(model, self.cosine)
 
 
 class RandomNovel(Method):
