@@ -177,3 +177,14 @@ def test_cosine_ensemble_is_the_weighted_sum_of_member_cosines(data, base):
     cos = Imprinting(base, cosine=True).fit(data, ep)(data.test_feats)
     assert cos.abs().max() <= 1 + 1e-5  # cosines, not logits
     torch.testing.assert_close(Imprinting(base).fit(data, ep)(data.test_feats), base.classifier.scale * cos)
+
+
+def test_base_training_is_determined_by_the_seed(data):
+    cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=16, seed=7)
+    a, _ = protocol.train_base(data, dim=8, cfg=cfg)
+    torch.rand(10)  # whatever ran before must not matter
+    b, _ = protocol.train_base(data, dim=8, cfg=cfg)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    c, _ = protocol.train_base(data, dim=8, cfg=TrainConfig(epochs=2, lr=1e-3, batch_size=16, seed=8))
+    assert not torch.equal(a.classifier.weight, c.classifier.weight)

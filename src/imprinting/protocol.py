@@ -87,6 +87,7 @@ def train_base(data: LowShotData, dim: int | None = 64, cfg: TrainConfig | None 
     normalization when ``dim`` is None).
     """
     cfg = cfg or TrainConfig()
+    torch.manual_seed(cfg.seed)  # the initial weights too depend on the seed alone
     model = head_model(data.feature_dim, dim, data.names(data.base), scale, per_class_scale)
     if transform is not None:
         model.embedder.fc = torch.nn.Sequential(transform, model.embedder.fc)
