@@ -19,7 +19,7 @@ def run(*args):
 
 def _rows(path):
     doc = json.loads(path.read_text())
-    assert doc["provenance"]["command"].startswith("imprint") or "reproduce" in doc["provenance"]["command"]
+    assert doc["provenance"]["command"].startswith("imprint reproduce ")
     assert {"date", "machine", "seed", "data"} <= set(doc["provenance"])
     return doc["rows"]
 

@@ -19,7 +19,14 @@ USER_ERRORS = (ImageError, CheckpointError, DatasetError, BackboneError, Unknown
 
 
 class _Group(click.Group):
-    """Turns the library's user-facing errors into one line and exit status 1."""
+    """Turns the library's user-facing errors into one line and exit status 1, and records the
+    command line for the provenance of result tables."""
+
+    def main(self, args=None, *a, **kw):
+        from imprinting import report
+
+        report.COMMAND = ["imprint", *(sys.argv[1:] if args is None else [str(x) for x in args])]
+        return super().main(args, *a, **kw)
 
     def invoke(self, ctx):
         try:
@@ -274,7 +281,12 @@ def train_command(folder, out, backbone, random_init, dim, mode, epochs, batch_s
     from imprinting.model import create_model
     from imprinting.train import FeatureDataset, ImageDataset, TrainConfig, train
 
+    import torch
+
+    from imprinting import distributed as dd
+
     images = read_folder(folder)
+    torch.manual_seed(seed)  # the new layers' initial weights depend on the seed alone
     model = create_model(backbone, dim=dim or None, pretrained=not random_init, image_size=image_size,
                          class_names=images.class_names)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed)
@@ -288,6 +300,8 @@ def train_command(folder, out, backbone, random_init, dim, mode, epochs, batch_s
     else:
         dataset = ImageDataset(images.paths, labels, model.preprocess)
     history = train(model, dataset, cfg, checkpoint=checkpoint)
+    if not dd.is_main():  # under torchrun, rank 0 alone writes
+        return
     ckpt.save(model, out)
     last = history[-1] if history else {}
     click.echo(f"wrote {out}: {model.num_classes} classes, {epochs} epochs ({mode}), "

@@ -342,11 +342,12 @@ class ImprintModel(nn.Module):
         k = min(k, self.num_classes)
         top_p, top_i = probs.topk(k, dim=1)
         threshold = self.unknown_threshold if unknown_threshold is None else unknown_threshold
+        top_cos = cos.gather(1, top_i).tolist()
+        best_cos = cos.max(dim=1).values.tolist()
         out = []
-        for p_row, i_row, c_row in zip(top_p.tolist(), top_i.tolist(), cos.tolist()):
-            cosines = [c_row[i] for i in i_row]
-            unknown = threshold is not None and max(c_row) < threshold
-            out.append(Prediction([self.class_names[i] for i in i_row], p_row, cosines, unknown))
+        for p_row, i_row, c_row, best in zip(top_p.tolist(), top_i.tolist(), top_cos, best_cos):
+            unknown = threshold is not None and best < threshold
+            out.append(Prediction([self.class_names[i] for i in i_row], p_row, c_row, unknown))
         return out
 
     @torch.no_grad()

@@ -25,9 +25,13 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+# The command line, set by the `imprint` command (see cli._Group.main); else sys.argv is used.
+COMMAND: list[str] | None = None
+
+
 def provenance(command: list[str] | None = None, **extra) -> dict:
     """The command, machine and date behind a result, plus anything in ``extra`` (seed, data...)."""
-    cmd = command if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]]
+    cmd = command or COMMAND or [Path(sys.argv[0]).name, *sys.argv[1:]]
     return {
         "command": shlex.join(cmd),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
