@@ -10,7 +10,6 @@ imprinting uses (see ``imprinting.imprint``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imprinting.imprint import ClassSums, normalized_mean
+from imprinting.prediction import Prediction, UnknownClassError  # noqa: F401  (part of this API)
 
 
 class GrowableRows:
@@ -202,25 +202,6 @@ class Embedder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(images))
-
-
-@dataclass
-class Prediction:
-    """Top-k answer for one image: names, softmax probabilities and cosine scores."""
-
-    classes: list[str]
-    probabilities: list[float]
-    cosines: list[float]
-    unknown: bool = False
-
-    @property
-    def top(self) -> str:
-        return self.classes[0]
-
-
-class UnknownClassError(KeyError):
-    def __str__(self) -> str:  # KeyError quotes its message; we want plain text
-        return str(self.args[0])
 
 
 class ImprintModel(nn.Module):

@@ -30,7 +30,7 @@ from imprinting.methods import (
 from imprinting.methods.lifted import train_lifted_embedder
 from imprinting.methods.raw import FeatureTransform
 from imprinting.protocol import LowShotData
-from imprinting.report import provenance, write_tables
+from imprinting.report import write_tables
 from imprinting.train import TrainConfig
 
 DATASETS = ("cub", "flowers102", "omniglot", "inaturalist")

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 DOC = Path(__file__).resolve().parents[2] / "README.md"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -11,26 +10,7 @@ import numpy as np
 
 from imprinting.lite import format as fmt
 from imprinting.lite.preprocess import image_mode, to_batch
-
-
-@dataclass
-class Prediction:
-    """Top-k answer for one image: names, softmax probabilities and cosine scores
-    (the same fields as ``imprinting.model.Prediction``)."""
-
-    classes: list[str]
-    probabilities: list[float]
-    cosines: list[float]
-    unknown: bool = False
-
-    @property
-    def top(self) -> str:
-        return self.classes[0]
-
-
-class UnknownClassError(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
+from imprinting.prediction import Prediction, UnknownClassError  # noqa: F401  (shared with the PyTorch model)
 
 
 class _Rows:
