@@ -92,13 +92,6 @@ class ClassSums:
         self._n = n
 
 
-def augmented_views(
-    image: Image.Image, transform: Callable[[Image.Image], torch.Tensor], k: int = 5
-) -> torch.Tensor:
-    """k randomly transformed versions (e.g. random crop + flip) of one image, stacked (k, C, H, W)."""
-    return torch.stack([transform(image) for _ in range(k)])
-
-
 @torch.no_grad()
 def embed_images(
     embed: Callable[[torch.Tensor], torch.Tensor],
@@ -107,7 +100,8 @@ def embed_images(
     views: int = 1,
     batch_size: int = 32,
 ) -> torch.Tensor:
-    """Embeddings of PIL images, (n * views, D); ``views > 1`` embeds ``views`` random versions of each."""
+    """Embeddings of PIL images, (n * views, D); ``views > 1`` embeds ``views`` random versions
+    of each (with a random crop + flip ``transform``: the paper's augmented imprinting)."""
     tensors = [transform(img) for img in images for _ in range(views)]
     if not tensors:
         raise ValueError("no images to embed")
@@ -117,7 +111,6 @@ def embed_images(
 
 __all__ = [
     "ClassSums",
-    "augmented_views",
     "embed_images",
     "imprint_weights",
     "normalized_mean",
