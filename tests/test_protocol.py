@@ -146,6 +146,31 @@ def test_end_to_end_fine_tuning_trains_the_backbone():
     assert torch.equal(backbone[1].weight, before)  # the method fine-tunes a copy
 
 
+def test_end_to_end_with_crop_imprints_centre_crops_and_scores_centre_crops():
+    """0 epochs: the scores are those of imprinting, computed here by hand on the centre
+    6 x 6 windows of 8 x 8 images (the training crops are random windows, never used)."""
+    from imprinting.model import CosineClassifier, Embedder, ImprintModel
+
+    data = _tiny(train_per_class=4, test_per_class=2)
+    g = torch.Generator().manual_seed(1)
+    train_px = torch.randn(len(data.train), 1, 8, 8, generator=g)
+    test_px = torch.randn(len(data.test), 1, 8, 8, generator=g)
+    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, FEAT))
+    model = ImprintModel(Embedder(backbone, FEAT, 8), CosineClassifier(8, BASE), [f"c{i}" for i in range(BASE)])
+    method = EndToEndFinetune(model, train_px, test_px, "imprint", TrainConfig(epochs=0), crop=6)
+    (ep,) = protocol.episodes(data, shots=(2,), draws=1)
+    scores = method.fit(data, ep)(data.test_feats)
+
+    with torch.no_grad():
+        embed = lambda x: torch.nn.functional.normalize(model.embedder.fc(backbone(x[..., 1:7, 1:7])), dim=1)  # noqa: E731
+        shots_emb, labels = embed(train_px[ep.shots]), data.train_y[ep.shots]
+        novel = torch.stack([torch.nn.functional.normalize(shots_emb[labels == c].mean(0), dim=0)
+                             for c in range(BASE, CLASSES)])
+        weights = torch.cat([torch.nn.functional.normalize(model.classifier.weight[:BASE], dim=1), novel])
+        expected = model.classifier.scale * embed(test_px) @ weights.T
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_summary_is_mean_and_std_over_draws():
     rs = [protocol.Result("M", 1, d, novel=v, all=2 * v, novel_only=v, seconds=1.0) for d, v in enumerate([10, 20, 30])]
     (row,) = protocol.summarize(rs)

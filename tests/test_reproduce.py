@@ -68,3 +68,32 @@ def test_figure_5_grid_on_a_tiny_cub_subset(shared_data, tmp_path):
     rows = _rows(out / "figure_5.json")
     assert len(rows) == 3 and rows[0]["recall_at_1"] >= rows[-1]["recall_at_1"]
     assert (out / "figure_5.png").stat().st_size > 10_000
+
+
+def test_end_to_end_on_a_tiny_cub_subset(shared_data, tmp_path):
+    out = tmp_path / "cub"
+    run("reproduce", "e2e", "--data-root", shared_data, "--out", out, "--limit-classes", "2", "--image-size", "32",
+        "-n", "1", "--epochs", "1", "--curves")
+    rows = _rows(out / "end_to_end.json")
+    assert [r["method"] for r in rows] == ["Imprinting", "Rand+FT", "Imprinting+FT", "Rand+FT (end to end)",
+                                           "Imprinting+FT (end to end)"]
+    assert all(r["n"] == 1 and r["draws"] == 1 and 0 <= r["novel_mean"] <= 100 for r in rows)
+    assert (out / "end_to_end_curves.png").stat().st_size > 1000
+
+
+def test_with_backbone_gives_the_base_model_on_images(shared_data):
+    import torch
+
+    from imprinting import protocol
+    from imprinting import reproduce as rp
+    from imprinting.backbones import create_backbone
+
+    bb = create_backbone("efficientnet_lite0", pretrained=True)
+    data = rp.prepare("cub", shared_data, image_size=32, augment=0, backbone_obj=bb, limit=2, progress=False)
+    base, _ = protocol.train_base(data, 16)
+    full = rp.with_backbone(base, bb)
+    pixels = rp.cached_pixels(data.test, bb.preprocess.at_size(32), progress=False)
+    with torch.no_grad():
+        torch.testing.assert_close(full(pixels), base.classifier(base.embedder.forward_head(data.test_feats)),
+                                   atol=1e-4, rtol=1e-4)
+    assert full.embedder.backbone is not bb.module and full.class_names == base.class_names

@@ -76,6 +76,26 @@ def test_frozen_backbone_stays_fixed_end_to_end_trains_it():
     assert not torch.equal(backbone[1].weight, before)
 
 
+def test_tensor_images_with_crop_are_random_windows_flipped_half_the_time():
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    ds = TensorImageDataset(images, [0, 1], crop=5)
+    windows = {(i, j, flip) for i in range(4) for j in range(4) for flip in (False, True)}
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(200):
+        x, y = ds[1]
+        assert x.shape == (3, 5, 5) and y == 1
+        # which window of image 1 is it (values are unique, so exactly one matches)
+        match = [(i, j, f) for i, j, f in windows
+                 if torch.equal(x, (images[1, :, i:i + 5, j:j + 5].flip(-1) if f else images[1, :, i:i + 5, j:j + 5]))]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert {f for _, _, f in seen} == {False, True} and len(seen) > 16
+    assert torch.equal(TensorImageDataset(images, [0, 1])[0][0], images[0])  # no crop: as it is
+    with pytest.raises(ValueError, match="crop 9 is larger"):
+        TensorImageDataset(images, [0, 1], crop=9)
+
+
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     x, y = _clusters()
     aug = torch.stack([x, x + 0.1, x - 0.1], dim=1)  # 3 views: random view choice must resume too

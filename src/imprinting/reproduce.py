@@ -121,9 +121,6 @@ def prepare_omniglot(root=None, dim: int = 64, cfg: TrainConfig | None = None, c
     Returns ``(data, model, train_pixels, test_pixels, history)``: the trained full model and
     the preprocessed images are for end-to-end fine-tuning.
     """
-    from torch import nn
-
-    from imprinting.backbones import Backbone
     from imprinting.model import create_model
     from imprinting.train import TensorImageDataset, train
 
@@ -133,12 +130,8 @@ def prepare_omniglot(root=None, dim: int = 64, cfg: TrainConfig | None = None, c
     cfg = cfg or TrainConfig(epochs=10, optimizer="adam", lr=1e-3, head_lr_mult=1.0, batch_size=128, seed=seed)
     torch.manual_seed(seed)
     model = create_model("conv4", pretrained=False, dim=dim, class_names=[train_set.class_names[c] for c in base])
-    pre = model.preprocess
-    # Decoded, resized pixels go through the feature cache like any features.
-    pixels = Backbone("pixels", nn.Flatten(), pre.in_chans * pre.image_size**2, pre, False, "pixels")
-    shape = (-1, pre.in_chans, pre.image_size, pre.image_size)
-    train_px = cached_features(pixels, train_set, pre, View(), cache, progress).reshape(shape)
-    test_px = cached_features(pixels, test_set, pre, View(), cache, progress).reshape(shape)
+    train_px = cached_pixels(train_set, model.preprocess, cache, progress)
+    test_px = cached_pixels(test_set, model.preprocess, cache, progress)
     tmp = LowShotData("omniglot", train_set, test_set, train_px.flatten(1)[:, :1], test_px.flatten(1)[:, :1], base, novel)
     idx = tmp.base_train_idx
     history = train(model, TensorImageDataset(train_px[idx], tmp.train_y[idx]), cfg, progress=progress)
@@ -149,6 +142,18 @@ def prepare_omniglot(root=None, dim: int = 64, cfg: TrainConfig | None = None, c
     return data, model, train_px, test_px, history
 
 
+def cached_pixels(images: ImageSet, pre, cache=None, progress: bool = True) -> torch.Tensor:
+    """The decoded, resized, normalized images (N, C, H, W) of ``pre`` (its centre crop),
+    through the feature cache like any features: decoded once, then read back."""
+    from torch import nn
+
+    from imprinting.backbones import Backbone
+
+    pixels = Backbone("pixels", nn.Flatten(), pre.in_chans * pre.image_size**2, pre, False, "pixels")
+    shape = (-1, pre.in_chans, pre.image_size, pre.image_size)
+    return cached_features(pixels, images, pre, View(), cache, progress).reshape(shape)
+
+
 def head_of(model) -> "protocol.ImprintModel":
     """The FC + classifier of a full model, for methods that work on its cached features."""
     head = protocol.head_model(model.embedder.feature_dim, model.config["dim"], list(model.class_names),
@@ -156,6 +161,58 @@ def head_of(model) -> "protocol.ImprintModel":
     head.embedder.fc.load_state_dict(model.embedder.fc.state_dict())
     head.classifier.load_state_dict(model.classifier.state_dict())
     return head.eval()
+
+
+def with_backbone(head, backbone) -> "protocol.ImprintModel":
+    """A full model: ``backbone`` (a ``Backbone``, copied) under the FC + classifier of a base
+    model trained on its cached features (the start of end-to-end fine-tuning)."""
+    import copy
+
+    from imprinting.model import Embedder, ImprintModel
+
+    embedder = Embedder(copy.deepcopy(backbone.module), backbone.feature_dim, head.config["dim"])
+    embedder.fc.load_state_dict(head.embedder.fc.state_dict())
+    config = {"backbone": backbone.name, "dim": head.config["dim"], "preprocess": backbone.preprocess.to_dict()}
+    return ImprintModel(embedder, copy.deepcopy(head.classifier), list(head.class_names), config).eval()
+
+
+def end_to_end(data: LowShotData, backbone, image_size: int, shots=(1, 5, 20), draws: int = 1, seed: int = 0,
+               dim: int = 64, epochs: int = 4, base_cfg: TrainConfig | None = None, cache=None,
+               curves: bool = False, progress: bool = True):
+    """End-to-end fine-tuning (the whole backbone trains) against the frozen-backbone methods,
+    on the same episodes and at the same image size.
+
+    The base model (FC + cosine classifier) is trained on the cached features of the frozen
+    backbone, as for Tables 1 and 2; end-to-end fine-tuning then starts from it with the
+    backbone's ImageNet weights, with the paper's optimizer for ``epochs`` epochs, on random
+    crops + flips of the images held in memory (resized to 256/224 of ``image_size``; cached
+    like features). ``curves`` evaluates after every epoch (Figures 3 and 4; costs a pass over
+    the test images per epoch). Returns (results, timings).
+    """
+    from dataclasses import replace as dc_replace
+
+    from imprinting.methods.finetune_e2e import EndToEndFinetune
+
+    timings = {}
+    t0 = time.perf_counter()
+    pre = backbone.preprocess.at_size(image_size)
+    square = dc_replace(pre, image_size=pre.resize_size)  # the whole resized image, random crops come from it
+    train_px = cached_pixels(data.train, square, cache, progress)
+    test_px = cached_pixels(data.test, square, cache, progress)
+    timings["seconds_pixels"] = round(time.perf_counter() - t0, 1)
+    base_cfg = base_cfg or TrainConfig(epochs=20, seed=seed)
+    t0 = time.perf_counter()
+    base, _ = protocol.train_base(data, dim, base_cfg)
+    timings["seconds_base_training"] = round(time.perf_counter() - t0, 1)
+    full = with_backbone(base, backbone)
+    e2e_cfg = TrainConfig(epochs=epochs, seed=seed)  # the paper's recipe: RMSProp, 1e-4 backbone, 1e-3 new layers
+    methods = [Imprinting(base), Finetune(base, "random", base_cfg), Finetune(base, "imprint", base_cfg)]
+    methods += [EndToEndFinetune(full, train_px, test_px, init, e2e_cfg, curves, image_size, progress)
+                for init in ("random", "imprint")]
+    t0 = time.perf_counter()
+    results = protocol.run(data, methods, protocol.episodes(data, shots, draws, seed), progress)
+    timings["seconds_methods"] = round(time.perf_counter() - t0, 1)
+    return results, timings
 
 
 def _describe(data: LowShotData, root, backbone: str, image_size) -> str:
@@ -273,7 +330,11 @@ def write_paper_comparison(results, out_dir: Path, prov: dict) -> Path:
     return write_tables(out_dir, "tables_1_2", "Tables 1 and 2: top-1 (%) on novel and all classes", out, cols, prov)
 
 
-def plot_curves(results, out_dir: Path, prov: dict) -> Path:
+CURVE_STYLES = {"Imprinting+FT": "-", "Rand+FT": "--", "AllClassJoint": ":",
+                "Imprinting+FT (end to end)": "-.", "Rand+FT (end to end)": (0, (1, 3))}
+
+
+def plot_curves(results, out_dir: Path, prov: dict, stem: str = "figures_3_4") -> Path:
     """Figures 3 and 4: per-epoch test accuracy of the fine-tuned models (mean over draws)."""
     import matplotlib
 
@@ -283,20 +344,20 @@ def plot_curves(results, out_dir: Path, prov: dict) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric, title in ((axes[0], "novel", "Figure 3: novel classes"), (axes[1], "all", "Figure 4: all classes")):
-        for method, style in (("Imprinting+FT", "-"), ("Rand+FT", "--"), ("AllClassJoint", ":")):
+        for method, style in CURVE_STYLES.items():
             for n in sorted({r.n for r in results}):
                 hs = [r.history for r in results if r.method == method and r.n == n and r.history]
                 if not hs or metric not in hs[0][0]:
                     continue
                 curve = np.mean([[h[metric] for h in hist] for hist in hs], axis=0)
-                ax.plot(range(1, len(curve) + 1), curve, style, label=f"{method} n={n}")
+                ax.plot(range(1, len(curve) + 1), curve, linestyle=style, label=f"{method} n={n}")
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.set_ylabel("top-1 (%)")
     axes[1].legend(fontsize=6, ncol=2)
     fig.suptitle(prov["command"], fontsize=7)
     fig.tight_layout()
-    path = out_dir / "figures_3_4.png"
+    path = out_dir / f"{stem}.png"
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

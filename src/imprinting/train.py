@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+import torchvision.transforms as T
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
@@ -86,18 +87,27 @@ class ImageDataset(Dataset):
 
 
 class TensorImageDataset(Dataset):
-    """Preprocessed image tensors (N, C, H, W) held in memory, with labels (small images,
-    such as Omniglot's, train end to end from memory)."""
+    """Preprocessed image tensors (N, C, H, W) held in memory, with labels: end-to-end
+    training without decoding a file per step.
 
-    def __init__(self, images: torch.Tensor, labels):
+    ``crop``: each draw of a sample is a random ``crop`` x ``crop`` window of it, flipped
+    horizontally half of the time (the paper's training augmentation, when the tensors hold
+    the images resized to 256/224 of the crop size); None serves the tensors as they are.
+    """
+
+    def __init__(self, images: torch.Tensor, labels, crop: int | None = None):
+        if crop is not None and crop > min(images.shape[-2:]):
+            raise ValueError(f"crop {crop} is larger than the images ({tuple(images.shape[-2:])})")
         self.images = images
         self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.augment = T.Compose([T.RandomCrop(crop), T.RandomHorizontalFlip()]) if crop else None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int):
-        return self.images[i], self.labels[i]
+        x = self.images[i]
+        return (self.augment(x) if self.augment else x), self.labels[i]
 
 
 def balanced_sampler(labels: torch.Tensor, num_samples: int | None = None, generator=None) -> WeightedRandomSampler:

@@ -3,9 +3,14 @@ training image plus the n novel examples (novel classes oversampled), starting f
 imprinted (Imprinting+FT) or random (Rand+FT) novel weights.
 
 Unlike the other methods this one needs the images, not cached features: it takes the
-preprocessed train and test images as tensors aligned with ``data.train`` and ``data.test``
-(small images such as Omniglot's fit in memory), and its scorer embeds the test images with
-the fine-tuned backbone (the cached features passed to the scorer are ignored).
+preprocessed train and test images as tensors aligned with ``data.train`` and ``data.test``,
+and its scorer embeds the test images with the fine-tuned backbone (the cached features
+passed to the scorer are ignored).
+
+``crop``: the tensors hold each image resized to 256/224 of the crop size (the whole
+square); training draws a random ``crop`` window of it, flipped half of the time, and
+imprinting and testing use the centre window: the paper's transforms. Without ``crop`` the
+tensors are used as they are (Omniglot's 28 x 28 characters).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import copy
 from dataclasses import replace
 
 import torch
+from torchvision.transforms.functional import center_crop
 
 from imprinting.methods import Method
 from imprinting.model import ImprintModel
@@ -22,13 +28,18 @@ from imprinting.train import TensorImageDataset, TrainConfig, train
 
 
 @torch.no_grad()
-def _embed(model: ImprintModel, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    return torch.cat([model.embed(images[i : i + batch]) for i in range(0, len(images), batch)])
+def _embed(model: ImprintModel, images: torch.Tensor, crop: int | None = None, batch: int = 128) -> torch.Tensor:
+    out = []
+    for i in range(0, len(images), batch):
+        x = images[i : i + batch]
+        out.append(model.embed(center_crop(x, [crop, crop]) if crop else x))
+    return torch.cat(out)
 
 
 class EndToEndFinetune(Method):
     def __init__(self, model: ImprintModel, train_images: torch.Tensor, test_images: torch.Tensor,
-                 init: str = "imprint", cfg: TrainConfig | None = None, record_history: bool = True):
+                 init: str = "imprint", cfg: TrainConfig | None = None, record_history: bool = True,
+                 crop: int | None = None, progress: bool = False):
         if init not in ("imprint", "random"):
             raise ValueError(f"init must be 'imprint' or 'random', got {init!r}")
         self.model = model
@@ -37,6 +48,8 @@ class EndToEndFinetune(Method):
         self.init = init
         self.cfg = replace(cfg or TrainConfig(epochs=5), balanced=True)
         self.record_history = record_history
+        self.crop = crop
+        self.progress = progress  # per-epoch bars (an episode can take minutes)
         self.name = ("Imprinting+FT" if init == "imprint" else "Rand+FT") + " (end to end)"
         self.last_history: list[dict] = []
 
@@ -46,7 +59,7 @@ class EndToEndFinetune(Method):
         labels = data.train_y[shots]
         names = data.names(data.novel)
         if self.init == "imprint":
-            emb = _embed(model, self.train_images[shots])
+            emb = _embed(model, self.train_images[shots], self.crop)
             for c, name in zip(range(data.num_base, len(data.order)), names):
                 model.add_class(name, emb[labels == c])
         else:
@@ -54,12 +67,13 @@ class EndToEndFinetune(Method):
             for name in names:
                 model.add_random_class(name, g)
         idx = torch.cat([data.base_train_idx, shots])
-        dataset = TensorImageDataset(self.train_images[idx], data.train_y[idx])
+        dataset = TensorImageDataset(self.train_images[idx], data.train_y[idx], self.crop)
         cfg = replace(self.cfg, seed=self.cfg.seed + 1000 * episode.draw + episode.n)
 
         def evaluate(m):
-            return accuracies(m.classifier(_embed(m, self.test_images)), data)
+            return accuracies(m.classifier(_embed(m, self.test_images, self.crop)), data)
 
-        self.last_history = train(model, dataset, cfg, evaluate if self.record_history else None, progress=False)
-        scores = model.classifier(_embed(model, self.test_images)).detach()
+        self.last_history = train(model, dataset, cfg, evaluate if self.record_history else None,
+                                  progress=self.progress)
+        scores = model.classifier(_embed(model, self.test_images, self.crop)).detach()
         return lambda feats: scores
