@@ -171,6 +171,22 @@ def test_end_to_end_with_crop_imprints_centre_crops_and_scores_centre_crops():
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_transfer_fine_tuning_keeps_only_novel_classes(data, base):
+    (ep,) = protocol.episodes(data, shots=(3,), draws=1)
+    imprinted = Imprinting(base).fit(data, ep)(data.test_feats)
+    untrained = Finetune(base, "imprint", TrainConfig(epochs=0), transfer=True).fit(data, ep)(data.test_feats)
+    assert torch.isneginf(untrained[:, :BASE]).all()
+    # the novel rows alone, before training: the imprinted scores of the novel columns
+    torch.testing.assert_close(untrained[:, BASE:], imprinted[:, BASE:])
+    before = base.classifier.weight.detach().clone()
+    method = Finetune(base, "random", TrainConfig(epochs=30, lr=1e-3, batch_size=8), transfer=True)
+    trained = method.fit(data, ep)(data.test_feats)
+    assert torch.equal(base.classifier.weight, before)
+    acc = protocol.accuracies(trained, data)
+    assert acc["novel_only"] > 60 and acc["novel"] == acc["novel_only"]  # base classes never predicted
+    assert len(method.last_history) == 30
+
+
 def test_summary_is_mean_and_std_over_draws():
     rs = [protocol.Result("M", 1, d, novel=v, all=2 * v, novel_only=v, seconds=1.0) for d, v in enumerate([10, 20, 30])]
     (row,) = protocol.summarize(rs)

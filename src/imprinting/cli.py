@@ -398,15 +398,21 @@ def reproduce_tables(dataset, data_root, backbone, image_size, augment, shots, d
 @_protocol_options()
 def reproduce_table3(dataset, data_root, backbone, image_size, augment, shots, draws, seed, epochs, dim, cache, out,
                      limit_classes):
-    """Table 3: transfer, the final layer replaced by novel weights only (novel-only top-1)."""
+    """Table 3: transfer, the final layer replaced by novel weights only (novel-only top-1).
+
+    Rand+FT and Imprinting+FT fine-tune the FC layer and the novel-only final layer on the
+    n novel examples alone (frozen backbone).
+    """
     from imprinting import protocol
     from imprinting import reproduce as rp
-    from imprinting.methods import Imprinting, RandomNovel
+    from imprinting.methods import Finetune, Imprinting, RandomNovel
     from imprinting.report import provenance
 
     data, extra, out = _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out, limit_classes)
-    base, _ = protocol.train_base(data, dim, _train_cfg(epochs, seed))
+    cfg = _train_cfg(epochs, seed)
+    base, _ = protocol.train_base(data, dim, cfg)
     methods = [RandomNovel(base), Imprinting(base)] + ([Imprinting(base, True)] if data.train_aug is not None else [])
+    methods += [Finetune(base, init, cfg, transfer=True) for init in ("random", "imprint")]
     results = protocol.run(data, methods, protocol.episodes(data, shots, draws, seed))
     path = rp.write(results, out, "table_3", "Table 3: transfer to the novel classes (novel_only column)",
                     provenance(**extra), ["method", "n", "novel_only", "draws", "seconds"])
