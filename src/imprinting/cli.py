@@ -529,6 +529,7 @@ def reproduce_fig5(dataset, data_root, backbone, image_size, augment, shots, dra
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--epochs", type=int, default=5, show_default=True, help="Base training epochs (from scratch).")
 @click.option("--ft-epochs", type=int, default=3, show_default=True, help="Fine-tuning epochs.")
+@click.option("--ft-lr", type=float, default=1e-4, show_default=True, help="Fine-tuning learning rate (Adam).")
 @click.option("--e2e-shots", type=int, multiple=True, default=(1, 5), show_default=True,
               help="Shot counts for end-to-end fine-tuning (it costs minutes per episode on a CPU).")
 @click.option("--e2e-draws", type=int, default=1, show_default=True, help="Draws for end-to-end fine-tuning.")
@@ -536,7 +537,7 @@ def reproduce_fig5(dataset, data_root, backbone, image_size, augment, shots, dra
 @click.option("--cache", type=click.Path(path_type=Path), default=None, envvar="IMPRINTING_CACHE")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results/omniglot"), show_default=True)
 @click.option("--limit-classes", type=int, default=None, help="Keep only the first K base and K novel characters.")
-def reproduce_omniglot(data_root, shots, draws, seed, epochs, ft_epochs, e2e_shots, e2e_draws, dim, cache, out,
+def reproduce_omniglot(data_root, shots, draws, seed, epochs, ft_epochs, ft_lr, e2e_shots, e2e_draws, dim, cache, out,
                        limit_classes):
     """Omniglot: 964 background characters as base, 659 evaluation characters as novel.
 
@@ -556,7 +557,7 @@ def reproduce_omniglot(data_root, shots, draws, seed, epochs, ft_epochs, e2e_sho
                                                                   limit=limit_classes)
     t_base = time.perf_counter() - t0
     head = rp.head_of(model)
-    ft = TrainConfig(epochs=ft_epochs, optimizer="adam", lr=1e-4, head_lr_mult=1.0, batch_size=128, seed=seed)
+    ft = TrainConfig(epochs=ft_epochs, optimizer="adam", lr=ft_lr, head_lr_mult=1.0, batch_size=128, seed=seed)
     methods = [RandomNovel(head), Imprinting(head), NearestNeighbour(head),
                Finetune(head, "random", ft), Finetune(head, "imprint", ft), AllClassJoint(dim, ft)]
     e2e = [EndToEndFinetune(model, train_px, test_px, "random", ft),
