@@ -533,17 +533,20 @@ def reproduce_fig5(dataset, data_root, backbone, image_size, augment, shots, dra
 @click.option("--e2e-shots", type=int, multiple=True, default=(1, 5), show_default=True,
               help="Shot counts for end-to-end fine-tuning (it costs minutes per episode on a CPU).")
 @click.option("--e2e-draws", type=int, default=1, show_default=True, help="Draws for end-to-end fine-tuning.")
+@click.option("--e2e-epochs", type=int, default=None, help="End-to-end fine-tuning epochs (default: --ft-epochs).")
 @click.option("--dim", type=int, default=64, show_default=True)
 @click.option("--cache", type=click.Path(path_type=Path), default=None, envvar="IMPRINTING_CACHE")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results/omniglot"), show_default=True)
 @click.option("--limit-classes", type=int, default=None, help="Keep only the first K base and K novel characters.")
-def reproduce_omniglot(data_root, shots, draws, seed, epochs, ft_epochs, ft_lr, e2e_shots, e2e_draws, dim, cache, out,
-                       limit_classes):
+def reproduce_omniglot(data_root, shots, draws, seed, epochs, ft_epochs, ft_lr, e2e_shots, e2e_draws, e2e_epochs,
+                       dim, cache, out, limit_classes):
     """Omniglot: 964 background characters as base, 659 evaluation characters as novel.
 
     The small ConvNet is trained from scratch on the base characters; then every method,
     including end-to-end fine-tuning of the whole network.
     """
+    from dataclasses import replace
+
     from imprinting import protocol
     from imprinting import reproduce as rp
     from imprinting.methods import AllClassJoint, Finetune, Imprinting, NearestNeighbour, RandomNovel
@@ -560,8 +563,8 @@ def reproduce_omniglot(data_root, shots, draws, seed, epochs, ft_epochs, ft_lr, 
     ft = TrainConfig(epochs=ft_epochs, optimizer="adam", lr=ft_lr, head_lr_mult=1.0, batch_size=128, seed=seed)
     methods = [RandomNovel(head), Imprinting(head), NearestNeighbour(head),
                Finetune(head, "random", ft), Finetune(head, "imprint", ft), AllClassJoint(dim, ft)]
-    e2e = [EndToEndFinetune(model, train_px, test_px, "random", ft),
-           EndToEndFinetune(model, train_px, test_px, "imprint", ft)]
+    e2e_cfg = replace(ft, epochs=e2e_epochs or ft_epochs)
+    e2e = [EndToEndFinetune(model, train_px, test_px, init, e2e_cfg) for init in ("random", "imprint")]
     t1 = time.perf_counter()
     eps = protocol.episodes(data, sorted(set(shots) | set(e2e_shots)), draws, seed)
     results = protocol.run(data, methods, [e for e in eps if e.n in shots])
