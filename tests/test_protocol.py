@@ -187,6 +187,18 @@ def test_transfer_fine_tuning_keeps_only_novel_classes(data, base):
     assert len(method.last_history) == 30
 
 
+def test_novel_classes_only_keeps_the_novel_rows_and_their_scales(data):
+    from imprinting.methods.finetune import novel_classes_only
+
+    model = protocol.head_model(FEAT, 8, data.names(data.order), per_class_scale=True)
+    with torch.no_grad():
+        model.classifier.scale.copy_(torch.arange(1.0, CLASSES + 1))
+    novel = novel_classes_only(model, data)
+    assert novel.class_names == data.names(data.novel)
+    torch.testing.assert_close(novel.classifier.weight, model.classifier.weight[BASE:])
+    torch.testing.assert_close(novel.classifier.scale, torch.arange(BASE + 1.0, CLASSES + 1))
+
+
 def test_summary_is_mean_and_std_over_draws():
     rs = [protocol.Result("M", 1, d, novel=v, all=2 * v, novel_only=v, seconds=1.0) for d, v in enumerate([10, 20, 30])]
     (row,) = protocol.summarize(rs)

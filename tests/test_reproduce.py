@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from imprinting.cli import main
@@ -83,8 +84,6 @@ def test_end_to_end_on_a_tiny_cub_subset(shared_data, tmp_path):
 
 
 def test_with_backbone_gives_the_base_model_on_images(shared_data):
-    import torch
-
     from imprinting import protocol
     from imprinting import reproduce as rp
     from imprinting.backbones import create_backbone
@@ -98,3 +97,22 @@ def test_with_backbone_gives_the_base_model_on_images(shared_data):
         torch.testing.assert_close(full(pixels), base.classifier(base.embedder.forward_head(data.test_feats)),
                                    atol=1e-4, rtol=1e-4)
     assert full.embedder.backbone is not bb.module and full.class_names == base.class_names
+
+
+@pytest.mark.parametrize("size", [32, 160])
+def test_centre_of_the_training_square_is_the_test_time_centre_crop(shared_data, size):
+    """End-to-end training keeps a square per image; its centre crop must be, to the pixel,
+    what the test-time transform gives (CUB photos are not square: the long side matters)."""
+    from torchvision.transforms.functional import center_crop
+
+    from imprinting import reproduce as rp
+    from imprinting.backbones import create_backbone
+
+    _, test, _ = rp.read_splits("cub", shared_data)
+    test = test.subset(list(range(0, len(test), len(test) // 12)), f"cub-test-sample-{size}")
+    pre = create_backbone("efficientnet_lite0", pretrained=False).preprocess.at_size(size)
+    square = rp.training_square(pre)
+    assert square.resize_size == pre.resize_size and 0 <= square.image_size - size < pre.resize_size - size + 1
+    stored = rp.cached_pixels(test, square, progress=False)
+    expected = rp.cached_pixels(test, pre, progress=False)
+    assert torch.equal(center_crop(stored, [size, size]), expected)

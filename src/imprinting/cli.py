@@ -529,7 +529,8 @@ def reproduce_fig5(dataset, data_root, backbone, image_size, augment, shots, dra
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--epochs", type=int, default=5, show_default=True, help="Base training epochs (from scratch).")
 @click.option("--ft-epochs", type=int, default=3, show_default=True, help="Fine-tuning epochs.")
-@click.option("--ft-lr", type=float, default=1e-4, show_default=True, help="Fine-tuning learning rate (Adam).")
+@click.option("--ft-lr", type=float, default=1e-4, show_default=True,
+              help="Learning rate (Adam) of fine-tuning, frozen and end to end, and of AllClassJoint.")
 @click.option("--e2e-shots", type=int, multiple=True, default=(1, 5), show_default=True,
               help="Shot counts for end-to-end fine-tuning (it costs minutes per episode on a CPU).")
 @click.option("--e2e-draws", type=int, default=1, show_default=True, help="Draws for end-to-end fine-tuning.")
@@ -563,7 +564,7 @@ def reproduce_omniglot(data_root, shots, draws, seed, epochs, ft_epochs, ft_lr, 
     ft = TrainConfig(epochs=ft_epochs, optimizer="adam", lr=ft_lr, head_lr_mult=1.0, batch_size=128, seed=seed)
     methods = [RandomNovel(head), Imprinting(head), NearestNeighbour(head),
                Finetune(head, "random", ft), Finetune(head, "imprint", ft), AllClassJoint(dim, ft)]
-    e2e_cfg = replace(ft, epochs=e2e_epochs or ft_epochs)
+    e2e_cfg = replace(ft, epochs=ft_epochs if e2e_epochs is None else e2e_epochs)
     e2e = [EndToEndFinetune(model, train_px, test_px, init, e2e_cfg) for init in ("random", "imprint")]
     t1 = time.perf_counter()
     eps = protocol.episodes(data, sorted(set(shots) | set(e2e_shots)), draws, seed)
@@ -573,6 +574,8 @@ def reproduce_omniglot(data_root, shots, draws, seed, epochs, ft_epochs, ft_lr, 
                       f"images (drawers 1-10 train, 11-20 test), {len(data.base)} base + {len(data.novel)} novel "
                       f"characters; conv4 trained from scratch at 28x28",
                       base_training=f"{epochs} epochs, final train top-1 {history[-1]['train_top1']:.1f}%",
+                      fine_tuning=f"Adam lr {ft_lr:g}, batch 128, novel classes oversampled; {ft_epochs} epochs "
+                      f"(frozen, AllClassJoint), {e2e_cfg.epochs} epochs (end to end)",
                       seconds_base_training=round(t_base, 1), seconds_methods=round(time.perf_counter() - t1, 1))
     path = rp.write(results, out, "tables_1_2", "Omniglot: top-1 (%) on novel and all classes", prov)
     rp.plot_curves(results, out, prov)

@@ -91,8 +91,8 @@ class TensorImageDataset(Dataset):
     training without decoding a file per step.
 
     ``crop``: each draw of a sample is a random ``crop`` x ``crop`` window of it, flipped
-    horizontally half of the time (the paper's training augmentation, when the tensors hold
-    the images resized to 256/224 of the crop size); None serves the tensors as they are.
+    horizontally half of the time (random crop + flip as in the paper, within the stored
+    image); None serves the tensors as they are.
     """
 
     def __init__(self, images: torch.Tensor, labels, crop: int | None = None):

@@ -30,6 +30,9 @@ def novel_classes_only(model: ImprintModel, data: LowShotData) -> ImprintModel:
     old = model.classifier
     clf = CosineClassifier(old.dim, 0, float(old.scale.detach().mean()), old.learn_scale, old.per_class_scale)
     clf.add_classes(old.weight.detach()[data.num_base :])
+    if old.per_class_scale:
+        with torch.no_grad():
+            clf.scale.copy_(old.scale[data.num_base :])
     return ImprintModel(model.embedder, clf, data.names(data.novel), model.config)
 
 
@@ -55,15 +58,16 @@ class Finetune(Method):
             idx, offset = torch.cat([data.base_train_idx, episode.shots]), 0
         dataset = FeatureDataset(data.train_views(idx), data.train_y[idx] - offset)
         cfg = replace(self.cfg, seed=self.cfg.seed + 1000 * episode.draw + episode.n)
-        score = scorer(model)
-        if self.transfer:
-            score = _pad_base(score, data.num_base)
+        self.last_history = train(model, dataset, cfg, self._evaluate(data) if self.record_history else None,
+                                  progress=False)
+        return self._scorer(model, data)
 
-        def evaluate(m):
-            return accuracies(score(data.test_feats), data)
+    def _scorer(self, model: ImprintModel, data: LowShotData):
+        return _pad_base(scorer(model), data.num_base) if self.transfer else scorer(model)
 
-        self.last_history = train(model, dataset, cfg, evaluate if self.record_history else None, progress=False)
-        return score
+    def _evaluate(self, data: LowShotData):
+        # the model handed in: on a copy when training runs on another device (torchrun + GPUs)
+        return lambda m: accuracies(self._scorer(m, data)(data.test_feats), data)
 
 
 def _pad_base(score, num_base: int):

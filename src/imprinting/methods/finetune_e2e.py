@@ -7,10 +7,13 @@ preprocessed train and test images as tensors aligned with ``data.train`` and ``
 and its scorer embeds the test images with the fine-tuned backbone (the cached features
 passed to the scorer are ignored).
 
-``crop``: the tensors hold each image resized to 256/224 of the crop size (the whole
-square); training draws a random ``crop`` window of it, flipped half of the time, and
-imprinting and testing use the centre window: the paper's transforms. Without ``crop`` the
-tensors are used as they are (Omniglot's 28 x 28 characters).
+``crop``: the tensors hold a centre square of each image resized as for testing
+(``imprinting.reproduce.training_square``: e.g. 180 x 180 of an image resized to 183 for
+a 160 crop); training draws a random ``crop`` window of it, flipped half of the time, and
+imprinting and testing use the centre window, which is the test-time centre crop. (The
+random windows move within the square only, not along the whole long side as the file
+transforms' random crops do.) Without ``crop`` the tensors are used as they are
+(Omniglot's 28 x 28 characters).
 """
 
 from __future__ import annotations
