@@ -116,3 +116,12 @@ def test_centre_of_the_training_square_is_the_test_time_centre_crop(shared_data,
     stored = rp.cached_pixels(test, square, progress=False)
     expected = rp.cached_pixels(test, pre, progress=False)
     assert torch.equal(center_crop(stored, [size, size]), expected)
+
+
+def test_end_to_end_refuses_image_sets_that_cannot_fit_in_memory():
+    from imprinting import reproduce as rp
+    from imprinting.backbones import Preprocess
+
+    rp._check_memory(1000, Preprocess(180, 183))  # 0.4 GB: fine
+    with pytest.raises(MemoryError, match="600000 images in memory at 180 px: 217.3 GiB"):
+        rp._check_memory(600_000, Preprocess(180, 183))

@@ -6,6 +6,7 @@ the exact command, seed, data, machine and date (``imprinting.report``).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -176,6 +177,16 @@ def training_square(pre):
     return dc_replace(pre, image_size=c + 4 * ((pre.resize_size - c) // 4))
 
 
+def _check_memory(images: int, pre) -> None:
+    """End-to-end fine-tuning holds every image in memory (float32): refuse what cannot fit."""
+    need = images * pre.in_chans * pre.image_size**2 * 4
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if 3 * need > total:  # the images, a copy while caching, and the training subset
+        raise MemoryError(f"end-to-end fine-tuning holds the {images} images in memory at {pre.image_size} px: "
+                          f"{need / 2**30:.1f} GiB, x3 at peak, and this machine has {total / 2**30:.1f} GiB; "
+                          "use a smaller --image-size or --limit-classes")
+
+
 def with_backbone(head, backbone, preprocess=None) -> "protocol.ImprintModel":
     """A full model: ``backbone`` (a ``Backbone``, copied) under the FC + classifier of a base
     model trained on its cached features (the start of end-to-end fine-tuning)."""
@@ -210,6 +221,7 @@ def end_to_end(data: LowShotData, backbone, image_size: int, shots=(1, 5, 20), d
     t0 = time.perf_counter()
     pre = backbone.preprocess.at_size(image_size)
     square = training_square(pre)
+    _check_memory(len(data.train) + len(data.test), square)
     train_px = cached_pixels(data.train, square, cache, progress)
     test_px = cached_pixels(data.test, square, cache, progress)
     timings["seconds_pixels"] = round(time.perf_counter() - t0, 1)
