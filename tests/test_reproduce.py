@@ -118,10 +118,13 @@ def test_centre_of_the_training_square_is_the_test_time_centre_crop(shared_data,
     assert torch.equal(center_crop(stored, [size, size]), expected)
 
 
-def test_end_to_end_refuses_image_sets_that_cannot_fit_in_memory():
+def test_end_to_end_refuses_image_sets_that_cannot_fit_in_memory(monkeypatch):
     from imprinting import reproduce as rp
     from imprinting.backbones import Preprocess
 
-    rp._check_memory(1000, Preprocess(180, 183))  # 0.4 GB: fine
-    with pytest.raises(MemoryError, match="600000 images in memory at 180 px: 217.3 GiB"):
-        rp._check_memory(600_000, Preprocess(180, 183))
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 24 * 2**30 // 4096}  # a 24 GiB machine
+    monkeypatch.setattr(rp.os, "sysconf", lambda name: pages[name])
+    rp._check_memory(1000, Preprocess(180, 183))  # 1000 x 3 x 180 x 180 x 4 B = 0.36 GiB: fine
+    with pytest.raises(MemoryError, match=r"25000 images in memory at 180 px: 9\.1 GiB, x3 at peak, and this "
+                                          r"machine has 24\.0 GiB"):
+        rp._check_memory(25_000, Preprocess(180, 183))
