@@ -37,14 +37,16 @@ serve: $(STAMP)
 results: $(STAMP)
 	$(BIN)/imprint transfer --data-root $(IMPRINTING_DATA) --out results/flowers102
 	for ds in cub flowers102; do \
-	  $(BIN)/imprint reproduce tables --dataset $$ds --augment 2 --data-root $(IMPRINTING_DATA) && \
-	  $(BIN)/imprint reproduce table3 --dataset $$ds --augment 2 --data-root $(IMPRINTING_DATA) && \
-	  $(BIN)/imprint reproduce fig5 --dataset $$ds --augment 2 --data-root $(IMPRINTING_DATA) && \
-	  $(BIN)/imprint reproduce fig6 --dataset $$ds --augment 2 --data-root $(IMPRINTING_DATA) && \
-	  $(BIN)/imprint reproduce fig7 --dataset $$ds --augment 2 -n 1 -n 5 --data-root $(IMPRINTING_DATA) && \
-	  $(BIN)/imprint reproduce beyond --dataset $$ds --augment 2 --data-root $(IMPRINTING_DATA) || exit 1; \
+	  $(BIN)/imprint reproduce tables --dataset $$ds --augment 5 --data-root $(IMPRINTING_DATA) && \
+	  $(BIN)/imprint reproduce table3 --dataset $$ds --augment 5 --data-root $(IMPRINTING_DATA) && \
+	  $(BIN)/imprint reproduce fig5 --dataset $$ds --augment 5 --data-root $(IMPRINTING_DATA) && \
+	  $(BIN)/imprint reproduce fig6 --dataset $$ds --augment 5 --data-root $(IMPRINTING_DATA) && \
+	  $(BIN)/imprint reproduce fig7 --dataset $$ds --augment 5 -n 1 -n 5 --data-root $(IMPRINTING_DATA) && \
+	  $(BIN)/imprint reproduce beyond --dataset $$ds --augment 5 --data-root $(IMPRINTING_DATA) && \
+	  $(BIN)/imprint reproduce e2e --dataset $$ds --data-root $(IMPRINTING_DATA) || exit 1; \
 	done
-	$(BIN)/imprint reproduce omniglot --data-root $(IMPRINTING_DATA)
+	$(BIN)/imprint reproduce omniglot --data-root $(IMPRINTING_DATA) -n 1 -n 5 --draws 3 --epochs 5 \
+	  --ft-epochs 10 --ft-lr 1e-3 --e2e-shots 1 --e2e-epochs 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache
