@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def main(argv=None):
         rows.append({"image_size": size, "train_images_per_s": round(32 / train_s, 1),
                      "forward_images_per_s": round(128 / fwd_s, 1)})
         print(rows[-1], flush=True)
-    prov = provenance(threads=args.threads, repeats=args.repeats, backbone="efficientnet_lite0 (ImageNet), float32",
+    command = ["python", "benchmarks/train_speed.py", *(argv if argv is not None else sys.argv[1:])]
+    prov = provenance(command, threads=args.threads, repeats=args.repeats, backbone="efficientnet_lite0 (ImageNet), float32",
                       load_average=f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     path = write_tables(args.out, "train_speed", "Whole-network training and forward speed by image size", rows,
                         ["image_size", "train_images_per_s", "forward_images_per_s"], prov)
