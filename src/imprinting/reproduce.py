@@ -166,15 +166,12 @@ def head_of(model) -> "protocol.ImprintModel":
 
 def training_square(pre):
     """What end-to-end training keeps of each image: resized as for testing (short side
-    ``pre.resize_size``), then the centre square of side ``s``, the largest with
-    ``pre.resize_size - s`` a multiple of 4 and ``s >= pre.image_size``; random crops of
-    ``pre.image_size`` come from it. With ``s - image_size`` a multiple of 4, the centre crop of
-    the square is, to the pixel, the test-time centre crop (both round half offsets the same
-    way)."""
-    from dataclasses import replace as dc_replace
-
+    ``pre.resize_size``), then the centre square of side ``s``: the largest ``s`` up to the
+    resize with ``s - pre.image_size`` a multiple of 4 (e.g. 180 for a 160 crop resized to 183).
+    Random crops of ``pre.image_size`` come from it; with that multiple of 4, the centre crop of
+    the square is, to the pixel, the test-time centre crop (both round half offsets alike)."""
     c = pre.image_size
-    return dc_replace(pre, image_size=c + 4 * ((pre.resize_size - c) // 4))
+    return replace(pre, image_size=c + 4 * ((pre.resize_size - c) // 4))
 
 
 def _check_memory(images: int, pre) -> None:
@@ -212,8 +209,9 @@ def end_to_end(data: LowShotData, backbone, image_size: int, shots=(1, 5, 20), d
     backbone's ImageNet weights, with the paper's optimizer for ``epochs`` epochs, on random
     crops + flips of the images held in memory (``training_square``: the centre square of the
     image resized as for testing; decoded once and cached like features, as float32: about
-    2.3 GB for CUB and 3.2 GB for Flowers-102 at 160 px). ``curves`` evaluates after every epoch (Figures 3 and 4; costs a pass over
-    the test images per epoch). Returns (results, timings).
+    2.3 GB for CUB and 3.2 GB for Flowers-102 at 160 px). ``curves`` evaluates after every
+    epoch (Figures 3 and 4; costs a pass over the test images per epoch). Returns (results,
+    timings).
     """
     from imprinting.methods.finetune_e2e import EndToEndFinetune
 
