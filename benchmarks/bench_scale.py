@@ -45,17 +45,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imprinting.report import markdown_table
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 # iNaturalist 2017 (Van Horn et al. 2018; the paper's Section 6.3).
 INAT_TRAIN, INAT_VAL, INAT_CLASSES, INAT_BASE, INAT_NOVEL = 579_184, 95_986, 5_089, 1_240, 3_849
-
-
-def _table(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _free_port() -> int:
@@ -249,9 +245,9 @@ def part_procs(args) -> dict:
                          "images": r["images"], "seconds": f"{r['seconds']:.2f}",
                          "per image": f"{r[unit]:.1f} {unit.split('_')[0].replace('us', 'µs')}",
                          "speed-up vs 1 x 1": f"{base / r['seconds']:.2f}"})
-    print(_table(rows, ["work", "processes x threads", "images", "seconds", "per image", "speed-up vs 1 x 1"]))
+    print(markdown_table(rows, ["work", "processes x threads", "images", "seconds", "per image", "speed-up vs 1 x 1"]))
     print("\ngloo all-reduce between the 2 processes (median of 5):\n")
-    print(_table([{"gradients": k, "floats": f"{v['floats']:,}", "ms": f"{v['ms']:.1f}"}
+    print(markdown_table([{"gradients": k, "floats": f"{v['floats']:,}", "ms": f"{v['ms']:.1f}"}
                   for k, v in out["allreduce"].items()], ["gradients", "floats", "ms"]))
     return out
 
@@ -348,7 +344,7 @@ def part_classes(args) -> dict:
 
     print(f"\n## {C:,} classes, D = {D} ({args.class_threads} thread(s))\n")
     print("Adding classes one at a time (µs per class, per tenth of the run):\n")
-    print(_table([{"classes": f"{i * step:,}-{(i + 1) * step:,}", "µs per class": f"{v:.1f}"}
+    print(markdown_table([{"classes": f"{i * step:,}-{(i + 1) * step:,}", "µs per class": f"{v:.1f}"}
                   for i, v in enumerate(windows)], ["classes", "µs per class"]))
     print(f"\nTop-5 over {C:,} classes (ms): " + "; ".join(
         f"batch {b}: predict_embeddings {p['predict_embeddings_ms']:.1f}, classifier + softmax + top-5 "
@@ -367,7 +363,7 @@ def part_classes(args) -> dict:
               cols[3]: f"{r['library_b1_ms']:.1f}", cols[4]: f"{r['normalized_once_b1_ms']:.1f}",
               cols[5]: f"{r['library_b64_ms']:.1f}", cols[6]: f"{r['normalized_once_b64_ms']:.1f}"}
              for r in nn_rows]
-    print(_table(rows, cols))
+    print(markdown_table(rows, cols))
     return out
 
 
@@ -468,7 +464,7 @@ def main() -> None:
         print("One CPU process, one thread (measured costs only): "
               + ", ".join(f"{k} {v:,.2f}" for k, v in results["inat_cpu_1_thread_hours"].items()) + "\n")
         print("GPUs (assumptions: " + ", ".join(f"{k}={v}" for k, v in ASSUME.items()) + "):\n")
-        print(_table(results["inat_gpu_hours"], list(results["inat_gpu_hours"][0])))
+        print(markdown_table(results["inat_gpu_hours"], list(results["inat_gpu_hours"][0])))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))

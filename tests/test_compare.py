@@ -207,7 +207,14 @@ def test_peer_wins_are_stated_from_the_numbers():
     assert "| LogisticRegression |" in text and "+5.0" in text and "discriminative" in text
 
 
-def test_timed_repeats_fast_calls_and_keeps_the_median():
+def test_timed_keeps_the_fastest_call(monkeypatch):
+    clock = iter([0.0, 3.0, 10.0, 11.0, 20.0, 22.0])  # three calls of 3, 1 and 2 seconds
+    monkeypatch.setattr(compare.time, "perf_counter", lambda: next(clock))
+    result, seconds = compare.timed(lambda: "done", min_seconds=100.0, max_repeats=3)
+    assert result == "done" and seconds == 1.0
+
+
+def test_timed_repeats_fast_calls_up_to_a_limit():
     calls = []
     result, seconds = compare.timed(lambda: calls.append(1) or len(calls), min_seconds=0.0, max_repeats=5)
     assert result == 1 and len(calls) == 1 and seconds >= 0

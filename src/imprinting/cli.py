@@ -358,12 +358,14 @@ def reproduce():
     """
 
 
-def _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out, limit_classes):
+def _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out, limit_classes, backbone_obj=None,
+           use="frozen, features cached"):
     from imprinting import reproduce as rp
 
     t0 = time.perf_counter()
-    data = rp.prepare(dataset, data_root, backbone, image_size, augment, seed, cache, limit=limit_classes)
-    extra = {"seed": seed, "data": rp._describe(data, data_root, backbone, image_size),
+    data = rp.prepare(dataset, data_root, backbone, image_size, augment, seed, cache, backbone_obj=backbone_obj,
+                      limit=limit_classes)
+    extra = {"seed": seed, "data": rp._describe(data, data_root, backbone, image_size, use),
              "seconds_features": round(time.perf_counter() - t0, 1)}
     return data, extra, Path(out or f"results/{dataset}")
 
@@ -464,26 +466,20 @@ def reproduce_e2e(dataset, data_root, backbone, image_size, augment, shots, draw
     Same episodes, same image size: Imprinting, Rand+FT and Imprinting+FT on frozen
     features (20 epochs), then Rand+FT and Imprinting+FT with the whole backbone training
     (the paper's optimizer, --epochs epochs, random crops + flips). The whole backbone
-    trains on 2 CPU cores at ~30 images/s at 160 px, so the defaults are small: n = 1, 5,
+    trains on 2 CPU cores at 20-30 images/s at 160 px, so the defaults are small: n = 1, 5,
     20, one draw, 4 epochs.
     """
     from imprinting import reproduce as rp
     from imprinting.backbones import create_backbone
     from imprinting.report import provenance
-    from imprinting.train import TrainConfig
 
-    t0 = time.perf_counter()
     bb = create_backbone(backbone, pretrained=True)
-    data = rp.prepare(dataset, data_root, backbone, image_size, augment, seed, cache, backbone_obj=bb,
-                      limit=limit_classes)
-    extra = {"seed": seed, "data": rp._describe(data, data_root, backbone, image_size).replace(
-                 "(ImageNet, frozen, features cached)", "(ImageNet; frozen, or trained end to end)"),
-             "seconds_features": round(time.perf_counter() - t0, 1)}
+    data, extra, out = _setup(dataset, data_root, backbone, image_size, augment, seed, cache, out, limit_classes,
+                              bb, "frozen, or trained end to end")
     results, timings = rp.end_to_end(data, bb, image_size or bb.preprocess.image_size, shots, draws, seed, dim,
-                                     epochs, TrainConfig(epochs=20, seed=seed), cache, curves)
+                                     epochs, _train_cfg(20, seed), cache, curves)
     prov = provenance(**extra, **timings, end_to_end=f"{epochs} epochs, RMSProp, lr 1e-4 backbone / 1e-3 FC and "
                       "classifier, batch 64, novel classes oversampled")
-    out = Path(out or f"results/{dataset}")
     path = rp.write(results, out, "end_to_end", "End-to-end fine-tuning vs frozen backbone: top-1 (%)", prov)
     if curves:
         rp.plot_curves(results, out, prov, stem="end_to_end_curves")

@@ -238,10 +238,11 @@ def end_to_end(data: LowShotData, backbone, image_size: int, shots=(1, 5, 20), d
     return results, timings
 
 
-def _describe(data: LowShotData, root, backbone: str, image_size) -> str:
+def _describe(data: LowShotData, root, backbone: str, image_size,
+              use: str = "frozen, features cached") -> str:
     return (f"{data.name} at {data_root(root)}: {len(data.train)} train / {len(data.test)} test images, "
             f"{len(data.base)} base + {len(data.novel)} novel classes; backbone {backbone} "
-            f"(ImageNet, frozen, features cached), image size {image_size or 'default'}")
+            f"(ImageNet, {use}), image size {image_size or 'default'}")
 
 
 def tables_1_2(data: LowShotData, shots=PAPER_SHOTS, draws: int = 5, seed: int = 0, dim: int = 64,

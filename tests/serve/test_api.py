@@ -85,8 +85,14 @@ def test_predict_top_k_probabilities_and_unknown(client, kit):
     # the threshold can be overridden per request
     over = client.post("/predict", params={"unknown_threshold": 1.0}, files=kit.files(("n.png", kit.image_bytes((0, 250, 0), seed=7))))
     assert over.json()["predictions"][0]["unknown"] is True and over.json()["unknown_threshold"] == 1.0
-    under = client.post("/predict", params={"unknown_threshold": -1}, files=kit.files(("n.png", img)))
-    assert under.json()["predictions"][0]["unknown"] is False
+    # ... both ways, around the probe's own best cosine (whatever the server's default)
+    green = kit.image_bytes((0, 250, 0), seed=7)
+    best = over.json()["predictions"][0]["top"][0]["cosine"]
+    above = client.post("/predict", params={"unknown_threshold": (best + 1.0) / 2},  # thresholds stop at 1
+                        files=kit.files(("n.png", green)))
+    below = client.post("/predict", params={"unknown_threshold": best - 0.01}, files=kit.files(("n.png", green)))
+    assert above.json()["predictions"][0]["unknown"] is True
+    assert below.json()["predictions"][0]["unknown"] is False
 
 
 def test_delete_an_imprinted_class(client, kit, shared_server):

@@ -203,8 +203,10 @@ class Service:
             names.append(name)
         return images, shas, names
 
-    def describe(self, name: str) -> dict:
-        count = int(self.model.sums.counts[self.model.index_of(name)])
+    def describe(self, name: str, count: int | None = None) -> dict:
+        """One class as the API shows it (``count``: its example count, when the caller has it)."""
+        if count is None:
+            count = int(self.model.sums.counts[self.model.index_of(name)])
         return {
             "name": name,
             "kind": "imprinted" if count else "base",
@@ -339,14 +341,19 @@ def create_app(
     @app.get("/classes", summary="Every class: name, kind (base or imprinted), example count, source")
     def list_classes():
         with service.lock:
-            return {"classes": [service.describe(n) for n in model.class_names]}
+            counts = model.sums.counts.tolist()  # one read, not one tensor index per class
+            return {"classes": [service.describe(n, int(c)) for n, c in zip(model.class_names, counts)]}
+
+    def require_class(name: str) -> None:
+        """404 for a class the model does not have (the caller holds the lock)."""
+        if not model.has_class(name):
+            raise ApiError(404, "unknown_class", f"no class named {name!r}")
 
     @app.get("/classes/{name:anytext}", summary="One class, with its stored examples")
     def get_class(name: str = PathParam(description="Class name")):
         check_class_name(name)
         with service.lock:
-            if not model.has_class(name):
-                raise ApiError(404, "unknown_class", f"no class named {name!r}")
+            require_class(name)
             out = service.describe(name)
             examples = store.examples(name) if out["source"] == "store" else []
         out["stored_examples"] = [{"id": e.id, "sha256": e.sha256, "filename": e.filename} for e in examples]
@@ -380,8 +387,7 @@ def create_app(
     def delete_class(name: str = PathParam(description="Class name")):
         check_class_name(name)
         with service.lock:
-            if not model.has_class(name):
-                raise ApiError(404, "unknown_class", f"no class named {name!r}")
+            require_class(name)
             if name in service.model_classes:
                 kind = "an imprinted class of the model file" if model.is_imprinted(name) else "a base class"
                 raise ApiError(409, "protected_class", f"class {name!r} is {kind} and cannot be deleted here")

@@ -73,14 +73,12 @@ class StoredExample:
 
 
 def model_fingerprint(model) -> str:
-    """SHA-256 of the embedder's weights and the preprocessing: embeddings are only
-    comparable between stores and models that agree on both."""
-    h = hashlib.sha256()
-    h.update(json.dumps(model.config.get("preprocess"), sort_keys=True).encode())
-    for key, value in sorted(model.embedder.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    """SHA-256 of the embedder's weights (``imprinting.export.embedder_id``) and the
+    preprocessing: embeddings are only comparable between stores and models that agree on both."""
+    from imprinting.export import embedder_id
+
+    preprocess = json.dumps(model.config.get("preprocess"), sort_keys=True)
+    return hashlib.sha256((embedder_id(model) + preprocess).encode()).hexdigest()
 
 
 class Store:
