@@ -76,5 +76,4 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-if __name__ == "__main__":
-    serve()
+COMMANDS = [serve]

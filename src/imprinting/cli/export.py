@@ -78,3 +78,6 @@ def export(model_path, out_dir, quantize, check_images, classes_only, force, ops
         if "top1_agreement" in q:
             line += f", top-1 agreement {100 * q['top1_agreement']:.1f}%"
         click.echo(line)
+
+
+COMMANDS = [export]

@@ -1,0 +1,34 @@
+"""The ``imprint`` command: one module per group of commands, each thin over the library.
+
+  models.py     create, add-class, predict, info, train
+  reproduce.py  transfer and ``imprint reproduce`` (the paper's tables and figures)
+  serve.py      serve (the HTTP service)
+  export.py     export (ONNX and the classes file for the lite runtime)
+"""
+
+from __future__ import annotations
+
+import click
+
+from imprinting.cli.common import Group
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="imprinting")
+def main() -> None:
+    """Teach a trained image classifier new classes from one or a few images.
+
+    \b
+    imprint create model.safetensors                   an ImageNet-pretrained model, no classes
+    imprint add-class model.safetensors --name cat cats/   imprint a class from a few images
+    imprint predict model.safetensors photo.jpg        top-k classes with scores
+    imprint info model.safetensors                     what the model knows
+    imprint transfer --data-root ../shared/data        the paper's Table 3 on Flowers-102
+    """
+
+
+from imprinting.cli import export, models, reproduce, serve  # noqa: E402
+
+for _module in (models, reproduce, serve, export):
+    for _command in _module.COMMANDS:
+        main.add_command(_command)

@@ -1,0 +1,3 @@
+from imprinting.cli import main
+
+main()

@@ -1,0 +1,203 @@
+"""``imprint create``, ``add-class``, ``predict``, ``info`` and ``train``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from imprinting.cli.common import embed_with_bar, progress_bar
+
+@click.command()
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--backbone", default="efficientnet_lite0", show_default=True,
+              help="Backbone name: efficientnet_lite0/1/2, googlenet, resnet18, resnet50, conv4, timm:<name>.")
+@click.option("--dim", type=int, default=0, show_default=True,
+              help="Add a fully connected layer to DIM dims before normalizing (untrained until you train it). "
+                   "0 normalizes the pretrained backbone features directly, the right choice for a model you will not train.")
+@click.option("--random-init", is_flag=True, help="Random backbone weights instead of pretrained ones.")
+@click.option("--image-size", type=int, default=None, help="Crop size in pixels (default: the backbone's own).")
+@click.option("--scale", type=float, default=10.0, show_default=True, help="Initial scale s of the cosine classifier.")
+@click.option("--unknown-threshold", type=float, default=None,
+              help="Predictions whose best cosine is below this are flagged unknown.")
+@click.option("--from-folder", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A folder of class folders: imprint one class per sub-folder.")
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def create(out, backbone, dim, random_init, image_size, scale, unknown_threshold, from_folder, force):
+    """Create a model file OUT from a backbone, with no classes or with the classes of a folder."""
+    from imprinting import checkpoint
+    from imprinting.model import create_model
+
+    if out.exists() and not force:
+        raise click.ClickException(f"{out} already exists (use --force to overwrite)")
+    model = create_model(backbone, dim=dim or None, pretrained=not random_init, image_size=image_size,
+                         scale=scale, unknown_threshold=unknown_threshold)
+    if from_folder is not None:
+        from imprinting.data.folder import read_folder
+
+        images = read_folder(from_folder)
+        by_class: dict[int, list] = {}
+        for p, y in zip(images.paths, images.labels):
+            by_class.setdefault(y, []).append(p)
+        with progress_bar(len(by_class), "imprinting classes") as bar:
+            for y, files in sorted(by_class.items()):
+                model.imprint(images.class_names[y], files)
+                bar.update(1)
+    checkpoint.save(model, out)
+    click.echo(f"wrote {out}: {model.config['backbone']}, {model.embedder.dim}-d embeddings, {model.num_classes} classes")
+
+
+@click.command("add-class")
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="The class name.")
+@click.option("--augment", type=int, default=1, show_default=True,
+              help="Imprint from K random crop + flip versions of each image (the paper uses 5); 1 = centre crop.")
+@click.option("--append", is_flag=True, help="Add the images to an existing imprinted class instead of failing.")
+def add_class(model_path, images, name, augment, append):
+    """Imprint class NAME into MODEL from IMAGES (files or folders of images).
+
+    The model file is replaced atomically only when every image was read; on any error it
+    is left as it was.
+    """
+    from imprinting import checkpoint
+    from imprinting.data.images import collect_images
+
+    model = checkpoint.load(model_path)
+    if not name.strip():
+        raise click.ClickException("the class name is empty")
+    if model.has_class(name) and not append:
+        raise click.ClickException(f"class {name!r} already exists in {model_path} (use --append to add examples)")
+    files = collect_images(images)
+    embeddings = embed_with_bar(model, files, augment)
+    if model.has_class(name):
+        model.add_examples(name, embeddings)
+    else:
+        model.add_class(name, embeddings)
+    checkpoint.save(model, model_path)
+    count = int(model.sums.counts[model.index_of(name)])
+    click.echo(f"{name}: {count} examples; {model_path} now has {model.num_classes} classes")
+
+
+@click.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-k", "--top-k", type=int, default=5, show_default=True, help="How many classes to list per image.")
+@click.option("--unknown-threshold", type=float, default=None, help="Override the model's unknown threshold.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
+def predict(model_path, images, top_k, unknown_threshold, as_json):
+    """Print the top-k classes of each image in IMAGES (files or folders)."""
+    from imprinting import checkpoint
+    from imprinting.data.images import collect_images
+
+    model = checkpoint.load(model_path)
+    files = collect_images(images)
+    embeddings = embed_with_bar(model, files, 1)
+    predictions = model.predict_embeddings(embeddings, top_k, unknown_threshold)
+    for path, p in zip(files, predictions):
+        if as_json:
+            click.echo(json.dumps({"image": str(path), "unknown": p.unknown, "classes": p.classes,
+                                   "probabilities": p.probabilities, "cosines": p.cosines}))
+            continue
+        click.echo(f"{path}" + ("  [unknown]" if p.unknown else ""))
+        for rank, (c, prob, cos) in enumerate(zip(p.classes, p.probabilities, p.cosines), 1):
+            click.echo(f"  {rank}. {c:<30} p={prob:.3f}  cos={cos:+.3f}")
+
+
+@click.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(model_path, as_json):
+    """Describe MODEL: backbone, embedding size, scale, and each class with its example count."""
+    from imprinting import checkpoint
+
+    model = checkpoint.load(model_path)
+    counts = model.sums.counts.tolist()
+    classes = [{"name": n, "kind": "imprinted" if c else "base", "examples": c} for n, c in zip(model.class_names, counts)]
+    scale = model.classifier.scale.detach() if hasattr(model.classifier, "scale") else None
+    if scale is not None:  # one shared s, or the mean of the per-class ones
+        scale = round(scale.mean().item(), 4)
+    summary = {
+        "file": str(model_path),
+        "backbone": model.config["backbone"],
+        "pretrained": model.config["pretrained"],
+        "embedding_dim": model.embedder.dim,
+        "classifier": model.config["classifier"],
+        "scale": scale,
+        "image_size": model.preprocess.image_size,
+        "unknown_threshold": model.unknown_threshold,
+        "num_classes": model.num_classes,
+        "classes": classes,
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for key, value in summary.items():
+        if key != "classes":
+            click.echo(f"{key}: {value}")
+    for c in classes:
+        click.echo(f"  {c['name']:<30} {c['kind']:<10} {c['examples']} examples")
+
+
+@click.command("train")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--backbone", default="efficientnet_lite0", show_default=True, help="Pretrained backbone to start from.")
+@click.option("--random-init", is_flag=True, help="Start the backbone from random weights (e.g. conv4).")
+@click.option("--dim", type=int, default=64, show_default=True, help="Embedding size D (0: no FC layer).")
+@click.option("--mode", type=click.Choice(["frozen", "end-to-end"]), default="frozen", show_default=True,
+              help="frozen: train FC + classifier on cached backbone features (fast); end-to-end: the whole network.")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="Backbone learning rate; new layers get 10x.")
+@click.option("--optimizer", type=click.Choice(["rmsprop", "sgd", "adam"]), default="rmsprop", show_default=True)
+@click.option("--image-size", type=int, default=None, help="Crop size (default: the backbone's).")
+@click.option("--augment", type=int, default=5, show_default=True,
+              help="frozen mode: cached random crop + flip views per image used as augmentation (0: none).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Training state after each epoch; an interrupted run given the same file resumes.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--cache", type=click.Path(path_type=Path), default=None, envvar="IMPRINTING_CACHE")
+def train_command(folder, out, backbone, random_init, dim, mode, epochs, batch_size, lr, optimizer, image_size,
+                  augment, checkpoint, seed, cache):
+    """Train a base model on FOLDER (one sub-folder of images per class) and save it to OUT.
+
+    The result is an ordinary model file: imprint new classes into it with add-class.
+    """
+    from imprinting import checkpoint as ckpt
+    from imprinting.backbones import create_backbone
+    from imprinting.data.features import View, cached_features
+    from imprinting.data.folder import read_folder
+    from imprinting.model import create_model
+    from imprinting.train import FeatureDataset, ImageDataset, TrainConfig, train
+
+    import torch
+
+    from imprinting import distributed as dd
+
+    images = read_folder(folder)
+    torch.manual_seed(seed)  # the new layers' initial weights depend on the seed alone
+    model = create_model(backbone, dim=dim or None, pretrained=not random_init, image_size=image_size,
+                         class_names=images.class_names)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed)
+    labels = images.labels
+    if mode == "frozen":
+        bb = create_backbone(backbone, pretrained=not random_init)
+        bb.module = model.embedder.backbone  # the same weights the model holds
+        view = View(augment, seed) if augment else View()
+        feats = cached_features(bb, images, model.preprocess, view, cache)
+        dataset = FeatureDataset(feats, labels)
+    else:
+        dataset = ImageDataset(images.paths, labels, model.preprocess)
+    history = train(model, dataset, cfg, checkpoint=checkpoint)
+    if not dd.is_main():  # under torchrun, rank 0 alone writes
+        return
+    ckpt.save(model, out)
+    last = history[-1] if history else {}
+    click.echo(f"wrote {out}: {model.num_classes} classes, {epochs} epochs ({mode}), "
+               f"final loss {last.get('loss', float('nan')):.3f}, train top-1 {last.get('train_top1', 0):.1f}%")
+
+
+
+COMMANDS = [create, add_class, predict, info, train_command]
