@@ -78,7 +78,7 @@ def imprint_time(model, folder: Path, classes: list[list[Path]], threads: int) -
         times = []
         for i, files in enumerate(classes):
             t0 = time.perf_counter()
-            lite.imprint(files, f"bench_{i}")
+            lite.imprint(f"bench_{i}", files)
             times.append(time.perf_counter() - t0)
         out[f"{tag}_ms"] = round(1000 * statistics.median(times), 1)
     m = _copy(model)

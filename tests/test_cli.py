@@ -43,7 +43,7 @@ def test_add_class_from_files_and_folders_then_append(tiny_model, tmp_path):
     r = run("add-class", tiny_model, "--name", "yellow", "--append", tmp_path / "y")
     assert r.exit_code == 0 and "yellow: 5 examples" in r.output
     model = checkpoint.load(tiny_model)
-    assert model.class_names[-1] == "yellow" and int(model.sums.counts[-1]) == 5
+    assert model.class_names[-1] == "yellow" and int(model.classes.counts[-1]) == 5
 
 
 def test_predict_prints_top_k_table_and_json(tiny_model, tiny_folder):
@@ -137,7 +137,7 @@ def test_train_a_base_model_on_a_folder_then_imprint(tmp_path, tiny_folder):
             "--lr", "1e-2", "--batch-size", "4", "--augment", "2", "--checkpoint", ckpt)
     assert r.exit_code == 0, r.output
     model = checkpoint.load(out)
-    assert model.class_names == ["blue", "green", "red"] and model.sums.counts.tolist() == [0, 0, 0]  # trained
+    assert model.class_names == ["blue", "green", "red"] and model.classes.counts.tolist() == [0, 0, 0]  # trained
     assert ckpt.exists()
     files = [make_image(tmp_path / "y" / f"{i}.png", (220, 220, 20), seed=i) for i in range(2)]
     assert run("add-class", out, "--name", "yellow", *files).exit_code == 0

@@ -181,7 +181,7 @@ def test_torchrun_cli_train(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "wrote" in run.stdout and "2 epochs" in run.stdout
     model = checkpoint.load(tmp_path / "two.safetensors")
-    assert model.class_names == ["blue", "green", "red"] and model.sums.counts.tolist() == [0, 0, 0]
+    assert model.class_names == ["blue", "green", "red"] and model.classes.counts.tolist() == [0, 0, 0]
     state = torch.load(tmp_path / "two.pt", weights_only=True)
     assert state["epoch"] == 2 and len(state["rank_rng"]) == 2
     for k, v in model.state_dict().items():

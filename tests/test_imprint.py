@@ -57,7 +57,7 @@ def test_incremental_equals_batch_also_across_save_and_load(model, tmp_path):
     for row in e[3:]:
         reloaded.add_examples("c", row[None])
     torch.testing.assert_close(reloaded.classifier.weight.detach(), batch.classifier.weight.detach(), atol=1e-7, rtol=0)
-    assert int(reloaded.sums.counts[0]) == 7
+    assert int(reloaded.classes.counts[0]) == 7
 
 
 def test_imprinting_never_touches_other_classes_bit_for_bit(model):
@@ -92,7 +92,7 @@ def test_remove_imprinted_class_keeps_the_others(model):
     model.remove_class("c1")
     assert model.class_names == ["c0", "c2"]
     assert torch.equal(model.classifier.weight[0].detach(), w0) and torch.equal(model.classifier.weight[1].detach(), w2)
-    assert model.sums.counts.tolist() == [2, 2]
+    assert model.classes.counts.tolist() == [2, 2]
 
 
 def test_random_weights_are_xavier_uniform_and_seeded():
@@ -115,14 +115,14 @@ def test_augmented_imprinting_averages_k_random_views(tmp_path):
     torch.manual_seed(123)
     m.imprint("aug", files, views=5)
     np.testing.assert_allclose(m.classifier.weight[0].detach().numpy(), _reference_weight(views.numpy()), atol=1e-6)
-    assert int(m.sums.counts[0]) == 10
+    assert int(m.classes.counts[0]) == 10
 
 
 def test_class_restored_from_its_sum_equals_the_imprinted_one(model):
     e = torch.randn(4, 8)
     model.add_class("a", e)
     other = create_model("conv4", pretrained=False, dim=8)
-    other.add_class_from_sum("a", model.sums.sums[0].clone(), int(model.sums.counts[0]))
+    other.add_class_from_sum("a", model.classes.sums[0].copy(), int(model.classes.counts[0]))
     assert torch.equal(other.classifier.weight.detach(), model.classifier.weight.detach())
     other.add_examples("a", e[:1])
     model.add_examples("a", e[:1])

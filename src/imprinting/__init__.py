@@ -11,7 +11,10 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ClassSums": "imprinting.imprint",
+    "ClassTable": "imprinting.classes",
+    "ModelSpec": "imprinting.spec",
+    "build_model": "imprinting.model",
+    "create_head": "imprinting.model",
     "imprint_weights": "imprinting.imprint",
     "normalized_mean": "imprinting.imprint",
     "random_weights": "imprinting.imprint",

@@ -24,8 +24,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from imprinting.errors import UserError
 
-class BackboneError(ValueError):
+
+class BackboneError(UserError):
     """An unknown backbone name or a backbone that cannot be built here."""
 
 

@@ -1,8 +1,13 @@
-"""One-file checkpoints: configuration, weights, class names and imprinting sums.
+"""One-file checkpoints: the model spec, weights, class names and the class table's sums.
 
 The file is a safetensors file (tensors plus a JSON header), so loading never unpickles
 anything. Writes are atomic: the new file is written beside the old one, flushed to disk
 and renamed over it, so a crash mid-save leaves the old file intact.
+
+Layout (format 1, unchanged since the first release): header ``format``, ``version``,
+``config`` (``ModelSpec.to_config``), ``class_names``, ``unknown_threshold``; tensors
+``model.<state_dict key>`` (the classifier's rows are the class vectors), ``sums`` (C, D)
+float64 and ``counts`` (C,) int64.
 """
 
 from __future__ import annotations
@@ -11,37 +16,44 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from imprinting.classes import ClassTable
+from imprinting.errors import UserError
 from imprinting.files import atomic_write  # noqa: F401  (part of this module's API)
-from imprinting.model import ImprintModel, create_model
+from imprinting.model import ImprintModel, build_model
+from imprinting.spec import ModelSpec
 
 FORMAT = "imprinting-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that is missing, truncated, corrupt, or not one of ours."""
 
 
 def save(model: ImprintModel, path: str | os.PathLike) -> None:
     """Write ``model`` to one file, atomically."""
-    tensors = {f"model.{k}": v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    tensors["sums"] = model.sums.sums.clone()
-    tensors["counts"] = model.sums.counts.clone()
+    import torch
+
+    table = model.classes
+    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    tensors["sums"] = torch.from_numpy(table.sums.copy())
+    tensors["counts"] = torch.from_numpy(table.counts.copy())
     metadata = {
         "format": FORMAT,
         "version": str(VERSION),
-        "config": json.dumps(model.config),
-        "class_names": json.dumps(model.class_names),
+        "config": json.dumps(model.spec.to_config()),
+        "class_names": json.dumps(list(table.names)),
         "unknown_threshold": json.dumps(model.unknown_threshold),
     }
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The checkpoint's header (format, config, class names) without loading the weights."""
+    """The checkpoint's header (spec, class names, threshold) without loading the weights."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -54,16 +66,27 @@ def read_metadata(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: not a readable imprinting model file ({exc})") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an imprinting model file (no '{FORMAT}' header)")
-    if int(meta.get("version", 0)) > VERSION:
+    try:
+        version = int(meta.get("version", 0))
+    except ValueError:
+        raise CheckpointError(f"{path}: damaged header (version {meta.get('version')!r})") from None
+    if version > VERSION:
         raise CheckpointError(f"{path}: written by a newer version (format {meta['version']}); upgrade imprinting")
     try:
-        return {
-            "config": json.loads(meta["config"]),
-            "class_names": json.loads(meta["class_names"]),
-            "unknown_threshold": json.loads(meta.get("unknown_threshold", "null")),
-        }
+        config = json.loads(meta["config"])
+        names = json.loads(meta["class_names"])
+        threshold = json.loads(meta.get("unknown_threshold", "null"))
     except (KeyError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: damaged header ({exc})") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{path}: damaged header (class_names is not a list of names)")
+    if threshold is not None and not isinstance(threshold, (int, float)):
+        raise CheckpointError(f"{path}: damaged header (unknown_threshold {threshold!r})")
+    try:
+        spec = ModelSpec.from_config(config)
+    except UserError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return {"spec": spec, "config": config, "class_names": names, "unknown_threshold": threshold}
 
 
 def load(path: str | os.PathLike) -> ImprintModel:
@@ -73,26 +96,16 @@ def load(path: str | os.PathLike) -> ImprintModel:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: truncated or corrupt model file ({exc})") from None
-    config = meta["config"]
     names = meta["class_names"]
-    pre = config["preprocess"]
-    model = create_model(
-        backbone=config["backbone"],
-        dim=config["dim"],
-        pretrained=False,  # the weights come from the file
-        classifier=config["classifier"],
-        class_names=names,
-        scale=config["scale"],
-        learn_scale=config["learn_scale"],
-        per_class_scale=config["per_class_scale"],
-        image_size=pre["image_size"],
-        unknown_threshold=meta["unknown_threshold"],
-    )
-    model.config = config
-    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
-        model.load_state_dict(state)
-        model.sums.load(tensors["sums"], tensors["counts"])
-    except (RuntimeError, KeyError) as exc:
+        model = build_model(meta["spec"], names, pretrained=False, unknown_threshold=meta["unknown_threshold"])
+        model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+        clf = model.classifier
+        scale = clf.scale_rows
+        model.set_classes(ClassTable.from_arrays(
+            names, clf.rows.detach().numpy(), tensors["sums"].numpy(), tensors["counts"].numpy(),
+            scale.detach().numpy() if scale is not None else np.array([meta["spec"].scale]),
+            bool(getattr(clf, "per_class_scale", False)), meta["spec"].scale))
+    except (RuntimeError, KeyError, UserError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the recorded configuration ({exc})") from None
     return model.eval()

@@ -20,7 +20,6 @@ Each graph is checked against PyTorch with onnxruntime before the export is fini
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -32,10 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from imprinting.lite import format as fmt
+from imprinting.classes_file import ClassesData
+from imprinting.errors import ExportFormatError, UserError
 from imprinting.files import atomic_write
-from imprinting.lite.format import ClassesData, ExportFormatError
-from imprinting.model import CosineClassifier, ImprintModel
+from imprinting.lite import format as fmt
+from imprinting.model import ImprintModel
 
 OPSET = 17
 # onnxruntime vs PyTorch on the export's check input; larger means a broken export.
@@ -46,48 +46,32 @@ QUANTIZATION_METHOD = (
 )
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """A model that cannot be exported, or an export folder that would be overwritten."""
 
 
 # -- the classes ---------------------------------------------------------------------
 def embedder_id(model: ImprintModel) -> str:
-    """A fingerprint (sha256) of the embedder's weights: classes imprinted with one embedder
-    are meaningless for another, and the classes file records which one made them."""
-    h = hashlib.sha256()
-    for key, tensor in sorted(model.embedder.state_dict().items()):
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{key}:{t.dtype}:{tuple(tensor.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    """A fingerprint (sha256) of the embedder's weights (``imprinting.spec.fingerprint``):
+    classes imprinted with one embedder are meaningless for another, and the classes file
+    records which one made them."""
+    return model.embedder_id()
 
 
 def _check_exportable(model: ImprintModel) -> None:
-    if not isinstance(model.classifier, CosineClassifier):
+    if model.spec.classifier != "cosine":
         raise ExportError(
             "only models with the cosine classifier can be exported (the lite runtime computes s * cos(w, x)); "
-            f"this one has {model.classifier.__class__.__name__}"
+            f"this one has the {model.spec.classifier} classifier"
         )
     if not model.embedder.normalize:
         raise ExportError("only models whose embedder L2-normalizes its output can be exported")
 
 
 def classes_data(model: ImprintModel) -> ClassesData:
-    """The model's classes in the shared format."""
+    """The model's classes in the classes file's form."""
     _check_exportable(model)
-    clf = model.classifier
-    return ClassesData(
-        class_names=list(model.class_names),
-        weights=clf.weight.detach().cpu().float().numpy().copy(),
-        scale=clf.scale.detach().cpu().float().numpy().copy(),
-        sums=model.sums.sums.detach().cpu().double().numpy().copy(),
-        counts=model.sums.counts.detach().cpu().long().numpy().copy(),
-        dim=model.embedder.dim,
-        per_class_scale=bool(clf.per_class_scale),
-        initial_scale=float(clf._init_scale),
-        unknown_threshold=None if model.unknown_threshold is None else float(model.unknown_threshold),
-        embedder_id=embedder_id(model),
-    )
+    return ClassesData.from_table(model.classes, model.unknown_threshold, model.embedder_id())
 
 
 def export_classes(model: ImprintModel, path: str | os.PathLike) -> Path:
@@ -99,7 +83,6 @@ def export_classes(model: ImprintModel, path: str | os.PathLike) -> Path:
     return path
 
 
-@torch.no_grad()
 def import_classes(model: ImprintModel, source: str | os.PathLike, check_embedder: bool = True) -> ImprintModel:
     """Replace the model's classes with those of a classes file (or an export folder).
 
@@ -112,30 +95,17 @@ def import_classes(model: ImprintModel, source: str | os.PathLike, check_embedde
     _check_exportable(model)
     data = fmt.load_classes(source)
     where = Path(source)
-    dim = model.embedder.dim
-    if data.dim != dim:
-        raise ExportFormatError(f"{where}: {data.dim}-d classes for a model with {dim}-d embeddings")
-    if check_embedder and data.embedder_id and data.embedder_id != embedder_id(model):
+    if data.dim != model.embedder.dim:
+        raise ExportFormatError(f"{where}: {data.dim}-d classes for a model with {model.embedder.dim}-d embeddings")
+    if check_embedder and data.embedder_id and data.embedder_id != model.embedder_id():
         raise ExportFormatError(
             f"{where}: the classes were made with another embedder than this model's "
             "(different weights); pass check_embedder=False to import them anyway"
         )
-    clf = model.classifier
-    c = data.num_classes
-    scale = torch.from_numpy(data.scale.copy())
-    if clf.per_class_scale:
-        scale = scale.expand(c).clone() if scale.numel() == 1 else scale
-    elif scale.numel() != 1:
-        if c and not torch.all(scale == scale[0]):
-            raise ExportFormatError(f"{where}: one scale per class, but the model's classifier has one shared scale")
-        scale = (scale[:1] if c else torch.tensor([data.initial_scale])).clone()
-    clf.resize_(c)
-    clf.weight.copy_(torch.from_numpy(data.weights.copy()))
-    clf.scale.copy_(scale)
-    model.sums.load(torch.from_numpy(data.sums.copy()), torch.from_numpy(data.counts.copy()))
-    model.class_names = list(data.class_names)
-    # ImprintModel has no public way to set all names at once; this mirrors remove_class.
-    model._index = {n: i for i, n in enumerate(model.class_names)}
+    try:
+        model.set_classes(data.table())
+    except UserError as exc:
+        raise ExportFormatError(f"{where}: {exc}") from None
     model.unknown_threshold = data.unknown_threshold
     return model
 
@@ -149,8 +119,8 @@ def _logits_graph(embedder_path: Path, model: ImprintModel, path: Path, metadata
     from onnx import TensorProto, compose, helper, numpy_helper
 
     embedder = onnx.load(str(embedder_path))
-    templates = model.classifier.templates().detach().cpu().float().numpy()
-    scale = model.classifier.scale.detach().cpu().float().numpy()
+    table = model.classes
+    templates, scale = table.templates, table.scale
     d, c = templates.shape[1], templates.shape[0]
     head = helper.make_graph(
         [
@@ -335,7 +305,7 @@ def export(
         if (out / stale).exists():
             (out / stale).unlink()
     pre = model.preprocess
-    eid = embedder_id(model)
+    eid = model.embedder_id()
     was_training = model.training
     model.eval()
     try:
@@ -365,8 +335,8 @@ def export(
         "format": fmt.EXPORT_FORMAT,
         "version": fmt.EXPORT_VERSION,
         "created_by": f"imprinting {imprinting.__version__}, torch {torch.__version__}",
-        "backbone": model.config.get("backbone"),
-        "config": model.config,
+        "backbone": model.spec.backbone,
+        "config": model.spec.to_config(),
         "embedding_dim": model.embedder.dim,
         "embedder_id": eid,
         "opset": opset,

@@ -1,8 +1,8 @@
 """Imprinting: class weights from the embeddings of a few examples (paper Sec. 3.2).
 
 The weight of a novel class is the re-normalized mean of the L2-normalized embeddings of
-its examples. ``ClassSums`` keeps each class's running sum and count, so examples can be
-added one call at a time, across save and reload, with the result of one batch call.
+its examples. The running sums and counts that let examples be added one call at a time
+live in the class table (``imprinting.classes.ClassTable``); these are the batch forms.
 """
 
 from __future__ import annotations
@@ -36,62 +36,6 @@ def random_weights(num_classes: int, dim: int, generator: torch.Generator | None
     return nn.init.xavier_uniform_(torch.empty(num_classes, dim), generator=generator)
 
 
-class ClassSums:
-    """Per-class running sums of L2-normalized embeddings (float64) and example counts.
-
-    A class with count 0 was not imprinted (a trained base class, or a random one).
-    Sums grow with capacity doubling, so adding classes one at a time stays O(1) amortized.
-    """
-
-    def __init__(self, dim: int, num_classes: int = 0):
-        self.dim = dim
-        self._sums = torch.zeros(max(num_classes, 16), dim, dtype=torch.float64)
-        self._counts = torch.zeros(max(num_classes, 16), dtype=torch.long)
-        self._n = num_classes
-
-    def __len__(self) -> int:
-        return self._n
-
-    @property
-    def sums(self) -> torch.Tensor:
-        return self._sums[: self._n]
-
-    @property
-    def counts(self) -> torch.Tensor:
-        return self._counts[: self._n]
-
-    def add_class(self) -> None:
-        if self._n == self._sums.shape[0]:
-            cap = 2 * self._n
-            sums = torch.zeros(cap, self.dim, dtype=torch.float64)
-            counts = torch.zeros(cap, dtype=torch.long)
-            sums[: self._n] = self._sums
-            counts[: self._n] = self._counts
-            self._sums, self._counts = sums, counts
-        self._n += 1
-
-    def add(self, index: int, embeddings: torch.Tensor) -> None:
-        self._sums[index] += F.normalize(embeddings.double(), dim=1).sum(dim=0)
-        self._counts[index] += embeddings.shape[0]
-
-    def template(self, index: int) -> torch.Tensor:
-        """The imprinted weight of class ``index``: its normalized sum."""
-        return F.normalize(self._sums[index], dim=0).float()
-
-    def remove(self, index: int) -> None:
-        keep = torch.ones(self._n, dtype=torch.bool)
-        keep[index] = False
-        self.load(self.sums[keep].clone(), self.counts[keep].clone())
-
-    def load(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
-        n = sums.shape[0]
-        self._sums = torch.zeros(max(n, 16), self.dim, dtype=torch.float64)
-        self._counts = torch.zeros(max(n, 16), dtype=torch.long)
-        self._sums[:n] = sums
-        self._counts[:n] = counts
-        self._n = n
-
-
 @torch.no_grad()
 def embed_images(
     embed: Callable[[torch.Tensor], torch.Tensor],
@@ -109,8 +53,41 @@ def embed_images(
     return torch.cat(out)
 
 
+def embed_files(model, files: Sequence, views: int = 1, batch_size: int = 16,
+                progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """``model.embed_images`` in batches, calling ``progress(k)`` after each k images."""
+    out = []
+    for i in range(0, len(files), batch_size):
+        chunk = files[i : i + batch_size]
+        out.append(model.embed_images(chunk, views=views))
+        if progress is not None:
+            progress(len(chunk))
+    if not out:
+        raise ValueError("no images to embed")
+    return torch.cat(out)
+
+
+def imprint_folder(model, folder, views: int = 1, progress: Callable[[int], None] | None = None) -> list[str]:
+    """Imprint one class per sub-folder of ``folder`` (its name, its images); calls
+    ``progress(1)`` after each class. Returns the class names, in order."""
+    from imprinting.data.folder import read_folder
+
+    images = read_folder(folder)
+    by_class: dict[int, list] = {}
+    for path, label in zip(images.paths, images.labels):
+        by_class.setdefault(label, []).append(path)
+    names = []
+    for label, files in sorted(by_class.items()):
+        model.imprint(images.class_names[label], files, views)
+        names.append(images.class_names[label])
+        if progress is not None:
+            progress(1)
+    return names
+
+
 __all__ = [
-    "ClassSums",
+    "embed_files",
+    "imprint_folder",
     "embed_images",
     "imprint_weights",
     "normalized_mean",

@@ -1,261 +1,191 @@
-"""The model: an embedder (backbone -> FC -> L2), a classifier, and the class names.
+"""The model: an embedder (backbone -> FC -> L2), a classifier, and its class table.
 
 Data flows one way::
 
-    image -> backbone -> Embedder.forward_head (FC -> L2) -> CosineClassifier -> logits
+    image -> backbone -> Embedder.forward_head (FC -> L2) -> classifier -> logits
 
-``ImprintModel`` ties the parts together and owns the per-class running sums that
-imprinting uses (see ``imprinting.imprint``).
+Every class's state lives in one ``ClassTable`` (``imprinting.classes``): ``ImprintModel``
+mirrors it into its classifier's trainable parameters, which share the table's buffers, and
+brings the table up to date (``classes``) after training changed them. Models are built from
+a ``ModelSpec`` only (``build_model``): with a backbone, or without one for cached features.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from imprinting.imprint import ClassSums, normalized_mean
-from imprinting.prediction import Prediction, UnknownClassError  # noqa: F401  (part of this API)
-
-
-class GrowableRows:
-    """A (rows, dim) tensor that grows by appending rows in amortized O(dim) time.
-
-    Rows live in a buffer with spare capacity that doubles when full, so adding
-    10,000 rows one at a time copies O(10,000) rows in all, not O(10,000^2).
-    ``view()`` returns the used rows, sharing memory with the buffer.
-    """
-
-    def __init__(self, initial: torch.Tensor):
-        self._buffer = initial.detach().clone()
-        self._rows = initial.shape[0]
-
-    def __len__(self) -> int:
-        return self._rows
-
-    def view(self) -> torch.Tensor:
-        return self._buffer[: self._rows]
-
-    def sync(self, current: torch.Tensor) -> None:
-        """Adopt ``current`` if a caller replaced the rows behind our back (e.g. ``.data =``)."""
-        if current.data_ptr() != self._buffer.data_ptr() or current.shape[0] != self._rows:
-            self._buffer = current.detach().clone()
-            self._rows = current.shape[0]
-
-    def append(self, rows: torch.Tensor) -> torch.Tensor:
-        n, k = self._rows, rows.shape[0]
-        if n + k > self._buffer.shape[0]:
-            capacity = max(2 * self._buffer.shape[0], n + k, 16)
-            grown = self._buffer.new_empty((capacity, *self._buffer.shape[1:]))
-            grown[:n] = self._buffer[:n]
-            self._buffer = grown
-        self._buffer[n : n + k] = rows.to(self._buffer)
-        self._rows = n + k
-        return self.view()
-
-
-class CosineClassifier(nn.Module):
-    """logits = s * cos(w_c, x): class vectors normalized inside ``forward``, no bias.
-
-    Args:
-        dim: embedding size D.
-        num_classes: initial number of classes (rows start Xavier-uniform random).
-        scale: initial value of s.
-        learn_scale: train s with the rest (the paper) or keep it fixed.
-        per_class_scale: one s per class instead of one shared s.
-
-    ``forward`` expects embeddings of unit length (the embedder's output) and returns
-    ``s * normalize(W) @ x``; the argmax is the nearest class template (paper Eq. 7).
-    ``add_classes`` appends rows; the ``weight`` parameter object is replaced by it, so
-    build optimizers after adding classes.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        num_classes: int = 0,
-        scale: float = 10.0,
-        learn_scale: bool = True,
-        per_class_scale: bool = False,
-    ):
-        super().__init__()
-        self.dim = dim
-        self.per_class_scale = per_class_scale
-        self.learn_scale = learn_scale
-        self._init_scale = float(scale)
-        weight = torch.empty(num_classes, dim)
-        if num_classes:
-            nn.init.xavier_uniform_(weight)
-        self._rows = GrowableRows(weight)
-        self.weight = nn.Parameter(self._rows.view())
-        scale_init = torch.full((num_classes if per_class_scale else 1,), float(scale))
-        self._scale_rows = GrowableRows(scale_init)
-        self.scale = nn.Parameter(self._scale_rows.view(), requires_grad=learn_scale)
-
-    @property
-    def num_classes(self) -> int:
-        return self.weight.shape[0]
-
-    def templates(self) -> torch.Tensor:
-        """The L2-normalized class vectors, (C, D)."""
-        return F.normalize(self.weight, dim=1)
-
-    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return embeddings @ self.templates().t()
-
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.cosine(embeddings)
-
-    def add_classes(self, weights: torch.Tensor) -> None:
-        """Append class vectors (k, D); existing rows are not touched."""
-        if weights.ndim != 2 or weights.shape[1] != self.dim:
-            raise ValueError(f"class weights must have shape (k, {self.dim}), got {tuple(weights.shape)}")
-        with torch.no_grad():
-            self._rows.sync(self.weight)
-            self.weight = nn.Parameter(self._rows.append(weights), requires_grad=self.weight.requires_grad)
-            if self.per_class_scale:
-                self._scale_rows.sync(self.scale)
-                fill = self.scale.mean() if len(self.scale) else torch.tensor(self._init_scale)
-                new_scale = fill.detach().expand(weights.shape[0]).clone()
-                self.scale = nn.Parameter(self._scale_rows.append(new_scale), requires_grad=self.learn_scale)
-
-    def set_class_weight(self, index: int, weight: torch.Tensor) -> None:
-        """Overwrite one class vector in place; other rows keep every bit."""
-        with torch.no_grad():
-            self.weight[index] = weight
-
-    def resize_(self, num_classes: int) -> None:
-        """Make room for exactly ``num_classes`` rows (values to be loaded after)."""
-        with torch.no_grad():
-            self._rows = GrowableRows(torch.zeros(num_classes, self.dim))
-            self.weight = nn.Parameter(self._rows.view(), requires_grad=self.weight.requires_grad)
-            if self.per_class_scale:
-                self._scale_rows = GrowableRows(torch.zeros(num_classes))
-                self.scale = nn.Parameter(self._scale_rows.view(), requires_grad=self.learn_scale)
-
-    def extra_repr(self) -> str:
-        return (
-            f"dim={self.dim}, num_classes={self.num_classes}, "
-            f"per_class_scale={self.per_class_scale}, learn_scale={self.learn_scale}"
-        )
-
-
-class LinearClassifier(nn.Module):
-    """An ordinary linear layer with bias: the paper's unnormalized baseline."""
-
-    def __init__(self, dim: int, num_classes: int = 0):
-        super().__init__()
-        self.dim = dim
-        self.linear = nn.Linear(dim, num_classes)
-
-    @property
-    def num_classes(self) -> int:
-        return self.linear.out_features
-
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.linear(embeddings)
-
-    def add_classes(self, weights: torch.Tensor) -> None:
-        old = self.linear
-        new = nn.Linear(self.dim, old.out_features + weights.shape[0])
-        with torch.no_grad():
-            new.weight[: old.out_features] = old.weight
-            new.weight[old.out_features :] = weights
-            new.bias[: old.out_features] = old.bias
-            new.bias[old.out_features :] = 0
-        self.linear = new
-
-    def resize_(self, num_classes: int) -> None:
-        self.linear = nn.Linear(self.dim, num_classes)
-
-
-class Embedder(nn.Module):
-    """backbone -> fully connected layer to ``dim`` -> L2 normalization.
-
-    ``dim=None`` skips the fully connected layer: the backbone's pooled features are
-    normalized directly (the transfer-learning setting, and a "beyond the paper" option).
-
-    ``normalize=False`` leaves the embeddings unnormalized (the paper's AllClassJoint baseline).
-
-    Like timm's models, the work is split so that cached backbone features can skip the
-    backbone: ``forward(x) == forward_head(forward_features(x))``.
-    """
-
-    def __init__(self, backbone: nn.Module, feature_dim: int, dim: int | None = 64, normalize: bool = True):
-        super().__init__()
-        self.backbone = backbone
-        self.feature_dim = feature_dim
-        self.fc = nn.Linear(feature_dim, dim) if dim else nn.Identity()
-        self.dim = dim or feature_dim
-        self.normalize = normalize
-
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features, (B, feature_dim)."""
-        return self.backbone(images)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Unit-length embeddings, (B, dim), from backbone features."""
-        out = self.fc(features)
-        return F.normalize(out, dim=-1) if self.normalize else out
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(images))
+from imprinting.classes import ClassSnapshot, ClassTable
+from imprinting.errors import ClassError
+from imprinting.layers import CosineClassifier, Embedder, Head, LinearClassifier  # noqa: F401  (this API)
+from imprinting.prediction import Prediction, UnknownClassError, top_k  # noqa: F401  (this API)
+from imprinting.spec import ModelSpec, fingerprint, store_fingerprint
 
 
 class ImprintModel(nn.Module):
-    """Embedder + classifier + class names + per-class imprinting sums.
+    """Embedder + classifier + the class table (names, vectors, sums, counts, scales)."""
 
-    ``config`` records how to rebuild the model (backbone name, sizes, options); it is
-    written into checkpoints.
-    """
-
-    def __init__(
-        self,
-        embedder: Embedder,
-        classifier: CosineClassifier | LinearClassifier,
-        class_names: list[str] | None = None,
-        config: dict | None = None,
-        unknown_threshold: float | None = None,
-    ):
+    def __init__(self, embedder: Embedder, classifier: CosineClassifier | LinearClassifier,
+                 class_names: Sequence[str] | None = None, spec: ModelSpec | None = None,
+                 unknown_threshold: float | None = None):
         super().__init__()
         self.embedder = embedder
         self.classifier = classifier
         names = list(class_names or [])
         if len(names) != classifier.num_classes:
-            raise ValueError(f"{len(names)} class names for {classifier.num_classes} classifier rows")
-        if len(set(names)) != len(names):
-            raise ValueError("class names must be unique")
-        self.class_names = names
-        self._index = {n: i for i, n in enumerate(names)}
-        self.sums = ClassSums(embedder.dim, len(names))
-        self.config = dict(config or {})
+            raise ClassError(f"{len(names)} class names for {classifier.num_classes} classifier rows")
+        dim = embedder.fc.out_features if isinstance(embedder.fc, nn.Linear) else None
+        scale = classifier.scale_rows
+        self.spec = spec or ModelSpec(backbone=None, pretrained=False, dim=dim, feature_dim=embedder.feature_dim,
+                                      classifier="cosine" if scale is not None else "linear")
+        self._synced: tuple | None = None
+        self._table = ClassTable.from_arrays(
+            names, classifier.rows.detach().numpy(), np.zeros((len(names), embedder.dim)), np.zeros(len(names)),
+            scale.detach().numpy() if scale is not None else [self.spec.scale],
+            bool(getattr(classifier, "per_class_scale", False)), self.spec.scale)
+        self._push()
         self.unknown_threshold = unknown_threshold
 
-    # -- classes ---------------------------------------------------------------
+    # -- the class table and its mirror ---------------------------------------------------
+    def _key(self) -> tuple:
+        rows, scale = self.classifier.rows, self.classifier.scale_rows
+        key = (rows.data_ptr(), tuple(rows.shape), rows._version, rows.device.type)
+        return key + ((scale.data_ptr(), tuple(scale.shape), scale._version) if scale is not None else ())
+
+    def _shares_table(self) -> bool:
+        rows, scale = self.classifier.rows, self.classifier.scale_rows
+        w, s = self._table.weight_buffer(), self._table.scale_buffer()
+        same = rows.device.type == "cpu" and tuple(rows.shape) == w.shape and (len(w) == 0 or rows.data_ptr() == w.ctypes.data)
+        return same and (scale is None or (tuple(scale.shape) == s.shape and scale.data_ptr() == s.ctypes.data))
+
+    def _pull(self) -> None:
+        """Bring the table up to date with the classifier's parameters (after training, a
+        state-dict load, a copy or a move to another device)."""
+        if self._key() == self._synced:
+            return
+        if self._shares_table():
+            self._table.refresh()  # trained in place: only the templates are stale
+        else:
+            scale = self.classifier.scale_rows
+            self._table.set_vectors(self.classifier.rows.detach().cpu().numpy(),
+                                    None if scale is None else scale.detach().cpu().numpy())
+        self._push()
+
+    def _push(self) -> None:
+        """Point the classifier's parameters at the table's rows (a copy on a GPU)."""
+        rows = self.classifier.rows
+        w = torch.from_numpy(self._table.weight_buffer())
+        s = torch.from_numpy(self._table.scale_buffer()) if self.classifier.scale_rows is not None else None
+        if rows.device.type != "cpu":
+            w, s = w.to(rows.device), (s.to(rows.device) if s is not None else None)
+        self.classifier.bind(w, s)
+        self._synced = self._key()
+
+    @property
+    def classes(self) -> ClassTable:
+        """The class table, up to date. Change classes through the model's methods."""
+        self._pull()
+        return self._table
+
+    def set_classes(self, table: ClassTable) -> None:
+        """Replace every class by those of ``table`` (its copy), e.g. a classes file's."""
+        if table.dim != self.embedder.dim:
+            raise ClassError(f"{table.dim}-d classes for a model with {self.embedder.dim}-d embeddings")
+        want = bool(getattr(self.classifier, "per_class_scale", False))
+        if table.per_class_scale != want:
+            c = len(table)
+            scale = table.scale
+            if want:
+                scale = np.broadcast_to(scale, (c,)) if scale.size == 1 else scale
+            elif c and not np.all(scale == scale[0]):
+                raise ClassError("one scale per class, but the model's classifier has one shared scale")
+            table = ClassTable.from_arrays(table.names, table.weights, table.sums, table.counts,
+                                           scale[:1] if not want and c else scale, want, table.initial_scale)
+        self._table = table.copy()
+        self._push()
+
+    def _change(self, operation, *args):
+        self._pull()
+        try:
+            return operation(*args)
+        finally:
+            self._push()
+
+    @property
+    def class_names(self) -> list[str]:
+        """The class names in order (a copy; the table is ``classes``)."""
+        return list(self.classes.names)
+
     @property
     def num_classes(self) -> int:
-        return len(self.class_names)
+        return len(self._table)
 
     def index_of(self, name: str) -> int:
-        try:
-            return self._index[name]
-        except KeyError:
-            raise UnknownClassError(f"unknown class {name!r} (the model has {self.num_classes} classes)") from None
+        return self._table.index_of(name)
 
     def has_class(self, name: str) -> bool:
-        return name in self._index
+        return name in self._table
 
     def is_imprinted(self, name: str) -> bool:
-        return int(self.sums.counts[self.index_of(name)]) > 0
+        return self._table.is_imprinted(name)
 
-    # -- images ----------------------------------------------------------------
+    def add_class(self, name: str, embeddings: torch.Tensor) -> int:
+        """A new class whose weight is the normalized mean of ``embeddings`` (n, D). Only
+        its row is written; every other class keeps its weights bit for bit."""
+        return self._change(self._table.add, name, _numpy(embeddings))
+
+    def add_examples(self, name: str, embeddings: torch.Tensor) -> int:
+        """More examples for an imprinted class: its weight is the normalized mean of all."""
+        return self._change(self._table.extend, name, _numpy(embeddings))
+
+    def add_class_from_sum(self, name: str, embedding_sum, count: int) -> int:
+        """Restore an imprinted class from its stored float64 sum and example count."""
+        return self._change(self._table.add_from_sum, name, _numpy(embedding_sum, np.float64), count)
+
+    def add_random_class(self, name: str, generator: torch.Generator | None = None) -> int:
+        """A class with Xavier-uniform random weights (the paper's Rand baseline)."""
+        from imprinting.imprint import random_weights
+
+        return self._change(self._table.add_vector, name, random_weights(1, self.embedder.dim, generator)[0].numpy())
+
+    def remove_class(self, name: str) -> None:
+        """Remove an imprinted class (base classes are protected)."""
+        if not self.classifier.removable:
+            raise ClassError("classes can be removed from cosine classifiers only")
+        self._change(self._table.remove, name)
+
+    def snapshot_class(self, name: str) -> ClassSnapshot:
+        """A copy of one class's whole state, for ``restore_class``."""
+        return self.classes.snapshot(name)
+
+    def restore_class(self, snapshot: ClassSnapshot) -> None:
+        """Put a class back exactly as ``snapshot`` saw it, at its place in the order."""
+        self._change(self._table.restore, snapshot)
+
+    # -- images ----------------------------------------------------------------------------
+    @property
+    def config(self) -> dict:
+        """The spec as the JSON of checkpoints (read-only; use ``spec``)."""
+        return self.spec.to_config()
+
     @property
     def preprocess(self):
-        from imprinting.backbones import Preprocess
+        if self.spec.preprocess is None:
+            raise ClassError("this model has no backbone: it takes backbone features, not images")
+        return self.spec.preprocess
 
-        return Preprocess.from_dict(self.config["preprocess"])
+    @property
+    def backbone(self):
+        """The backbone as ``imprinting.backbones.Backbone`` (its module is this model's)."""
+        from imprinting.backbones import Backbone
+
+        s = self.spec
+        return Backbone(s.backbone, self.embedder.backbone, self.embedder.feature_dim, self.preprocess,
+                        s.pretrained, s.weights_id)
 
     def load_images(self, images: Sequence) -> list:
         """Paths or PIL images -> PIL images in the backbone's mode (errors name the file)."""
@@ -267,11 +197,8 @@ class ImprintModel(nn.Module):
 
     @torch.no_grad()
     def embed_images(self, images: Sequence, views: int = 1, batch_size: int = 32) -> torch.Tensor:
-        """Embeddings of image files or PIL images, (n * views, D).
-
-        ``views=1`` uses the test-time centre crop; ``views=k > 1`` embeds k random
-        crop + flip versions of each image (the paper's augmented imprinting uses k=5).
-        """
+        """Embeddings of image files or PIL images, (n * views, D); ``views=k > 1`` embeds k
+        random crop + flip versions of each (the paper's augmented imprinting uses 5)."""
         from imprinting.data.transforms import eval_transform, train_transform
         from imprinting.imprint import embed_images
 
@@ -286,20 +213,20 @@ class ImprintModel(nn.Module):
 
     def imprint(self, name: str, images: Sequence, views: int = 1) -> int:
         """Teach class ``name`` from image files or PIL images: a new class is added, an
-        existing imprinted class takes the examples. Returns the class index."""
-        embeddings = self.embed_images(images, views)
-        if self.has_class(name):
-            self.add_examples(name, embeddings)
-            return self.index_of(name)
-        return self.add_class(name, embeddings)
+        imprinted class takes the examples. Returns the class index."""
+        return self.imprint_embeddings(name, self.embed_images(images, views))
+
+    def imprint_embeddings(self, name: str, embeddings: torch.Tensor) -> int:
+        """``imprint`` from embeddings (n, D): ``add_class`` or ``add_examples``."""
+        return self._change(self._table.imprint, name, _numpy(embeddings))
 
     def predict_images(self, images: Sequence, k: int = 5, unknown_threshold: float | None = None) -> list[Prediction]:
         """Top-k predictions for image files or PIL images."""
         return self.predict_embeddings(self.embed_images(images), k, unknown_threshold)
 
-    # -- forward ---------------------------------------------------------------
+    # -- forward ---------------------------------------------------------------------------
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Unit-length embeddings of preprocessed images (B, 3, H, W) -> (B, D)."""
+        """Unit-length embeddings of preprocessed images (B, C, H, W) -> (B, D)."""
         return self.embedder(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -308,172 +235,130 @@ class ImprintModel(nn.Module):
     def logits_from_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.classifier(embeddings)
 
+    def head(self) -> Head:
+        """FC + classifier as one module over backbone features (what trains on cached ones)."""
+        return Head(self.embedder, self.classifier)
+
     @torch.no_grad()
-    def predict_embeddings(
-        self, embeddings: torch.Tensor, k: int = 5, unknown_threshold: float | None = None
-    ) -> list[Prediction]:
-        if self.num_classes == 0:
-            raise ValueError("the model has no classes yet: imprint one first")
-        logits = self.classifier(embeddings)
-        probs = logits.softmax(dim=1)
-        if isinstance(self.classifier, CosineClassifier):
-            cos = self.classifier.cosine(embeddings)
-        else:
-            cos = embeddings @ F.normalize(self.classifier.linear.weight, dim=1).t()
-        k = min(k, self.num_classes)
-        top_p, top_i = probs.topk(k, dim=1)
+    def predict_embeddings(self, embeddings: torch.Tensor, k: int = 5,
+                           unknown_threshold: float | None = None) -> list[Prediction]:
+        """Top-k names, probabilities and cosines, from the table's normalized templates."""
+        table = self.classes
+        if len(table) == 0:
+            raise ClassError("the model has no classes yet: imprint one first")
+        e = embeddings.detach().float().cpu()
+        cos = table.cosines(e.numpy())
+        logits = self.classifier.logits(cos, e)
         threshold = self.unknown_threshold if unknown_threshold is None else unknown_threshold
-        top_cos = cos.gather(1, top_i).tolist()
-        best_cos = cos.max(dim=1).values.tolist()
-        out = []
-        for p_row, i_row, c_row, best in zip(top_p.tolist(), top_i.tolist(), top_cos, best_cos):
-            unknown = threshold is not None and best < threshold
-            out.append(Prediction([self.class_names[i] for i in i_row], p_row, c_row, unknown))
-        return out
+        return top_k(cos, logits, table.name_at, k, threshold)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, k: int = 5, unknown_threshold: float | None = None) -> list[Prediction]:
         """Top-k class names, probabilities and cosine scores for preprocessed images."""
         return self.predict_embeddings(self.embed(images), k, unknown_threshold)
 
-    # -- imprinting ------------------------------------------------------------
-    @torch.no_grad()
-    def add_class(self, name: str, embeddings: torch.Tensor) -> int:
-        """Add a new class whose weight is the normalized mean of ``embeddings`` (n, D).
+    # -- with and without the backbone -------------------------------------------------------
+    def without_backbone(self) -> "ImprintModel":
+        """A copy of FC + classifier + classes that takes cached backbone features."""
+        backbone, self.embedder.backbone = self.embedder.backbone, nn.Identity()
+        try:
+            head = copy.deepcopy(self)
+        finally:
+            self.embedder.backbone = backbone
+        head.spec = self.spec.headless(self.embedder.feature_dim)
+        return head.eval()
 
-        Only this class's row is written; every other class keeps its weights bit for bit.
-        Returns the new class index.
-        """
-        if self.has_class(name):
-            raise ValueError(f"class {name!r} already exists")
-        embeddings = self._check_embeddings(embeddings)
-        self.classifier.add_classes(normalized_mean(embeddings).unsqueeze(0))
-        self.sums.add_class()
-        index = len(self.class_names)
-        self.class_names.append(name)
-        self._index[name] = index
-        self.sums.add(index, embeddings)
-        return index
+    def with_backbone(self, backbone, preprocess=None) -> "ImprintModel":
+        """A copy of this model on ``backbone`` (an ``imprinting.backbones.Backbone``, copied)."""
+        if backbone.feature_dim != self.embedder.feature_dim:
+            raise ClassError(f"{backbone.name} gives {backbone.feature_dim}-d features; this model takes "
+                             f"{self.embedder.feature_dim}-d ones")
+        old, self.embedder.backbone = self.embedder.backbone, nn.Identity()
+        try:
+            full = copy.deepcopy(self)
+        finally:
+            self.embedder.backbone = old
+        full.embedder.backbone = copy.deepcopy(backbone.module)
+        full.spec = self.spec.on_backbone(backbone.name, backbone.feature_dim, preprocess or backbone.preprocess,
+                                          backbone.pretrained, backbone.weights_id)
+        return full.eval()
 
-    @torch.no_grad()
-    def add_examples(self, name: str, embeddings: torch.Tensor) -> None:
-        """Add examples to an imprinted class: its weight becomes the normalized mean of all of them."""
-        index = self.index_of(name)
-        if not self.is_imprinted(name):
-            raise ValueError(f"class {name!r} is a trained base class; only imprinted classes take examples")
-        self.sums.add(index, self._check_embeddings(embeddings))
-        self._set_weight(index, self.sums.template(index))
+    # -- descriptions and fingerprints --------------------------------------------------------
+    def embedder_id(self) -> str:
+        """SHA-256 of the embedder's weights: classes made with one embedder mean nothing to another."""
+        return fingerprint(self.embedder)
 
-    @torch.no_grad()
-    def add_class_from_sum(self, name: str, embedding_sum: torch.Tensor, count: int) -> int:
-        """Restore an imprinted class from its stored running sum and example count.
+    def store_fingerprint(self) -> str:
+        """What a class store of the service is bound to: embedder weights and preprocessing."""
+        return store_fingerprint(self.embedder_id(), self.spec.preprocess)
 
-        The weight is ``normalize(embedding_sum)``: the same bits as imprinting the examples
-        that made the sum. Stores (the service, the lite runtime) keep sums, not models.
-        """
-        if self.has_class(name):
-            raise ValueError(f"class {name!r} already exists")
-        if count < 1 or embedding_sum.shape != (self.embedder.dim,):
-            raise ValueError(f"need a ({self.embedder.dim},) sum of at least one example for {name!r}")
-        self.sums.add_class()
-        index = len(self.class_names)
-        self.sums._sums[index] = embedding_sum.double()
-        self.sums._counts[index] = int(count)
-        self.classifier.add_classes(self.sums.template(index).unsqueeze(0))
-        self.class_names.append(name)
-        self._index[name] = index
-        return index
-
-    @torch.no_grad()
-    def add_random_class(self, name: str, generator: torch.Generator | None = None) -> int:
-        """Add a class with Xavier-uniform random weights (the paper's Rand baseline)."""
-        from imprinting.imprint import random_weights
-
-        if self.has_class(name):
-            raise ValueError(f"class {name!r} already exists")
-        self.classifier.add_classes(random_weights(1, self.embedder.dim, generator))
-        self.sums.add_class()
-        self.class_names.append(name)
-        self._index[name] = len(self.class_names) - 1
-        return self._index[name]
-
-    @torch.no_grad()
-    def remove_class(self, name: str) -> None:
-        """Remove an imprinted class (rebuilds the rows after it; base classes are protected)."""
-        index = self.index_of(name)
-        if not self.is_imprinted(name):
-            raise ValueError(f"class {name!r} is a base class and cannot be removed")
-        if not isinstance(self.classifier, CosineClassifier):
-            raise ValueError("classes can be removed from cosine classifiers only")
-        keep = [i for i in range(self.num_classes) if i != index]
-        weight = self.classifier.weight.detach()[keep].clone()
-        scale = self.classifier.scale.detach()
-        scale = scale[keep].clone() if self.classifier.per_class_scale else scale.clone()
-        self.classifier.resize_(len(keep))
-        self.classifier.weight.copy_(weight)
-        self.classifier.scale.copy_(scale)
-        self.sums.remove(index)
-        del self.class_names[index]
-        self._index = {n: i for i, n in enumerate(self.class_names)}
-
-    def _set_weight(self, index: int, weight: torch.Tensor) -> None:
-        if isinstance(self.classifier, CosineClassifier):
-            self.classifier.set_class_weight(index, weight)
-        else:
-            self.classifier.linear.weight[index] = weight
-
-    def _check_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
-        if embeddings.ndim != 2 or embeddings.shape[1] != self.embedder.dim or embeddings.shape[0] == 0:
-            raise ValueError(
-                f"expected embeddings of shape (n >= 1, {self.embedder.dim}), got {tuple(embeddings.shape)}"
-            )
-        return embeddings.detach().float()
+    def describe(self) -> dict:
+        """What the model is and knows (``imprint info``, the service's ``/health``)."""
+        table = self.classes
+        spec = self.spec
+        return {
+            "backbone": spec.backbone,
+            "pretrained": spec.pretrained,
+            "embedding_dim": self.embedder.dim,
+            "classifier": spec.classifier,
+            "scale": round(float(table.scale.mean()), 4) if spec.classifier == "cosine" else None,
+            "image_size": spec.preprocess.image_size if spec.preprocess else None,
+            "unknown_threshold": self.unknown_threshold,
+            "num_classes": len(table),
+            "classes": [{"name": n, "kind": "imprinted" if c else "base", "examples": int(c)}
+                        for n, c in zip(table.names, table.counts.tolist())],
+        }
 
 
-def create_model(
-    backbone: str = "efficientnet_lite0",
-    dim: int | None = 64,
-    pretrained: bool = True,
-    classifier: str = "cosine",
-    num_classes: int = 0,
-    class_names: list[str] | None = None,
-    scale: float = 10.0,
-    learn_scale: bool = True,
-    per_class_scale: bool = False,
-    image_size: int | None = None,
-    unknown_threshold: float | None = None,
-) -> ImprintModel:
+def _numpy(x, dtype=np.float32) -> np.ndarray:
+    if torch.is_tensor(x):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype)
+
+
+def build_model(spec: ModelSpec, class_names: Sequence[str] = (), pretrained: bool | None = None,
+                unknown_threshold: float | None = None, image_size: int | None = None) -> ImprintModel:
+    """The one construction path: the modules ``spec`` describes, with ``class_names`` as
+    random (Xavier-uniform) rows. ``pretrained=False`` skips loading the backbone's weights
+    (a checkpoint brings its own). A spec without ``preprocess`` takes the backbone's, at
+    ``image_size`` when given."""
+    from imprinting.backbones import create_backbone
+
+    if spec.backbone is None:
+        backbone, feature_dim = nn.Identity(), spec.feature_dim
+    else:
+        bb = create_backbone(spec.backbone, pretrained=spec.pretrained if pretrained is None else pretrained)
+        backbone, feature_dim = bb.module, bb.feature_dim
+        weights_id = spec.weights_id if pretrained is False else bb.weights_id
+        spec = spec.on_backbone(bb.name, bb.feature_dim, spec.preprocess or bb.preprocess.at_size(image_size),
+                                spec.pretrained, weights_id)
+    embedder = Embedder(backbone, feature_dim, spec.dim, normalize=spec.normalize)
+    names = list(class_names)
+    if spec.classifier == "cosine":
+        head = CosineClassifier(embedder.dim, len(names), spec.scale, spec.learn_scale, spec.per_class_scale)
+    else:
+        head = LinearClassifier(embedder.dim, len(names))
+    return ImprintModel(embedder, head, names, spec, unknown_threshold).eval()
+
+
+def create_model(backbone: str = "efficientnet_lite0", dim: int | None = 64, pretrained: bool = True,
+                 classifier: str = "cosine", num_classes: int = 0, class_names: list[str] | None = None,
+                 scale: float = 10.0, learn_scale: bool = True, per_class_scale: bool = False,
+                 image_size: int | None = None, unknown_threshold: float | None = None) -> ImprintModel:
     """Build a model from a backbone name (see ``imprinting.backbones``).
 
     ``dim=None`` normalizes the backbone features directly (no fully connected layer);
     ``classifier`` is ``"cosine"`` (the paper's normalized classifier) or ``"linear"``
     (the unnormalized baseline). ``image_size`` overrides the backbone's crop size.
     """
-    from imprinting.backbones import create_backbone
-
-    bb = create_backbone(backbone, pretrained=pretrained)
-    # The unnormalized baseline normalizes neither embeddings nor weights.
-    embedder = Embedder(bb.module, bb.feature_dim, dim, normalize=classifier == "cosine")
     names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
-    if classifier == "cosine":
-        head: CosineClassifier | LinearClassifier = CosineClassifier(
-            embedder.dim, len(names), scale, learn_scale, per_class_scale
-        )
-    elif classifier == "linear":
-        head = LinearClassifier(embedder.dim, len(names))
-    else:
-        raise ValueError(f"classifier must be 'cosine' or 'linear', got {classifier!r}")
-    preprocess = bb.preprocess.at_size(image_size)
-    config = {
-        "backbone": backbone,
-        "pretrained": bool(pretrained),
-        "weights_id": bb.weights_id,
-        "dim": dim,
-        "classifier": classifier,
-        "scale": scale,
-        "learn_scale": learn_scale,
-        "per_class_scale": per_class_scale,
-        "preprocess": preprocess.to_dict(),
-    }
-    model = ImprintModel(embedder, head, names, config, unknown_threshold)
-    return model.eval()
+    spec = ModelSpec(backbone, bool(pretrained), "random", dim, classifier, scale, learn_scale, per_class_scale)
+    return build_model(spec, names, unknown_threshold=unknown_threshold, image_size=image_size)
+
+
+def create_head(feature_dim: int, dim: int | None, class_names: Sequence[str], scale: float = 10.0,
+                per_class_scale: bool = False, learn_scale: bool = True) -> ImprintModel:
+    """FC + cosine classifier over cached backbone features (no backbone)."""
+    spec = ModelSpec(backbone=None, pretrained=False, dim=dim, scale=scale, learn_scale=learn_scale,
+                     per_class_scale=per_class_scale, feature_dim=feature_dim)
+    return build_model(spec, class_names)

@@ -177,20 +177,6 @@ def train(
         torch.set_num_threads(threads)
 
 
-class _FeatureHead(nn.Module):
-    """What trains in frozen-backbone mode, FC + classifier, as one module (for DDP: the
-    frozen backbone is not part of it)."""
-
-    def __init__(self, model: ImprintModel):
-        super().__init__()
-        self.fc = model.embedder.fc
-        self.classifier = model.classifier
-        self._embedder = [model.embedder]  # a list: not registered, the backbone stays outside
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self._embedder[0].forward_head(features))
-
-
 def _device_of(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -225,7 +211,7 @@ def _train(model, dataset, cfg, evaluate, checkpoint, progress, end_to_end) -> l
         start = 0
         if checkpoint is not None:
             start, history = _resume(checkpoint, model, optimizer, scheduler, generator)
-        step = model if end_to_end else _FeatureHead(model)
+        step = model if end_to_end else model.head()
         if world > 1:  # built after resuming: DDP starts every rank from rank 0's weights
             step = DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
         for epoch in range(start, cfg.epochs):

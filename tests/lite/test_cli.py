@@ -38,7 +38,7 @@ def test_export_command(conv4_model, tmp_path, tiny_images):
 
     # a class taught on the device is not thrown away by --classes-only without --force
     lite = load(out)
-    lite.imprint(tiny_images["green"][:2], "device class")
+    lite.imprint("device class", tiny_images["green"][:2])
     lite.save()
     result = _invoke("export", model_path, out, "--classes-only")
     assert result.exit_code == 1 and "1 classes that" in result.output and "'device class'" in result.output

@@ -29,15 +29,15 @@ def test_imprint_matches_pytorch_and_the_formula(conv4_model, conv4_export):
     model = copy.deepcopy(conv4_model)
     rng = np.random.default_rng(0)
     e1, e2, e3 = _unit(rng, 3, 32), _unit(rng, 2, 32) * 3.0, _unit(rng, 4, 32)  # e2 not unit length
-    lite.imprint_embeddings(e1, "cat")
-    lite.imprint_embeddings(e2, "cat")  # examples added later
-    lite.imprint_embeddings(e3, "dog")
+    lite.imprint_embeddings("cat", e1)
+    lite.imprint_embeddings("cat", e2)  # examples added later
+    lite.imprint_embeddings("dog", e3)
     model.add_class("cat", torch.from_numpy(e1))
     model.add_examples("cat", torch.from_numpy(e2))
     model.add_class("dog", torch.from_numpy(e3))
     assert lite.class_names == model.class_names == ["base_a", "base_b", "blue", "cat", "dog"]
-    np.testing.assert_array_equal(lite.counts, model.sums.counts.numpy())
-    np.testing.assert_allclose(lite.sums, model.sums.sums.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(lite.counts, model.classes.counts)
+    np.testing.assert_allclose(lite.sums, model.classes.sums, rtol=0, atol=1e-12)
     np.testing.assert_allclose(lite.weights, model.classifier.weight.detach().numpy(), rtol=0, atol=1e-7)
     np.testing.assert_allclose(lite.scale, model.classifier.scale.detach().numpy(), rtol=1e-6)
     for index, parts in ((3, [e1, e2]), (4, [e3])):
@@ -46,7 +46,7 @@ def test_imprint_matches_pytorch_and_the_formula(conv4_model, conv4_export):
         np.testing.assert_allclose(lite.weights[index], w, rtol=0, atol=1e-7)
     # one call with all the examples gives the incremental result
     once = load(conv4_export)
-    once.imprint_embeddings(np.concatenate([e1, e2]), "cat")
+    once.imprint_embeddings("cat", np.concatenate([e1, e2]))
     np.testing.assert_allclose(once.sums[3], lite.sums[3], rtol=0, atol=1e-12)
     np.testing.assert_allclose(once.weights[3], lite.weights[3], rtol=0, atol=1e-7)
 
@@ -55,16 +55,16 @@ def test_imprint_from_images_matches_pytorch(effnet_model, effnet_export, tiny_i
     lite = load(effnet_export)
     model = copy.deepcopy(effnet_model)
     files = tiny_images["blue"]
-    lite.imprint(files[:2], "blue")
-    lite.imprint(files[2:3], "blue")
-    lite.imprint(tiny_images["red"][3:4], "red")  # more examples for an imprinted class
+    lite.imprint("blue", files[:2])
+    lite.imprint("blue", files[2:3])
+    lite.imprint("red", tiny_images["red"][3:4])  # more examples for an imprinted class
     model.imprint("blue", files[:2])
     model.imprint("blue", files[2:3])
     model.imprint("red", tiny_images["red"][3:4])
     assert lite.class_names == model.class_names == ["red", "green", "blue"]
     np.testing.assert_array_equal(lite.counts, [4, 3, 3])
-    np.testing.assert_array_equal(lite.counts, model.sums.counts.numpy())
-    np.testing.assert_allclose(lite.sums, model.sums.sums.numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(lite.counts, model.classes.counts)
+    np.testing.assert_allclose(lite.sums, model.classes.sums, rtol=0, atol=1e-5)
     np.testing.assert_allclose(lite.weights, model.classifier.weight.detach().numpy(), rtol=0, atol=1e-5)
 
 
@@ -109,7 +109,7 @@ def test_predict_reference_formula_and_unknown_threshold(conv4_export):
 def test_per_class_scale_of_a_new_class_is_the_mean(conv4_export):
     lite = load(conv4_export)
     assert lite.per_class_scale and lite.scale.tolist() == [8.0, 12.0, 10.0]
-    lite.imprint_embeddings(_unit(np.random.default_rng(2), 1, 32), "new")
+    lite.imprint_embeddings("new", _unit(np.random.default_rng(2), 1, 32))
     assert lite.scale.tolist() == [8.0, 12.0, 10.0, 10.0]
 
 
@@ -117,21 +117,21 @@ def test_base_classes_are_protected_and_errors_are_clear(conv4_export):
     lite = load(conv4_export)
     e = _unit(np.random.default_rng(3), 2, 32)
     with pytest.raises(ValueError, match="'base_a' is a trained base class"):
-        lite.imprint_embeddings(e, "base_a")
+        lite.imprint_embeddings("base_a", e)
     with pytest.raises(ValueError, match="base class and cannot be removed"):
         lite.remove_class("base_b")
     with pytest.raises(UnknownClassError, match="unknown class 'nope'"):
         lite.remove_class("nope")
     with pytest.raises(ValueError, match="empty"):
-        lite.imprint_embeddings(e, "  ")
+        lite.imprint_embeddings("  ", e)
     with pytest.raises(ValueError, match=r"shape \(n >= 1, 32\)"):
-        lite.imprint_embeddings(np.zeros((2, 31), np.float32), "x")
+        lite.imprint_embeddings("x", np.zeros((2, 31), np.float32))
     with pytest.raises(ValueError, match="no images"):
         lite.embed([])
     with pytest.raises(ValueError, match="expected preprocessed images"):
         lite.embed_array(np.zeros((1, 3, 28, 28), np.float32))
     with pytest.raises(ValueError, match="no such image"):
-        lite.imprint(["/nonexistent/cat.jpg"], "cat")
+        lite.imprint("cat", ["/nonexistent/cat.jpg"])
     assert lite.num_classes == 3  # nothing changed by the failures
 
 
@@ -139,7 +139,7 @@ def test_remove_class_and_many_classes(conv4_export):
     lite = load(conv4_export)
     rng = np.random.default_rng(4)
     for i in range(40):  # past the initial buffer capacity
-        lite.imprint_embeddings(_unit(rng, 1, 32), f"c{i}")
+        lite.imprint_embeddings(f"c{i}", _unit(rng, 1, 32))
     assert lite.num_classes == 43 and lite.scale.shape == (43,)
     keep = lite.weights[5].copy()
     lite.remove_class("c1")
@@ -150,7 +150,7 @@ def test_remove_class_and_many_classes(conv4_export):
 
 def test_save_and_reload(conv4_export, tmp_path, tiny_images):
     lite = load(conv4_export)
-    lite.imprint(tiny_images["red"][:2], "red ✓")
+    lite.imprint("red ✓", tiny_images["red"][:2])
     path = lite.save(tmp_path / "mine.npz")
     again = LiteModel(conv4_export, classes=path)
     assert again.class_names == lite.class_names

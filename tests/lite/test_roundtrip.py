@@ -19,8 +19,8 @@ def _same_classes(lite, model):
     assert lite.class_names == model.class_names
     np.testing.assert_array_equal(lite.weights, model.classifier.weight.detach().numpy())
     np.testing.assert_array_equal(lite.scale, model.classifier.scale.detach().numpy())
-    np.testing.assert_array_equal(lite.sums, model.sums.sums.numpy())
-    np.testing.assert_array_equal(lite.counts, model.sums.counts.numpy())
+    np.testing.assert_array_equal(lite.sums, model.classes.sums)
+    np.testing.assert_array_equal(lite.counts, model.classes.counts)
     assert lite.unknown_threshold == model.unknown_threshold
 
 
@@ -29,9 +29,9 @@ def test_device_to_pytorch_to_device(conv4_model, conv4_export, tmp_path, tiny_i
     shutil.copytree(conv4_export, device_dir)
     # on the device: teach two classes, one in two sittings, and save
     lite = load(device_dir)
-    lite.imprint(tiny_images["red"][:2], "red")
-    lite.imprint(tiny_images["green"], "green")
-    lite.imprint(tiny_images["red"][2:], "red")
+    lite.imprint("red", tiny_images["red"][:2])
+    lite.imprint("green", tiny_images["green"])
+    lite.imprint("red", tiny_images["red"][2:])
     lite.unknown_threshold = 0.25
     lite.save()
 
@@ -49,10 +49,10 @@ def test_device_to_pytorch_to_device(conv4_model, conv4_export, tmp_path, tiny_i
     # the server keeps teaching the device's class where the device left off ...
     more = torch.from_numpy(lite.embed(tiny_images["blue"][:1]))
     model.add_examples("red", more)
-    lite.imprint_embeddings(more.numpy(), "red")
-    np.testing.assert_allclose(model.sums.sums[model.index_of("red")].numpy(), lite.sums[lite.index_of("red")],
+    lite.imprint_embeddings("red", more.numpy())
+    np.testing.assert_allclose(model.classes.sums[model.index_of("red")], lite.sums[lite.index_of("red")],
                                rtol=0, atol=1e-12)
-    assert int(model.sums.counts[model.index_of("red")]) == 6
+    assert int(model.classes.counts[model.index_of("red")]) == 6
     # ... and a checkpoint keeps the imported classes, sums included
     checkpoint.save(model, tmp_path / "model2.safetensors")
     model2 = checkpoint.load(tmp_path / "model2.safetensors")

@@ -19,7 +19,7 @@ import imprinting.lite as lite
 from imprinting.lite import load
 
 model = load({folder!r})
-model.imprint({teach!r}, "new class")
+model.imprint("new class", {teach!r})
 preds = model.predict({query!r}, k=2)
 assert preds[0].classes[0] in model.class_names and len(preds) == {n}
 model.save({out!r})

@@ -7,13 +7,10 @@ import sys
 
 import click
 
-from imprinting.backbones import BackboneError
-from imprinting.checkpoint import CheckpointError
-from imprinting.data import DatasetError
-from imprinting.data.images import ImageError
-from imprinting.model import UnknownClassError
+from imprinting.errors import UserError
 
-USER_ERRORS = (ImageError, CheckpointError, DatasetError, BackboneError, UnknownClassError, ValueError)
+# The library's own error types only: anything else is a bug and keeps its traceback.
+USER_ERRORS = (UserError,)
 
 
 class Group(click.Group):
@@ -35,15 +32,11 @@ class Group(click.Group):
 
 
 def embed_with_bar(model, files, views):
-    import torch
+    """``imprinting.imprint.embed_files`` with a progress bar."""
+    from imprinting.imprint import embed_files
 
-    out = []
-    batch = 16
     with progress_bar(len(files), "embedding images") as bar:
-        for i in range(0, len(files), batch):
-            out.append(model.embed_images(files[i : i + batch], views=views))
-            bar.update(len(files[i : i + batch]))
-    return torch.cat(out)
+        return embed_files(model, files, views, progress=bar.update)
 
 
 def progress_bar(total, desc):

@@ -9,6 +9,7 @@ import click
 
 from imprinting.cli.common import embed_with_bar, progress_bar
 
+
 @click.command()
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--backbone", default="efficientnet_lite0", show_default=True,
@@ -35,17 +36,12 @@ def create(out, backbone, dim, random_init, image_size, scale, unknown_threshold
                          scale=scale, unknown_threshold=unknown_threshold)
     if from_folder is not None:
         from imprinting.data.folder import read_folder
+        from imprinting.imprint import imprint_folder
 
-        images = read_folder(from_folder)
-        by_class: dict[int, list] = {}
-        for p, y in zip(images.paths, images.labels):
-            by_class.setdefault(y, []).append(p)
-        with progress_bar(len(by_class), "imprinting classes") as bar:
-            for y, files in sorted(by_class.items()):
-                model.imprint(images.class_names[y], files)
-                bar.update(1)
+        with progress_bar(len(read_folder(from_folder).class_names), "imprinting classes") as bar:
+            imprint_folder(model, from_folder, progress=bar.update)
     checkpoint.save(model, out)
-    click.echo(f"wrote {out}: {model.config['backbone']}, {model.embedder.dim}-d embeddings, {model.num_classes} classes")
+    click.echo(f"wrote {out}: {model.spec.backbone}, {model.embedder.dim}-d embeddings, {model.num_classes} classes")
 
 
 @click.command("add-class")
@@ -71,12 +67,9 @@ def add_class(model_path, images, name, augment, append):
         raise click.ClickException(f"class {name!r} already exists in {model_path} (use --append to add examples)")
     files = collect_images(images)
     embeddings = embed_with_bar(model, files, augment)
-    if model.has_class(name):
-        model.add_examples(name, embeddings)
-    else:
-        model.add_class(name, embeddings)
+    model.imprint_embeddings(name, embeddings)
     checkpoint.save(model, model_path)
-    count = int(model.sums.counts[model.index_of(name)])
+    count = model.classes.count(name)
     click.echo(f"{name}: {count} examples; {model_path} now has {model.num_classes} classes")
 
 
@@ -113,23 +106,8 @@ def info(model_path, as_json):
     from imprinting import checkpoint
 
     model = checkpoint.load(model_path)
-    counts = model.sums.counts.tolist()
-    classes = [{"name": n, "kind": "imprinted" if c else "base", "examples": c} for n, c in zip(model.class_names, counts)]
-    scale = model.classifier.scale.detach() if hasattr(model.classifier, "scale") else None
-    if scale is not None:  # one shared s, or the mean of the per-class ones
-        scale = round(scale.mean().item(), 4)
-    summary = {
-        "file": str(model_path),
-        "backbone": model.config["backbone"],
-        "pretrained": model.config["pretrained"],
-        "embedding_dim": model.embedder.dim,
-        "classifier": model.config["classifier"],
-        "scale": scale,
-        "image_size": model.preprocess.image_size,
-        "unknown_threshold": model.unknown_threshold,
-        "num_classes": model.num_classes,
-        "classes": classes,
-    }
+    summary = {"file": str(model_path), **model.describe()}
+    classes = summary["classes"]
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

@@ -11,8 +11,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imprinting.errors import UserError
 
-class DatasetError(ValueError):
+
+class DatasetError(UserError):
     """A data set that is missing or malformed; the message names the file."""
 
 

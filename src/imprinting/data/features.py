@@ -70,12 +70,11 @@ class _Images(Dataset):
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
-    """A hash of every parameter and buffer: the same weights, the same features."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """A hash of every parameter and buffer (``imprinting.spec.fingerprint``): the same
+    weights, the same features."""
+    from imprinting.spec import fingerprint
+
+    return fingerprint(module)[:16]
 
 
 def cache_key(backbone: Backbone, pre: Preprocess, images: ImageSet, view: View) -> str:

@@ -8,13 +8,15 @@ from typing import Iterable
 
 from PIL import Image, UnidentifiedImageError
 
+from imprinting.errors import UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 # Refuse decompression bombs: more pixels than this is an error, not a warning.
 MAX_PIXELS = 64_000_000
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """An image that cannot be read: missing, not an image, truncated, too large."""
 
 

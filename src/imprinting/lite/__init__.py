@@ -6,7 +6,7 @@ classes from a few images, predict, and save the classes::
     from imprinting.lite import load
 
     model = load("lite_export")
-    model.imprint(["rose1.jpg", "rose2.jpg"], "rose")
+    model.imprint("rose", ["rose1.jpg", "rose2.jpg"])
     print(model.predict(["photo.jpg"], k=3)[0].top)
     model.save()   # lite_export/classes.npz, which imprinting.export.import_classes reads
 

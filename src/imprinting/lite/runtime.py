@@ -8,38 +8,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from imprinting.errors import ClassError
 from imprinting.lite import format as fmt
 from imprinting.lite.preprocess import image_mode, to_batch
-from imprinting.prediction import Prediction, UnknownClassError  # noqa: F401  (shared with the PyTorch model)
-
-
-class _Rows:
-    """An (n, ...) array that grows by appending rows with capacity doubling."""
-
-    def __init__(self, initial: np.ndarray):
-        self._buf = np.array(initial, copy=True)
-        self._n = initial.shape[0]
-
-    def __len__(self) -> int:
-        return self._n
-
-    @property
-    def view(self) -> np.ndarray:
-        return self._buf[: self._n]
-
-    def append(self, rows: np.ndarray) -> None:
-        k = rows.shape[0]
-        if self._n + k > self._buf.shape[0]:
-            cap = max(2 * self._buf.shape[0], self._n + k, 16)
-            grown = np.zeros((cap, *self._buf.shape[1:]), dtype=self._buf.dtype)
-            grown[: self._n] = self._buf[: self._n]
-            self._buf = grown
-        self._buf[self._n : self._n + k] = rows
-        self._n += k
-
-    def delete(self, index: int) -> None:
-        self._buf = np.delete(self.view, index, axis=0)
-        self._n -= 1
+from imprinting.prediction import Prediction, UnknownClassError, top_k  # noqa: F401  (shared with the PyTorch model)
 
 
 def _session(path: Path, threads: int | None, providers: Sequence[str] | None):
@@ -60,9 +32,10 @@ def _session(path: Path, threads: int | None, providers: Sequence[str] | None):
 class LiteModel:
     """An exported embedder plus the classes, without PyTorch.
 
-    ``imprint(images, name)`` teaches a class (or adds examples to an imprinted one) by
-    adding the images' L2-normalized embeddings to the class's float64 running sum; the
-    class vector is the normalized sum. ``predict(images)`` returns top-k classes with the
+    ``imprint(name, images)`` teaches a class (or adds examples to an imprinted one) by
+    adding the images' L2-normalized embeddings to the class's float64 running sum in the
+    class table (``classes``, the same ``ClassTable`` the PyTorch model keeps); the class
+    vector is the normalized sum. ``predict(images)`` returns top-k classes with the
     unknown flag. ``save()`` writes the classes file, atomically, in the format that
     ``imprinting.export.import_classes`` reads into a PyTorch model.
     """
@@ -103,74 +76,57 @@ class LiteModel:
                 f"{self.classes_path}: the classes were made with another embedder "
                 f"({data.embedder_id[:12]}, this export has {self.embedder_id[:12]})"
             )
-        self.class_names = list(data.class_names)
-        self._index = {n: i for i, n in enumerate(self.class_names)}
-        self._weights = _Rows(data.weights)
-        self._sums = _Rows(data.sums)
-        self._counts = _Rows(data.counts)
-        self._scale = _Rows(data.scale)
-        self.per_class_scale = data.per_class_scale
-        self.initial_scale = data.initial_scale
+        self.classes = data.table()
         self.unknown_threshold = data.unknown_threshold
         self._extra = dict(data.extra)
-        self._templates = None
 
     def classes_data(self) -> fmt.ClassesData:
         """The classes as a ``ClassesData`` (copies)."""
-        return fmt.ClassesData(
-            class_names=list(self.class_names),
-            weights=self.weights.copy(),
-            scale=self.scale.copy(),
-            sums=self.sums.copy(),
-            counts=self.counts.copy(),
-            dim=self.dim,
-            per_class_scale=self.per_class_scale,
-            initial_scale=self.initial_scale,
-            unknown_threshold=self.unknown_threshold,
-            embedder_id=self.embedder_id,
-            extra=dict(self._extra),
-        )
+        return fmt.ClassesData.from_table(self.classes, self.unknown_threshold, self.embedder_id, self._extra)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.classes.names)
 
     @property
     def num_classes(self) -> int:
-        return len(self.class_names)
+        return len(self.classes)
 
     @property
     def weights(self) -> np.ndarray:
-        """Class vectors (C, D) float32, as stored (normalized at use)."""
-        return self._weights.view
+        """Class vectors (C, D) float32, as stored (read-only)."""
+        return self.classes.weights
 
     @property
     def sums(self) -> np.ndarray:
-        """Per-class float64 sums of L2-normalized embeddings (C, D)."""
-        return self._sums.view
+        """Per-class float64 sums of L2-normalized embeddings (C, D) (read-only)."""
+        return self.classes.sums
 
     @property
     def counts(self) -> np.ndarray:
-        """Examples per class (C,); 0 = trained base class."""
-        return self._counts.view
+        """Examples per class (C,); 0 = trained base class (read-only)."""
+        return self.classes.counts
 
     @property
     def scale(self) -> np.ndarray:
-        return self._scale.view
+        return self.classes.scale
+
+    @property
+    def per_class_scale(self) -> bool:
+        return self.classes.per_class_scale
 
     def has_class(self, name: str) -> bool:
-        return name in self._index
+        return name in self.classes
 
     def index_of(self, name: str) -> int:
-        try:
-            return self._index[name]
-        except KeyError:
-            raise UnknownClassError(f"unknown class {name!r} (the model has {self.num_classes} classes)") from None
+        return self.classes.index_of(name)
 
     def is_imprinted(self, name: str) -> bool:
-        return int(self.counts[self.index_of(name)]) > 0
+        return self.classes.is_imprinted(name)
 
     def templates(self) -> np.ndarray:
         """L2-normalized class vectors (C, D) float32."""
-        if self._templates is None:
-            self._templates = fmt.normalize_rows(self.weights.astype(np.float32))
-        return self._templates
+        return self.classes.templates
 
     # -- images ------------------------------------------------------------------
     def load_images(self, images: Iterable) -> list:
@@ -208,60 +164,30 @@ class LiteModel:
         return np.concatenate(out)
 
     # -- imprinting --------------------------------------------------------------
-    def imprint(self, images: Sequence, name: str) -> int:
+    def imprint(self, name: str, images: Sequence) -> int:
         """Teach class ``name`` from image files or PIL images: a new class is added, an
         imprinted class takes the examples. Returns the class index."""
-        return self.imprint_embeddings(self.embed(images), name)
+        if not isinstance(name, str) and isinstance(images, str):
+            raise TypeError("imprint takes the class name first: imprint(name, images)")
+        return self.imprint_embeddings(name, self.embed(images))
 
-    def imprint_embeddings(self, embeddings: np.ndarray, name: str) -> int:
+    def imprint_embeddings(self, name: str, embeddings: np.ndarray) -> int:
         """``imprint`` from embeddings (n, D) instead of images."""
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError("the class name is empty")
-        e = np.asarray(embeddings)
-        if e.ndim != 2 or e.shape[1] != self.dim or e.shape[0] == 0:
-            raise ValueError(f"expected embeddings of shape (n >= 1, {self.dim}), got {e.shape}")
-        # like ClassSums.add: float32 embeddings, normalized again in float64, summed
-        added = fmt.normalize_rows(e.astype(np.float32).astype(np.float64)).sum(axis=0)
-        if self.has_class(name):
-            index = self.index_of(name)
-            if not self.counts[index]:
-                raise ValueError(f"class {name!r} is a trained base class; only imprinted classes take examples")
-            self.sums[index] += added
-            self.counts[index] += e.shape[0]
-            self.weights[index] = fmt.normalize_rows(self.sums[index]).astype(np.float32)
-        else:
-            index = self.num_classes
-            self._sums.append(added[None])
-            self._counts.append(np.array([e.shape[0]], dtype=np.int64))
-            self._weights.append(fmt.normalize_rows(added).astype(np.float32)[None])
-            if self.per_class_scale:
-                fill = float(self.scale.mean()) if len(self._scale) else self.initial_scale
-                self._scale.append(np.array([fill], dtype=np.float32))
-            self.class_names.append(name)
-            self._index[name] = index
-        self._templates = None
-        return index
+        if not isinstance(name, str) and isinstance(embeddings, str):
+            raise TypeError("imprint_embeddings takes the class name first: imprint_embeddings(name, embeddings)")
+        return self.classes.imprint(name, embeddings)
 
     def remove_class(self, name: str) -> None:
         """Remove an imprinted class (base classes are protected)."""
-        index = self.index_of(name)
-        if not self.counts[index]:
-            raise ValueError(f"class {name!r} is a base class and cannot be removed")
-        for rows in (self._weights, self._sums, self._counts):
-            rows.delete(index)
-        if self.per_class_scale:
-            self._scale.delete(index)
-        del self.class_names[index]
-        self._index = {n: i for i, n in enumerate(self.class_names)}
-        self._templates = None
+        self.classes.remove(name)
 
     # -- prediction --------------------------------------------------------------
     def cosines(self, embeddings: np.ndarray) -> np.ndarray:
-        return np.asarray(embeddings, dtype=np.float32) @ self.templates().T
+        return self.classes.cosines(embeddings)
 
     def logits(self, embeddings: np.ndarray) -> np.ndarray:
         """s * cos(w_c, e): the PyTorch model's logits, (N, C)."""
-        return self.scale * self.cosines(embeddings)
+        return self.classes.logits(self.cosines(embeddings))
 
     def predict(self, images: Sequence, k: int = 5, unknown_threshold: float | None = None) -> list[Prediction]:
         """Top-k predictions for image files or PIL images."""
@@ -269,26 +195,10 @@ class LiteModel:
 
     def predict_embeddings(self, embeddings: np.ndarray, k: int = 5, unknown_threshold: float | None = None) -> list[Prediction]:
         if self.num_classes == 0:
-            raise ValueError("the model has no classes yet: imprint one first")
+            raise ClassError("the model has no classes yet: imprint one first")
         cos = self.cosines(embeddings)
-        logits = self.scale * cos
-        z = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs = z / z.sum(axis=1, keepdims=True)
-        k = max(1, min(int(k), self.num_classes))
-        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         threshold = self.unknown_threshold if unknown_threshold is None else unknown_threshold
-        out = []
-        for p_row, c_row, i_row in zip(probs, cos, top):
-            unknown = threshold is not None and float(c_row.max()) < threshold
-            out.append(
-                Prediction(
-                    [self.class_names[i] for i in i_row],
-                    [float(p_row[i]) for i in i_row],
-                    [float(c_row[i]) for i in i_row],
-                    unknown,
-                )
-            )
-        return out
+        return top_k(cos, self.classes.logits(cos), self.classes.name_at, k, threshold)
 
     # -- saving ------------------------------------------------------------------
     def save(self, path: str | os.PathLike | None = None) -> Path:
