@@ -159,7 +159,7 @@ def _epoch_seconds(model, dataset, cfg) -> float:
 
 
 def _head(args) -> dict:
-    from imprinting.protocol import head_model
+    from imprinting.model import create_head
     from imprinting.train import FeatureDataset, TrainConfig
 
     g = torch.Generator().manual_seed(0)
@@ -167,7 +167,7 @@ def _head(args) -> dict:
     x = torch.randn(n, 1280, generator=g).relu()
     y = torch.randint(0, INAT_BASE, (n,), generator=g)
     torch.manual_seed(0)
-    model = head_model(1280, 256, [f"c{i}" for i in range(INAT_BASE)])
+    model = create_head(1280, 256, [f"c{i}" for i in range(INAT_BASE)])
     seconds = _epoch_seconds(model, FeatureDataset(x, y), TrainConfig(epochs=2, batch_size=256, balanced=True))
     return {"images": n, "seconds": seconds, "us_per_image": 1e6 * seconds / n}
 
@@ -257,11 +257,11 @@ def part_procs(args) -> dict:
 
 def _model(dim: int, backbone: bool = False):
     from imprinting.model import create_model
-    from imprinting.protocol import head_model
+    from imprinting.model import create_head
 
     if backbone:
         return create_model("efficientnet_lite0", dim=dim, pretrained=False)
-    return head_model(1280, dim, [])
+    return create_head(1280, dim, [])
 
 
 def _median(fn, repeats: int) -> float:
@@ -319,7 +319,7 @@ def part_classes(args) -> dict:
         assert loaded.num_classes == C and torch.equal(loaded.classifier.weight, model.classifier.weight)
     w = model.classifier.weight
     out["imprint_bytes_weights"] = w.numel() * w.element_size()
-    out["imprint_bytes_sums"] = model.sums.sums.numel() * 8 + model.sums.counts.numel() * 8
+    out["imprint_bytes_sums"] = model.classes.sums.nbytes + model.classes.counts.nbytes
     del model, loaded
 
     # (d) nearest neighbour over every stored example: the library's max_cosine_per_class,

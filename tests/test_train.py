@@ -42,16 +42,21 @@ def test_balanced_sampler_makes_every_class_equally_likely():
 
 def test_paper_optimizer_rmsprop_head_lr_times_ten_and_decay():
     model = _head()
-    cfg = TrainConfig()
-    groups = _param_groups(model, cfg, end_to_end=True)
-    opt = make_optimizer(groups, cfg)
+    groups = _param_groups(model, TrainConfig(), end_to_end=True)
+    opt = make_optimizer(groups, TrainConfig())
     assert isinstance(opt, torch.optim.RMSprop) and opt.defaults["momentum"] == 0.9
-    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(1e-3), pytest.approx(1e-4)]
-    sched = torch.optim.lr_scheduler.StepLR(opt, cfg.decay_every, cfg.decay_rate)
-    for _ in range(8):
-        opt.step()
-        sched.step()
-    assert opt.param_groups[1]["lr"] == pytest.approx(1e-4 * 0.94**2)
+
+
+def test_train_decays_the_learning_rates_by_0_94_every_4_epochs():
+    """What ``train`` itself used in each epoch, against the paper's schedule by hand:
+    1e-3 for the new layers, 1e-4 for the backbone, x0.94 after every 4 epochs."""
+    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 8))
+    model = ImprintModel(Embedder(backbone, 8, 4), CosineClassifier(4, 2), ["a", "b"])
+    x, y = torch.randn(8, 1, 2, 4), torch.tensor([0, 1] * 4)
+    hist = train(model, TensorImageDataset(x, y), TrainConfig(epochs=9, batch_size=8), progress=False)
+    for epoch, record in enumerate(hist):
+        decay = 0.94 ** (epoch // 4)
+        assert record["lr"] == [pytest.approx(1e-3 * decay, rel=1e-12), pytest.approx(1e-4 * decay, rel=1e-12)]
 
 
 def test_training_learns_separable_classes_and_records_each_epoch():

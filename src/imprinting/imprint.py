@@ -15,6 +15,8 @@ from torch import nn
 
 from PIL import Image
 
+from imprinting.data.images import ImageError
+
 
 def normalized_mean(embeddings: torch.Tensor) -> torch.Tensor:
     """normalize(mean(normalize(e_i))) for embeddings (n, D) -> (D,)."""
@@ -48,7 +50,7 @@ def embed_images(
     of each (with a random crop + flip ``transform``: the paper's augmented imprinting)."""
     tensors = [transform(img) for img in images for _ in range(views)]
     if not tensors:
-        raise ValueError("no images to embed")
+        raise ImageError("no images to embed")
     out = [embed(torch.stack(tensors[i : i + batch_size])) for i in range(0, len(tensors), batch_size)]
     return torch.cat(out)
 
@@ -63,7 +65,7 @@ def embed_files(model, files: Sequence, views: int = 1, batch_size: int = 16,
         if progress is not None:
             progress(len(chunk))
     if not out:
-        raise ValueError("no images to embed")
+        raise ImageError("no images to embed")
     return torch.cat(out)
 
 

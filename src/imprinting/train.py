@@ -220,6 +220,7 @@ def _train(model, dataset, cfg, evaluate, checkpoint, progress, end_to_end) -> l
                 model.embedder.backbone.eval()  # frozen: keep batch-norm statistics
             total, correct, loss_sum = 0, 0, 0.0
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress or rank != 0)
+            lrs = [g["lr"] for g in optimizer.param_groups]  # this epoch's, before the decay step
             for t, batch in enumerate(bar):
                 if world == 1:
                     x, y = (v.to(device) for v in batch)
@@ -249,7 +250,7 @@ def _train(model, dataset, cfg, evaluate, checkpoint, progress, end_to_end) -> l
                 correct, total = int(correct), int(total)
             model.eval()
             record = {"epoch": epoch + 1, "loss": loss_sum / max(total, 1),
-                      "train_top1": 100.0 * correct / max(total, 1)}
+                      "train_top1": 100.0 * correct / max(total, 1), "lr": lrs}
             if evaluate is not None:
                 record.update(dd.run_on_main(lambda: _evaluate(model, evaluate, home)))
             history.append(record)

@@ -62,3 +62,25 @@ def test_export_errors_are_one_line(tmp_path):
     result = _invoke("export", tmp_path / "missing.safetensors", tmp_path / "out")
     assert result.exit_code == 1 and "no such model file" in result.output
     assert not np.any([p.suffix == ".onnx" for p in tmp_path.rglob("*")])
+
+
+def test_a_cli_class_extended_on_the_device_predicts_as_imprint_predict(tiny_images, tmp_path):
+    """Teach with the CLI, export, add examples on the device with ``imprint(name, images)``;
+    the same examples added with ``add-class --append``: both give the same top-1 (and the
+    same cosines to 1e-4) on every image."""
+    root = tiny_images["red"][0].parent.parent
+    model_path, out = tmp_path / "m.safetensors", tmp_path / "lite"
+    assert _invoke("create", model_path, "--image-size", 64, "--from-folder", root).exit_code == 0
+    assert _invoke("export", model_path, out).exit_code == 0
+    extra = tiny_images["blue"][3:] + tiny_images["green"][4:]
+    lite = load(out)
+    lite.imprint("red", extra)  # on the device
+    result = _invoke("add-class", model_path, "--name", "red", "--append", *extra)
+    assert result.exit_code == 0 and "red: 8 examples" in result.output
+    images = [p for name in ("red", "green", "blue") for p in tiny_images[name]]
+    result = _invoke("predict", model_path, *images, "--json", "-k", 3)
+    cli = [json.loads(line) for line in result.output.splitlines()]
+    device = lite.predict(images, k=3)
+    assert [c["classes"][0] for c in cli] == [p.classes[0] for p in device]
+    np.testing.assert_allclose([c["cosines"] for c in cli], [p.cosines for p in device], atol=1e-4)
+    assert lite.classes.count("red") == 8 and lite.classes.sums.shape == (3, 1280)

@@ -73,7 +73,7 @@ def read_cub(root: str | os.PathLike | None = None, split: str = "train") -> Ima
     split. Images come in ``images.txt`` order.
     """
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
     folder = data_root(root) / "cub" / "CUB_200_2011"
     class_names = _class_names(folder / "classes.txt")
 

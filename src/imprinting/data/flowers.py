@@ -40,7 +40,7 @@ def _missing(folder: Path) -> str:
 def read_flowers102(root: str | os.PathLike | None = None, split: str = "train", download: bool = True) -> ImageSet:
     """One official split (``train``, ``val`` or ``test``); labels 0..101 (class k+1 of the paper)."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
     folder = data_root(root) / "flowers102"
     ds = _open(folder, split, download)
     names = [f"flower_{i + 1:03d}" for i in range(NUM_CLASSES)]

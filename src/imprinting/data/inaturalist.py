@@ -43,7 +43,7 @@ def read_inaturalist(root: str | os.PathLike, split: str = "train") -> ImageSet:
     ``meta["split"]`` the split. Images keep the JSON file's order.
     """
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
     root = Path(root)
     path = root / f"{split}2017.json"
     if not path.is_file():

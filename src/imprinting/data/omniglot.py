@@ -68,7 +68,7 @@ def read_omniglot(root: str | os.PathLike | None = None, part: str = "all") -> I
     ``meta["part"]`` is the part. Use ``omniglot_train_test`` for a train/test split.
     """
     if part not in PARTS:
-        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+        raise DatasetError(f"part must be one of {PARTS}, got {part!r}")
     folder = data_root(root) / "omniglot" / "omniglot-py"
     parts = ("background", "evaluation") if part == "all" else (part,)
     class_names: list[str] = []
@@ -106,7 +106,7 @@ def omniglot_train_test(images: ImageSet, train_per_class: int = 10) -> tuple[Im
     is an error naming its folder.
     """
     if train_per_class < 1:
-        raise ValueError(f"train_per_class must be at least 1, got {train_per_class}")
+        raise DatasetError(f"train_per_class must be at least 1, got {train_per_class}")
     by_class: dict[int, list[int]] = {}
     for i, label in enumerate(images.labels):
         by_class.setdefault(label, []).append(i)

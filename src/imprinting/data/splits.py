@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from imprinting.data import ImageSet
+from imprinting.data import DatasetError, ImageSet
 from imprinting.data.cub import cub_base_novel
 from imprinting.data.omniglot import BACKGROUND_ALPHABETS
 
@@ -66,17 +66,17 @@ def base_novel_split(image_set: ImageSet, rule) -> tuple[list[int], list[int]]:
             is_base = background.__contains__
         elif rule == "inaturalist":
             if image_set.meta.get("split", "train") != "train":
-                raise ValueError(f"{image_set.name}: the inaturalist rule counts training images; "
+                raise DatasetError(f"{image_set.name}: the inaturalist rule counts training images; "
                                  f"got the {image_set.meta['split']!r} split")
             counts = Counter(image_set.labels)
             is_base = lambda c: counts[c] >= INATURALIST_MIN_BASE  # noqa: E731
         else:
-            raise ValueError(f"rule must be one of {RULES} or a list of base labels, got {rule!r}")
+            raise DatasetError(f"rule must be one of {RULES} or a list of base labels, got {rule!r}")
     else:
         given = {int(c) for c in rule}
         bad = sorted(c for c in given if not 0 <= c < len(image_set.class_names))
         if bad:
-            raise ValueError(f"base labels {bad} are not class labels of {image_set.name} "
+            raise DatasetError(f"base labels {bad} are not class labels of {image_set.name} "
                              f"(0..{len(image_set.class_names) - 1})")
         is_base = given.__contains__
     return [c for c in present if is_base(c)], [c for c in present if not is_base(c)]
@@ -128,16 +128,16 @@ def shot_draws(
     """
     if isinstance(labels, ImageSet):
         if labels.meta.get("split", "train") != "train":
-            raise ValueError(f"{labels.name}: low-shot examples come from the training split, "
+            raise DatasetError(f"{labels.name}: low-shot examples come from the training split, "
                              f"got the {labels.meta['split']!r} split")
         labels = labels.labels
     shots = tuple(sorted(set(int(n) for n in shots)))
     if not shots or shots[0] < 1:
-        raise ValueError(f"shots must be positive numbers, got {shots}")
+        raise DatasetError(f"shots must be positive numbers, got {shots}")
     if draws < 1:
-        raise ValueError(f"draws must be at least 1, got {draws}")
+        raise DatasetError(f"draws must be at least 1, got {draws}")
     if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+        raise DatasetError(f"seed must be non-negative, got {seed}")
     classes = sorted(set(int(c) for c in novel_classes))
     by_class: dict[int, list[int]] = {c: [] for c in classes}
     for i, label in enumerate(labels):
@@ -160,5 +160,5 @@ def take(draw_perm: dict[int, list[int]], n: int) -> list[int]:
     A class with fewer than ``n`` training images gives all it has.
     """
     if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+        raise DatasetError(f"n must be at least 1, got {n}")
     return [i for c in sorted(draw_perm) for i in draw_perm[c][:n]]

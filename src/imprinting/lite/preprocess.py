@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from imprinting.data.images import ImageError
+
 # torchvision.transforms.functional.pil_modes_mapping, for the modes our recipes use
 PIL_INTERPOLATION = {
     "nearest": Image.Resampling.NEAREST,
@@ -83,5 +85,5 @@ def to_batch(images, recipe: dict) -> np.ndarray:
     """PIL images -> float32 (N, C, H, W)."""
     arrays = [to_array(img, recipe) for img in images]
     if not arrays:
-        raise ValueError("no images given")
+        raise ImageError("no images given")
     return np.stack(arrays)

@@ -8,6 +8,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from imprinting.data.images import ImageError
 from imprinting.errors import ClassError
 from imprinting.lite import format as fmt
 from imprinting.lite.preprocess import image_mode, to_batch
@@ -148,7 +149,7 @@ class LiteModel:
         if batch.ndim != 4 or batch.shape[1:] != want:
             raise ValueError(f"expected preprocessed images of shape (N, {', '.join(map(str, want))}), got {batch.shape}")
         if batch.shape[0] == 0:
-            raise ValueError("no images to embed")
+            raise ImageError("no images to embed")
         out = [
             self.session.run([self.output_name], {self.input_name: batch[i : i + batch_size]})[0]
             for i in range(0, batch.shape[0], batch_size)
@@ -159,7 +160,7 @@ class LiteModel:
         """Unit-length embeddings (N, D) of image files or PIL images."""
         images = list(images)
         if not images:
-            raise ValueError("no images to embed")
+            raise ImageError("no images to embed")
         out = [self.embed_array(self.preprocess(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
         return np.concatenate(out)
 
