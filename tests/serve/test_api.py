@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -69,7 +70,7 @@ def test_enrol_then_add_examples_gives_the_normalized_mean(client, conv4, kit, s
     assert [x["filename"] for x in detail["stored_examples"]] == ["0.png", "1.png", "2.png", "m0.jpg", "m1.jpg"]
 
 
-def test_predict_top_k_probabilities_and_unknown(client, kit):
+def test_predict_top_k_probabilities_and_unknown(client, conv4, kit):
     img = kit.image_bytes((30, 30, 220), seed=1)
     assert client.post("/classes/api blue/examples", files=kit.files(("b.png", img))).status_code == 201
     r = client.post("/predict", params={"k": 3}, files=kit.files(("a.png", img), ("b.png", img)))
@@ -79,8 +80,17 @@ def test_predict_top_k_probabilities_and_unknown(client, kit):
     top = body["predictions"][0]["top"]
     assert len(top) == 3 and top[0]["class"] == "api blue"
     assert top[0]["cosine"] == pytest.approx(1.0, abs=1e-4)
-    probs = [t["probability"] for t in top]
-    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    # the probabilities are the softmax of scale * cosine over every class, in decreasing order
+    everything = client.post("/predict", params={"k": 100}, files=kit.files(("a.png", img))).json()
+    every = everything["predictions"][0]["top"]
+    assert len(every) == len(client.get("/classes").json()["classes"]) <= 100
+    scale = float(conv4.classifier.scale.detach())
+    z = sum(math.exp(scale * t["cosine"]) for t in every)
+    for t in top:
+        assert t["probability"] == pytest.approx(math.exp(scale * t["cosine"]) / z, abs=1e-6)
+    assert [t["class"] for t in top] == [t["class"] for t in every[:3]]
+    probs = [t["probability"] for t in every]
+    assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-5)
     assert body["predictions"][0]["unknown"] is False  # best cosine 1.0 >= 0.5 (the server's threshold)
     # the threshold can be overridden per request
     over = client.post("/predict", params={"unknown_threshold": 1.0}, files=kit.files(("n.png", kit.image_bytes((0, 250, 0), seed=7))))
@@ -132,7 +142,8 @@ def test_eight_concurrent_writers(shared_server, conv4, kit):
     for t in threads:
         t.join()
     assert not errors
-    assert len(results) == 8 * rounds * 2 and all(r.status_code in (200, 201) for r in results)
+    assert len(results) == 8 * rounds * 2
+    assert [r.status_code for r in results] == [201 if r.json()["created"] else 200 for r in results]
     assert sum(r.json()["created"] for r in results) == 9  # each class created exactly once
     ids = [i for r in results for i in r.json()["example_ids"]]
     assert len(ids) == len(set(ids)) == 8 * rounds * 3

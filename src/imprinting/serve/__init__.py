@@ -1,8 +1,10 @@
 """``imprint serve``: an HTTP service that learns new classes from uploaded pictures.
 
 ``create_app(model_path, store_path, token=None)`` builds the FastAPI app; the classes
-taught through it live in a SQLite store (``imprinting.serve.store``). Importing this
-package is cheap: FastAPI is imported only when the app is built.
+taught through it live in a SQLite store (``imprinting.serve.store``). The app's routes
+are thin over ``imprinting.serve.service.Service``, which does the same without HTTP;
+``serve.validation`` checks what clients send and ``serve.middleware`` guards the requests.
+Importing this package is cheap: FastAPI is imported only when the app is built.
 """
 
 from __future__ import annotations

@@ -1,0 +1,259 @@
+"""The service without HTTP: an ``ImprintModel``, its durable ``Store``, the limits, and the
+lock that keeps them in step. The FastAPI app (``serve.app``) is a thin layer of routes over
+this class; tests and scripts can drive it directly.
+
+Every public method returns the JSON-able dict its route answers and raises ``ApiError`` for
+a client error. Images are embedded with ``model.embed_images``, classes are taught with
+``model.add_class`` / ``model.add_examples``, answers come from ``model.predict_embeddings``.
+
+Concurrency: methods may be called from many threads at once (FastAPI's thread pool).
+Decoding and embedding (the slow part) run outside the lock, in parallel; one lock covers
+the in-memory classes and the store, so the classes change in commit order and a prediction
+never sees a half-added class or an upload whose transaction has not committed.
+
+The model's per-class state (sums and counts) is read and written only by the small private
+methods at the end of the class (``_state``, ``_count``, ``_counts``, ``_undo``, ``_restore``,
+``_fingerprint``), so that a change in how the model keeps that state touches only them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from imprinting import checkpoint
+from imprinting.data.images import MAX_PIXELS
+from imprinting.serve.store import Store, StoredClass, StoreError, model_fingerprint
+from imprinting.serve.validation import ApiError, Upload, check_class_name, read_images
+
+
+class Service:
+    """The classes of one model, taught through the service and kept in one store."""
+
+    def __init__(self, model, store: Store, *, max_images: int = 16, max_pixels: int = MAX_PIXELS):
+        """Take ``model`` (a cosine ``ImprintModel``) and ``store`` (opened for this model) and
+        restore the store's classes into the model. The service owns the store from here:
+        it is closed if restoring fails, and by ``close``. The classes the model has now are
+        the model file's: read-only here."""
+        self.model = model
+        self.store = store
+        self.model_classes = frozenset(model.class_names)
+        self.max_images = max_images
+        self.max_pixels = max_pixels
+        self.lock = threading.Lock()
+        try:
+            stored = store.classes()
+            for c in stored:
+                if model.has_class(c.name):
+                    raise StoreError(f"{store.path}: class {c.name!r} is in both the store and the model file")
+            self._restore(stored)
+        except BaseException:
+            store.close()
+            raise
+
+    @classmethod
+    def open(
+        cls,
+        model_path,
+        store_path,
+        *,
+        unknown_threshold: float | None = None,
+        max_images: int = 16,
+        max_pixels: int = MAX_PIXELS,
+    ) -> Service:
+        """Load the model file, open (or create) its store, restore the stored classes, and
+        run one forward so that the first request is not slow.
+
+        ``unknown_threshold`` overrides the model's. Raises ``CheckpointError`` for a bad
+        model file, ``ValueError`` for a model without a cosine classifier, and
+        ``StoreError`` for a store that belongs to another model, is damaged, or is in use
+        by another process.
+        """
+        model = checkpoint.load(model_path)
+        if model.config.get("classifier") != "cosine":
+            raise ValueError(f"{model_path}: the service needs a cosine classifier, not {model.config.get('classifier')!r}")
+        if unknown_threshold is not None:
+            model.unknown_threshold = unknown_threshold
+        description = f"{model.config['backbone']}, image size {model.preprocess.image_size}"
+        store = Store(store_path, model.embedder.dim, cls._fingerprint(model), description)
+        service = cls(model, store, max_images=max_images, max_pixels=max_pixels)
+        try:
+            size = model.preprocess.image_size
+            model.embed_images([Image.new("RGB", (size, size))])  # warm up
+        except BaseException:
+            service.close()
+            raise
+        return service
+
+    def close(self) -> None:
+        """Close the store (once no request holds the lock)."""
+        with self.lock:
+            self.store.close()
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the API ---------------------------------------------------------------
+    def health(self) -> dict:
+        """Liveness and the model's summary. The app adds what only HTTP knows (whether
+        writes need a token, the request size limit)."""
+        with self.lock:
+            n = self.model.num_classes
+        return {
+            "status": "ok",
+            "classes": n,
+            "backbone": self.model.config["backbone"],
+            "embedding_dim": self.model.embedder.dim,
+            "image_size": self.model.preprocess.image_size,
+            "unknown_threshold": self.model.unknown_threshold,
+            "limits": {"max_images": self.max_images, "max_pixels": self.max_pixels},
+        }
+
+    def classes(self) -> dict:
+        """Every class, in the model's order: name, kind, example count, source."""
+        with self.lock:
+            return {"classes": [self._describe(n, c) for n, c in self._counts()]}
+
+    def get_class(self, name: str) -> dict:
+        """One class, with its stored examples (id, SHA-256 of the image bytes, upload name)."""
+        check_class_name(name)
+        with self.lock:
+            self._require(name)
+            out = self._describe(name, self._count(name))
+            examples = self.store.examples(name) if out["source"] == "store" else []
+        out["stored_examples"] = [{"id": e.id, "sha256": e.sha256, "filename": e.filename} for e in examples]
+        return out
+
+    def teach(self, name: str, uploads: Sequence[Upload]) -> dict:
+        """Create class ``name`` from the uploads, or add them to it; acknowledged (returned)
+        only once the store has committed them. ``created`` tells the two apart (the app
+        answers 201 or 200). ``seconds``: from this call to the commit; ``embed_seconds``:
+        decoding and embedding."""
+        start = time.perf_counter()
+        check_class_name(name)
+        if name in self.model_classes:
+            raise ApiError(409, "read_only_class", f"class {name!r} comes from the model file; "
+                                                   "the service adds examples only to classes it created")
+        images, shas, names = read_images(uploads, self.max_images, self.max_pixels)
+        embeddings = self.model.embed_images(images)
+        embedded = time.perf_counter()
+        body = self._commit(name, embeddings, shas, names)
+        body["seconds"] = round(time.perf_counter() - start, 4)
+        body["embed_seconds"] = round(embedded - start, 4)
+        return body
+
+    def predict(self, uploads: Sequence[Upload], k: int = 5, unknown_threshold: float | None = None) -> dict:
+        """The top-k classes of each upload with probabilities and cosines, and whether its
+        best cosine is below the threshold (this call's, or the model's)."""
+        start = time.perf_counter()
+        images, _, names = read_images(uploads, self.max_images, self.max_pixels)
+        embeddings = self.model.embed_images(images)
+        with self.lock:
+            if self.model.num_classes == 0:
+                raise ApiError(409, "no_classes", "the model has no classes yet: teach one first")
+            predictions = self.model.predict_embeddings(embeddings, k, unknown_threshold)
+            threshold = self.model.unknown_threshold if unknown_threshold is None else unknown_threshold
+        results = [
+            {
+                "file": fname,
+                "unknown": p.unknown,
+                "top": [{"class": c, "probability": pr, "cosine": cos}
+                        for c, pr, cos in zip(p.classes, p.probabilities, p.cosines)],
+            }
+            for fname, p in zip(names, predictions)
+        ]
+        return {"predictions": results, "unknown_threshold": threshold, "seconds": round(time.perf_counter() - start, 4)}
+
+    def delete(self, name: str) -> dict:
+        """Delete a class taught through the service, with its examples: from the store
+        first (durable), then from memory. The model file's classes are protected."""
+        check_class_name(name)
+        with self.lock:
+            self._require(name)
+            if name in self.model_classes:
+                kind = "an imprinted class of the model file" if self.model.is_imprinted(name) else "a base class"
+                raise ApiError(409, "protected_class", f"class {name!r} is {kind} and cannot be deleted here")
+            self.store.remove_class(name)
+            self.model.remove_class(name)
+            left = self.model.num_classes
+        return {"deleted": name, "classes": left}
+
+    # -- helpers ---------------------------------------------------------------
+    def _commit(self, name: str, embeddings: torch.Tensor, shas: list[str], names: list[str]) -> dict:
+        """Teach ``name`` in memory and commit the upload, undoing the memory on any store
+        error. Returns the class as it is after this upload, with ``created`` and ``example_ids``."""
+        model = self.model
+        with self.lock:
+            created = not model.has_class(name)
+            before = None if created else self._state(name)
+            if created:
+                model.add_class(name, embeddings)
+            else:
+                model.add_examples(name, embeddings)
+            new_sum, new_count = self._state(name)
+            try:
+                ids = self.store.add_examples(name, embeddings.numpy(), new_sum, new_count, shas, names)
+            except BaseException as exc:
+                self._undo(name, before)
+                if isinstance(exc, (sqlite3.Error, StoreError)):
+                    raise ApiError(503, "store_error", f"the upload was not saved, nothing changed ({exc})") from exc
+                raise
+            return {**self._describe(name, new_count), "created": created, "added": len(ids), "example_ids": ids}
+
+    def _describe(self, name: str, count: int) -> dict:
+        """One class as the API shows it, given its example count."""
+        return {
+            "name": name,
+            "kind": "imprinted" if count else "base",
+            "examples": count,
+            "source": "model" if name in self.model_classes else "store",
+        }
+
+    def _require(self, name: str) -> None:
+        """404 for a class the model does not have (the caller holds the lock)."""
+        if not self.model.has_class(name):
+            raise ApiError(404, "unknown_class", f"no class named {name!r}")
+
+    # -- the model's class state: only these methods read or write it ------------
+    def _state(self, name: str) -> tuple[np.ndarray, int]:
+        """Class ``name``'s float64 sum of L2-normalized embeddings (a copy) and its example
+        count: what the store records, and what ``_undo`` puts back."""
+        index = self.model.index_of(name)
+        return self.model.sums.sums[index].numpy().copy(), int(self.model.sums.counts[index])
+
+    def _count(self, name: str) -> int:
+        """Class ``name``'s example count (0 for a trained base class)."""
+        return int(self.model.sums.counts[self.model.index_of(name)])
+
+    def _counts(self) -> list[tuple[str, int]]:
+        """Every class's (name, example count), in the model's order, in one read."""
+        return list(zip(self.model.class_names, self.model.sums.counts.tolist()))
+
+    def _undo(self, name: str, before: tuple[np.ndarray, int] | None) -> None:
+        """Put class ``name`` back as it was before a failed upload: gone if the upload
+        created it (``before`` is None), else the sum and count of ``before`` (``_state``).
+        The restored class moves to the end of the model's classes."""
+        self.model.remove_class(name)
+        if before is not None:
+            old_sum, old_count = before
+            self.model.add_class_from_sum(name, torch.from_numpy(old_sum), old_count)
+
+    def _restore(self, stored: list[StoredClass]) -> None:
+        """Add the store's classes to the model, in the store's order, from their sums and
+        counts: the same weights, bit for bit, as when they were taught."""
+        for c in stored:
+            self.model.add_class_from_sum(c.name, torch.from_numpy(c.sum), c.count)
+
+    @staticmethod
+    def _fingerprint(model) -> str:
+        """The store's key for ``model``: a store opens only for the model it was made with."""
+        return model_fingerprint(model)
