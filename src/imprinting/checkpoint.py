@@ -105,7 +105,7 @@ def load(path: str | os.PathLike) -> ImprintModel:
         model.set_classes(ClassTable.from_arrays(
             names, clf.rows.detach().numpy(), tensors["sums"].numpy(), tensors["counts"].numpy(),
             scale.detach().numpy() if scale is not None else np.array([meta["spec"].scale]),
-            bool(getattr(clf, "per_class_scale", False)), meta["spec"].scale))
+            bool(getattr(clf, "per_class_scale", False)), meta["spec"].scale), copy=False)
     except (RuntimeError, KeyError, UserError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the recorded configuration ({exc})") from None
     return model.eval()

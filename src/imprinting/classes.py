@@ -31,7 +31,11 @@ from imprinting.errors import ClassError, UnknownClassError
 
 def normalize_rows(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """``x / max(||x||, 1e-12)`` along ``axis``: torch.nn.functional.normalize in numpy."""
-    norm = np.sqrt(np.sum(x * x, axis=axis, keepdims=True))
+    x = np.asarray(x)
+    if x.ndim == 2 and axis in (-1, 1):
+        norm = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]  # no (C, D) temporary
+    else:
+        norm = np.sqrt(np.sum(x * x, axis=axis, keepdims=True))
     return x / np.maximum(norm, 1e-12)
 
 
@@ -111,6 +115,7 @@ class ClassTable:
         if self.per_class_scale:
             self._rows["scale"] = Rows(np.zeros(0, np.float32))
         self._shared_scale = np.full(1, self.initial_scale, np.float32)
+        self._stale = False
 
     @classmethod
     def from_arrays(cls, names, weights, sums, counts, scale, per_class_scale: bool = False,
@@ -130,7 +135,8 @@ class ClassTable:
         self._names, self._index = names, {n: i for i, n in enumerate(names)}
         self._names_tuple = None
         self._rows["weights"] = Rows(weights)
-        self._rows["templates"] = Rows(template_of(weights))
+        self._rows["templates"] = Rows(np.empty_like(weights))
+        self._stale = True  # templates computed at first use
         self._rows["sums"] = Rows(np.asarray(sums, np.float64).reshape(c, self.dim))
         self._rows["counts"] = Rows(np.asarray(counts, np.int64).reshape(c))
         if self.per_class_scale:
@@ -175,7 +181,11 @@ class ClassTable:
 
     @property
     def templates(self) -> np.ndarray:
-        """(C, D) float32 L2-normalized class vectors (read-only)."""
+        """(C, D) float32 L2-normalized class vectors (read-only). Kept with the rows: after a
+        bulk change (loading, training) they are computed once, at the next use."""
+        if self._stale:
+            self._rows["templates"].view[...] = template_of(self._rows["weights"].view)
+            self._stale = False
         return _readonly(self._rows["templates"].view)
 
     @property
@@ -203,8 +213,8 @@ class ClassTable:
         return self._rows["scale"].view if self.per_class_scale else self._shared_scale
 
     def refresh(self) -> None:
-        """Recompute the templates after the vectors were trained in place."""
-        self._rows["templates"] = Rows(template_of(self._rows["weights"].view))
+        """The vectors were trained in place: the templates are recomputed at their next use."""
+        self._stale = True
 
     def set_vectors(self, weights: np.ndarray, scale: np.ndarray | None = None) -> None:
         """Overwrite every vector (and the scale) with trained values; sums and counts stay."""
@@ -304,6 +314,7 @@ class ClassTable:
 
     def snapshot(self, name: str) -> ClassSnapshot:
         index = self.index_of(name)
+        self.templates  # noqa: B018  (bring stale templates up to date before copying a row)
         fields = {k: np.array(r.view[index], copy=True) for k, r in self._rows.items()}
         return ClassSnapshot(name, index, fields)
 

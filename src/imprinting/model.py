@@ -91,8 +91,9 @@ class ImprintModel(nn.Module):
         self._pull()
         return self._table
 
-    def set_classes(self, table: ClassTable) -> None:
-        """Replace every class by those of ``table`` (its copy), e.g. a classes file's."""
+    def set_classes(self, table: ClassTable, copy: bool = True) -> None:
+        """Replace every class by those of ``table`` (a copy of it unless ``copy=False``),
+        e.g. a classes file's."""
         if table.dim != self.embedder.dim:
             raise ClassError(f"{table.dim}-d classes for a model with {self.embedder.dim}-d embeddings")
         want = bool(getattr(self.classifier, "per_class_scale", False))
@@ -105,7 +106,7 @@ class ImprintModel(nn.Module):
                 raise ClassError("one scale per class, but the model's classifier has one shared scale")
             table = ClassTable.from_arrays(table.names, table.weights, table.sums, table.counts,
                                            scale[:1] if not want and c else scale, want, table.initial_scale)
-        self._table = table.copy()
+        self._table = table.copy() if copy else table
         self._push()
 
     def _change(self, operation, *args):

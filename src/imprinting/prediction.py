@@ -29,16 +29,17 @@ def top_k(cosines: np.ndarray, logits: np.ndarray, name_at: Callable[[int], str]
     """The ``k`` most probable classes of each row (softmax of ``logits``), with their
     cosines; ``unknown`` when the best cosine is below ``threshold``. Ties go to the lower
     class index. Costs O(C) per row plus O(k log k), so 100,000 classes stay fast."""
-    logits = np.asarray(logits, np.float64)
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs = z / z.sum(axis=1, keepdims=True)
-    c = probs.shape[1]
+    logits = np.asarray(logits, np.float32)
+    c = logits.shape[1]
     k = max(1, min(int(k), c))
-    part = np.argpartition(-probs, k - 1, axis=1)[:, :k] if k < c else np.tile(np.arange(c), (len(probs), 1))
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    denom = z.sum(axis=1, dtype=np.float64)
+    part = np.argpartition(-logits, k - 1, axis=1)[:, :k] if k < c else np.tile(np.arange(c), (len(logits), 1))
     out = []
-    for p_row, c_row, cand in zip(probs, cosines, part):
-        order = cand[np.lexsort((cand, -p_row[cand]))]
-        unknown = threshold is not None and float(c_row.max()) < threshold
-        out.append(Prediction([name_at(int(i)) for i in order], [float(p_row[i]) for i in order],
+    best = np.asarray(cosines).max(axis=1)
+    for z_row, total, c_row, cand, top in zip(z, denom, cosines, part, best):
+        order = cand[np.lexsort((cand, -z_row[cand]))]
+        unknown = threshold is not None and float(top) < threshold
+        out.append(Prediction([name_at(int(i)) for i in order], [float(z_row[i] / total) for i in order],
                               [float(c_row[i]) for i in order], bool(unknown)))
     return out

@@ -152,6 +152,8 @@ def test_a_failed_store_write_is_rolled_back(service, conv4, kit, tmp_path, monk
     not created), and the next upload commits, so memory and store still agree."""
     kept = uploads(kit, 1, 2)
     service.teach("kept", kept)
+    service.teach("after", uploads(kit, 5))
+    order = [c["name"] for c in service.classes()["classes"]]
     before_sum, before_count = service._state("kept")
     before = service.predict(uploads(kit, 7), k=5)["predictions"]
     real_add = service.store.add_examples
@@ -175,6 +177,7 @@ def test_a_failed_store_write_is_rolled_back(service, conv4, kit, tmp_path, monk
         np.testing.assert_allclose(memory_sum, expected_sum(stored_embeddings(kit, tmp_path / "store.sqlite", "kept")),
                                    rtol=0, atol=1e-12)
         raises(404, "unknown_class", service.get_class, "new one")
+        assert [c["name"] for c in service.classes()["classes"]] == order  # the class keeps its place
         after = service.predict(uploads(kit, 7), k=5)["predictions"]
         assert sorted(after[0]["top"], key=lambda t: t["class"]) == sorted(before[0]["top"], key=lambda t: t["class"])
 

@@ -29,7 +29,9 @@ from PIL import Image
 
 from imprinting import checkpoint
 from imprinting.data.images import MAX_PIXELS
-from imprinting.serve.store import Store, StoredClass, StoreError, model_fingerprint
+from imprinting.classes import ClassSnapshot
+from imprinting.errors import UserError
+from imprinting.serve.store import Store, StoredClass, StoreError
 from imprinting.serve.validation import ApiError, Upload, check_class_name, read_images
 
 
@@ -76,11 +78,11 @@ class Service:
         by another process.
         """
         model = checkpoint.load(model_path)
-        if model.config.get("classifier") != "cosine":
-            raise ValueError(f"{model_path}: the service needs a cosine classifier, not {model.config.get('classifier')!r}")
+        if model.spec.classifier != "cosine":
+            raise UserError(f"{model_path}: the service needs a cosine classifier, not {model.spec.classifier!r}")
         if unknown_threshold is not None:
             model.unknown_threshold = unknown_threshold
-        description = f"{model.config['backbone']}, image size {model.preprocess.image_size}"
+        description = f"{model.spec.backbone}, image size {model.preprocess.image_size}"
         store = Store(store_path, model.embedder.dim, cls._fingerprint(model), description)
         service = cls(model, store, max_images=max_images, max_pixels=max_pixels)
         try:
@@ -111,7 +113,7 @@ class Service:
         return {
             "status": "ok",
             "classes": n,
-            "backbone": self.model.config["backbone"],
+            "backbone": self.model.spec.backbone,
             "embedding_dim": self.model.embedder.dim,
             "image_size": self.model.preprocess.image_size,
             "unknown_threshold": self.model.unknown_threshold,
@@ -194,7 +196,7 @@ class Service:
         model = self.model
         with self.lock:
             created = not model.has_class(name)
-            before = None if created else self._state(name)
+            before = None if created else self.model.snapshot_class(name)
             if created:
                 model.add_class(name, embeddings)
             else:
@@ -223,37 +225,38 @@ class Service:
         if not self.model.has_class(name):
             raise ApiError(404, "unknown_class", f"no class named {name!r}")
 
-    # -- the model's class state: only these methods read or write it ------------
+    # -- the model's class state: read through its class table ----------------------
     def _state(self, name: str) -> tuple[np.ndarray, int]:
         """Class ``name``'s float64 sum of L2-normalized embeddings (a copy) and its example
-        count: what the store records, and what ``_undo`` puts back."""
-        index = self.model.index_of(name)
-        return self.model.sums.sums[index].numpy().copy(), int(self.model.sums.counts[index])
+        count: what the store records."""
+        table = self.model.classes
+        index = table.index_of(name)
+        return table.sums[index].copy(), int(table.counts[index])
 
     def _count(self, name: str) -> int:
         """Class ``name``'s example count (0 for a trained base class)."""
-        return int(self.model.sums.counts[self.model.index_of(name)])
+        return self.model.classes.count(name)
 
     def _counts(self) -> list[tuple[str, int]]:
         """Every class's (name, example count), in the model's order, in one read."""
-        return list(zip(self.model.class_names, self.model.sums.counts.tolist()))
+        table = self.model.classes
+        return list(zip(table.names, table.counts.tolist()))
 
-    def _undo(self, name: str, before: tuple[np.ndarray, int] | None) -> None:
+    def _undo(self, name: str, before: ClassSnapshot | None) -> None:
         """Put class ``name`` back as it was before a failed upload: gone if the upload
-        created it (``before`` is None), else the sum and count of ``before`` (``_state``).
-        The restored class moves to the end of the model's classes."""
-        self.model.remove_class(name)
-        if before is not None:
-            old_sum, old_count = before
-            self.model.add_class_from_sum(name, torch.from_numpy(old_sum), old_count)
+        created it (``before`` is None), else exactly as ``before`` saw it, in its place."""
+        if before is None:
+            self.model.remove_class(name)
+        else:
+            self.model.restore_class(before)
 
     def _restore(self, stored: list[StoredClass]) -> None:
         """Add the store's classes to the model, in the store's order, from their sums and
         counts: the same weights, bit for bit, as when they were taught."""
         for c in stored:
-            self.model.add_class_from_sum(c.name, torch.from_numpy(c.sum), c.count)
+            self.model.add_class_from_sum(c.name, c.sum, c.count)
 
     @staticmethod
     def _fingerprint(model) -> str:
         """The store's key for ``model``: a store opens only for the model it was made with."""
-        return model_fingerprint(model)
+        return model.store_fingerprint()

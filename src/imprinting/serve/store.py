@@ -19,8 +19,6 @@ classes in memory and a second writer would make the two disagree.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sqlite3
 import time
@@ -73,12 +71,9 @@ class StoredExample:
 
 
 def model_fingerprint(model) -> str:
-    """SHA-256 of the embedder's weights (``imprinting.export.embedder_id``) and the
-    preprocessing: embeddings are only comparable between stores and models that agree on both."""
-    from imprinting.export import embedder_id
-
-    preprocess = json.dumps(model.config.get("preprocess"), sort_keys=True)
-    return hashlib.sha256((embedder_id(model) + preprocess).encode()).hexdigest()
+    """What a store is bound to (``ImprintModel.store_fingerprint``: the embedder's weights and
+    the preprocessing): embeddings are only comparable between stores and models that agree on both."""
+    return model.store_fingerprint()
 
 
 class Store:
