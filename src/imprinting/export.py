@@ -83,6 +83,25 @@ def export_classes(model: ImprintModel, path: str | os.PathLike) -> Path:
     return path
 
 
+def update_classes(model: ImprintModel, out_dir: str | os.PathLike, force: bool = False) -> Path:
+    """Rewrite an export folder's classes file from ``model`` (``imprint export --classes-only``).
+
+    Refuses a folder exported from another embedder, and, without ``force``, a classes file
+    holding classes the model lacks (they may have been taught on a device: import them first).
+    """
+    out = Path(out_dir)
+    manifest = fmt.read_manifest(out)
+    if manifest.get("embedder_id") != model.embedder_id():
+        raise ExportError(f"{out} was exported from another embedder than this model's")
+    if (out / fmt.CLASSES).exists() and not force:
+        lost = [n for n in fmt.load_classes(out / fmt.CLASSES).class_names if not model.has_class(n)]
+        if lost:
+            shown = ", ".join(map(repr, lost[:5])) + (" ..." if len(lost) > 5 else "")
+            raise ExportError(f"{out / fmt.CLASSES} has {len(lost)} classes that the model lacks ({shown}); "
+                              "import them first (imprinting.export.import_classes) or use --force")
+    return export_classes(model, out)
+
+
 def import_classes(model: ImprintModel, source: str | os.PathLike, check_embedder: bool = True) -> ImprintModel:
     """Replace the model's classes with those of a classes file (or an export folder).
 
@@ -369,5 +388,6 @@ __all__ = [
     "export",
     "export_classes",
     "import_classes",
+    "update_classes",
     "quantization_report",
 ]

@@ -37,25 +37,12 @@ def export(model_path, out_dir, quantize, check_images, classes_only, force, ops
     imprinting.export.import_classes(model, OUT_DIR).
     """
     from imprinting import checkpoint
-    from imprinting.export import embedder_id, export_classes
     from imprinting.export import export as export_model
-    from imprinting.lite import format as fmt
+    from imprinting.export import update_classes
 
     model = checkpoint.load(model_path)
     if classes_only:
-        manifest = fmt.read_manifest(out_dir)
-        if manifest.get("embedder_id") != embedder_id(model):
-            raise click.ClickException(f"{out_dir} was exported from another embedder than {model_path}'s")
-        if (out_dir / fmt.CLASSES).exists() and not force:
-            old = fmt.load_classes(out_dir / fmt.CLASSES)
-            lost = [n for n in old.class_names if not model.has_class(n)]
-            if lost:
-                shown = ", ".join(map(repr, lost[:5])) + (" ..." if len(lost) > 5 else "")
-                raise click.ClickException(
-                    f"{out_dir / fmt.CLASSES} has {len(lost)} classes that {model_path} lacks ({shown}); "
-                    "import them first (imprinting.export.import_classes) or use --force"
-                )
-        path = export_classes(model, out_dir)
+        path = update_classes(model, out_dir, force)
         click.echo(f"wrote {path}: {model.num_classes} classes")
         return
     images = None

@@ -144,7 +144,6 @@ def train_command(folder, out, backbone, random_init, dim, mode, epochs, batch_s
     The result is an ordinary model file: imprint new classes into it with add-class.
     """
     from imprinting import checkpoint as ckpt
-    from imprinting.backbones import create_backbone
     from imprinting.data.features import View, cached_features
     from imprinting.data.folder import read_folder
     from imprinting.model import create_model
@@ -161,10 +160,8 @@ def train_command(folder, out, backbone, random_init, dim, mode, epochs, batch_s
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed)
     labels = images.labels
     if mode == "frozen":
-        bb = create_backbone(backbone, pretrained=not random_init)
-        bb.module = model.embedder.backbone  # the same weights the model holds
         view = View(augment, seed) if augment else View()
-        feats = cached_features(bb, images, model.preprocess, view, cache)
+        feats = cached_features(model.backbone, images, model.preprocess, view, cache)
         dataset = FeatureDataset(feats, labels)
     else:
         dataset = ImageDataset(images.paths, labels, model.preprocess)
