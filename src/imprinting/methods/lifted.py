@@ -13,7 +13,7 @@ from pytorch_metric_learning import losses, samplers
 from torch.utils.data import DataLoader
 
 from imprinting.imprint import imprint_weights
-from imprinting.methods import Method
+from imprinting.methods import FitResult, Method
 from imprinting.methods.nearest import max_cosine_per_class
 from imprinting.model import Embedder
 from imprinting.protocol import Episode, LowShotData
@@ -55,12 +55,12 @@ class LiftedEmbedding(Method):
         self.name = f"Lifted-{'Avg' if mode == 'average' else 'NN'}"
 
     @torch.no_grad()
-    def fit(self, data: LowShotData, episode: Episode):
+    def fit(self, data: LowShotData, episode: Episode) -> FitResult:
         idx = torch.cat([data.base_train_idx, episode.shots])
         emb = self.embedder.forward_head(data.train_feats[idx])
         labels = data.train_y[idx]
         num_classes = len(data.order)
         if self.mode == "average":
             w = imprint_weights(emb, labels, num_classes)
-            return lambda feats: self.embedder.forward_head(feats) @ w.t()
-        return lambda feats: max_cosine_per_class(self.embedder.forward_head(feats), emb, labels, num_classes)
+            return FitResult(lambda feats: self.embedder.forward_head(feats) @ w.t())
+        return FitResult(lambda feats: max_cosine_per_class(self.embedder.forward_head(feats), emb, labels, num_classes))
