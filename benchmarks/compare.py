@@ -33,36 +33,37 @@ and results/benchmarks_accuracy_vs_time.png)::
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
-import re
 import sys
 import time
 import types
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from imprinting import protocol
-from imprinting.methods import Finetune, Imprinting, Method, RawFeatureNCM
-from imprinting.protocol import Episode, LowShotData
-from imprinting.train import TrainConfig
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this file
+
+from compare_peers import EasyFSL, FaissFlat, SklearnKNN, SklearnLogReg, available  # noqa: E402
+from compare_report import REFERENCE, peer_wins, section, update_section, wins_markdown, write_data  # noqa: E402,F401
+
+from imprinting import protocol  # noqa: E402
+from imprinting.experiments.beyond import BEST_NAME, best_method  # noqa: E402
+from imprinting.methods import Finetune, FitResult, Imprinting, ImprintInit, Method, RandomInit  # noqa: E402
+from imprinting.methods import RawFeatureNCM  # noqa: E402
+from imprinting.protocol import Episode, LowShotData  # noqa: E402
+from imprinting.report.plots import plot_accuracy_vs_time  # noqa: E402
+from imprinting.train import TrainConfig  # noqa: E402
 
 # --------------------------------------------------------------------------------------
 # Our best configuration: the one the protocol issue settled on (`imprint reproduce beyond`,
-# results/<dataset>/beyond.md): ``imprinting.reproduce.best_method``. To benchmark another,
-# change these lines. ``make(data, base, seed)`` gets the data, the trained paper base model
-# (FC 64 + cosine classifier) and the seed, and returns a Method; its construction (here:
-# training its own 512-d base model) is timed as base setup.
-from imprinting.reproduce import BEST_NAME, best_method  # noqa: E402
-
+# results/<dataset>/beyond.md): ``imprinting.experiments.beyond.best_method``. To benchmark
+# another, change these lines. ``make(data, base, seed)`` gets the data, the trained paper base
+# model (FC 64 + cosine classifier) and the seed, and returns a Method; its construction
+# (here: training its own 512-d base model) is timed as base setup.
 OURS_BEST_NAME = f"Ours best: {BEST_NAME.removeprefix('Best: ')}"
 OURS_BEST_MAKE: Callable[[LowShotData, object, int], Method] = lambda data, base, seed: best_method(data, seed)  # noqa: E731
 # The simplest strong configuration, one line of the library (no base training at all):
@@ -70,32 +71,24 @@ OURS_NCM_NAME = "Ours: RawFeatureNCM (power 0.5, centered)"
 OURS_NCM_MAKE: Callable[[LowShotData, object, int], Method] = lambda data, base, seed: RawFeatureNCM(center=True, power=0.5)  # noqa: E731
 # --------------------------------------------------------------------------------------
 
-REFERENCE = "Imprinting (paper: FC 64 + cosine)"  # ratios in the tables are to this row
 DATASETS = ("cub", "flowers102")
 
 
 @dataclass
-class Fitted:
-    """A classifier that includes the novel classes: a scorer and what it keeps to predict."""
+class Entry:
+    """One line of the comparison: ``make(data, base)`` builds its method once per data set
+    (timed as base setup, plus the base model's training when ``uses_base_model``); ``name``,
+    when given, renames it."""
 
-    scorer: Callable[[torch.Tensor], torch.Tensor]  # backbone features (M, F) -> scores (M, C), data.order
-    nbytes: int
-    info: dict | None = None
+    make: Callable[[LowShotData, object], Method]
+    family: str
+    name: str = ""
+    uses_base_model: bool = False
 
 
-class Contender:
-    """One method in the comparison: ``setup`` does the base-only work once (timed as base
-    setup), ``add`` builds a classifier with the novel classes of one episode (timed)."""
-
-    name = "contender"
-    family = ""
-    uses_base_model = False  # needs the trained base model (its training is part of base setup)
-
-    def setup(self, data: LowShotData, base) -> None:
-        pass
-
-    def add(self, data: LowShotData, episode: Episode) -> Fitted:
-        raise NotImplementedError
+def peer(method: Method) -> Entry:
+    """A peer built without the data (its ``family`` and ``name`` are its own)."""
+    return Entry(lambda data, base: method, method.family, method.name)
 
 
 def held_bytes(obj) -> int:
@@ -134,204 +127,51 @@ def _cell_full(cell) -> bool:
         return False
 
 
-def base_plus_novel(data: LowShotData, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backbone features and labels of every base training image plus the episode's shots."""
-    idx = torch.cat([data.base_train_idx, episode.shots])
-    return data.train_feats[idx], data.train_y[idx]
+class Measured(Method):
+    """``method`` with the bytes its scorer holds in ``info["nbytes"]`` (unless it says)."""
+
+    def __init__(self, method: Method):
+        self.method = method
+        self.name = method.name
+
+    def fit(self, data: LowShotData, episode: Episode) -> FitResult:
+        result = self.method.fit(data, episode)
+        if "nbytes" in result.info:
+            return result
+        return replace(result, info={**result.info, "nbytes": held_bytes(result.scorer)})
 
 
-# ---- ours -----------------------------------------------------------------------------
-class LibraryMethod(Contender):
-    """A method of this library (``imprinting.methods``), its ``fit`` timed as is."""
-
-    family = "ours"
-
-    def __init__(self, name: str, make: Callable[[LowShotData, object], Method], uses_base_model: bool = True,
-                 family: str = "ours"):
-        self.name = name
-        self.make = make
-        self.uses_base_model = uses_base_model
-        self.family = family
-
-    def setup(self, data, base):
-        self.method = self.make(data, base)
-
-    def add(self, data, episode):
-        scorer = self.method.fit(data, episode)
-        return Fitted(scorer, held_bytes(scorer))
-
-
-def ours(cfg: TrainConfig) -> list[Contender]:
+def ours(cfg: TrainConfig) -> list[Entry]:
     """The paper's configuration (the reference of every ratio), our best, and the plain
     raw-feature class means; the last two do not use the paper's base model."""
     return [
-        LibraryMethod(REFERENCE, lambda data, base: Imprinting(base)),
-        LibraryMethod(OURS_BEST_NAME, lambda data, base: OURS_BEST_MAKE(data, base, cfg.seed), uses_base_model=False),
-        LibraryMethod(OURS_NCM_NAME, lambda data, base: OURS_NCM_MAKE(data, base, cfg.seed), uses_base_model=False),
+        Entry(lambda data, base: Imprinting(base), "ours", REFERENCE, uses_base_model=True),
+        Entry(lambda data, base: OURS_BEST_MAKE(data, base, cfg.seed), "ours", OURS_BEST_NAME),
+        Entry(lambda data, base: OURS_NCM_MAKE(data, base, cfg.seed), "ours", OURS_NCM_NAME),
     ]
 
 
-# ---- scikit-learn -----------------------------------------------------------------------
-class SklearnLogReg(Contender):
-    """StandardScaler + LogisticRegression (lbfgs, multinomial) retrained on base + novel."""
-
-    family = "scikit-learn"
-
-    def __init__(self, class_weight: str | None = "balanced", C: float = 1.0, max_iter: int = 500):
-        self.class_weight, self.C, self.max_iter = class_weight, C, max_iter
-        self.name = "LogisticRegression" + (" (balanced)" if class_weight == "balanced" else "")
-
-    def add(self, data, episode):
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.preprocessing import StandardScaler
-
-        x, y = base_plus_novel(data, episode)
-        x = x.numpy()
-        scaler = StandardScaler().fit(x)
-        clf = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight, solver="lbfgs")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            clf.fit(scaler.transform(x), y.numpy())
-        if not np.array_equal(clf.classes_, np.arange(len(data.order))):
-            raise RuntimeError("LogisticRegression did not see every class")
-
-        def scorer(feats):
-            return torch.from_numpy(clf.decision_function(scaler.transform(feats.numpy())))
-
-        nbytes = clf.coef_.nbytes + clf.intercept_.nbytes + scaler.mean_.nbytes + scaler.scale_.nbytes
-        return Fitted(scorer, nbytes, {"n_iter": int(clf.n_iter_.max()), "converged": bool(clf.n_iter_.max() < self.max_iter)})
-
-
-class SklearnKNN(Contender):
-    """Cosine k-NN over every stored base + novel example (brute force), votes weighted by
-    1 / distance (with uniform votes, ties at n = 1 go to the lowest class index: base)."""
-
-    family = "scikit-learn"
-
-    def __init__(self, k: int):
-        self.k = k
-        self.name = f"k-NN cosine, k={k} (scikit-learn)"
-
-    def add(self, data, episode):
-        from sklearn.neighbors import KNeighborsClassifier
-
-        x, y = base_plus_novel(data, episode)
-        knn = KNeighborsClassifier(n_neighbors=self.k, metric="cosine", algorithm="brute", weights="distance")
-        knn.fit(x.numpy(), y.numpy())
-        if not np.array_equal(knn.classes_, np.arange(len(data.order))):
-            raise RuntimeError("k-NN did not see every class")
-
-        def scorer(feats):
-            return torch.from_numpy(knn.predict_proba(feats.numpy()))
-
-        return Fitted(scorer, knn._fit_X.nbytes + knn._y.nbytes)
-
-
-# ---- FAISS --------------------------------------------------------------------------------
-class FaissFlat(Contender):
-    """``faiss.IndexFlatIP`` over L2-normalized base + novel features (exact cosine search);
-    the k neighbours vote with weight 1 / (1 - cosine), as scikit-learn's distance weights."""
-
-    family = "faiss"
-
-    def __init__(self, k: int):
-        self.k = k
-        self.name = f"FAISS IndexFlatIP, k={k}"
-
-    def add(self, data, episode):
-        import faiss
-
-        x, y = base_plus_novel(data, episode)
-        index = faiss.IndexFlatIP(x.shape[1])
-        index.add(np.ascontiguousarray(F.normalize(x, dim=1).numpy(), dtype=np.float32))
-        labels = y.numpy().astype(np.int64)
-        num_classes, k = len(data.order), self.k
-
-        def scorer(feats):
-            q = np.ascontiguousarray(F.normalize(feats, dim=1).numpy(), dtype=np.float32)
-            sim, nn = index.search(q, k)
-            weight = 1.0 / np.maximum(1.0 - sim.astype(np.float64), 1e-12)
-            scores = np.zeros((len(q), num_classes))
-            np.add.at(scores, (np.arange(len(q))[:, None], labels[nn]), weight)
-            return torch.from_numpy(scores)
-
-        return Fitted(scorer, index.ntotal * index.d * 4 + labels.nbytes)
-
-
-# ---- easyfsl ------------------------------------------------------------------------------
-class EasyFSL(Contender):
-    """easyfsl's few-shot classifiers on the features (backbone = identity), support set =
-    every base training image + the novel shots, so that they predict among all classes.
-
-    SimpleShot and Finetune use SimpleShot's best feature transform "CL2N" (centred on the
-    base training mean, L2-normalized; the mean is base setup); PrototypicalNetworks uses
-    the raw features and euclidean distance, as in its paper. easyfsl's Finetune fine-tunes
-    the prototypes inside ``forward`` (on every call); here it runs once, at add time, on an
-    empty query batch, and prediction is the cosine to the tuned prototypes, which is what
-    its ``forward`` returns.
-    """
-
-    family = "easyfsl"
-
-    def __init__(self, kind: str, **kwargs):
-        self.kind = kind
-        self.kwargs = kwargs
-        self.cl2n = kind in ("SimpleShot", "Finetune")
-        self.name = f"easyfsl {kind}" + (" (CL2N)" if self.cl2n else "")
-
-    def setup(self, data, base):
-        self.center = data.train_feats[data.base_train_idx].mean(0) if self.cl2n else None
-
-    def add(self, data, episode):
-        import easyfsl.methods as em
-
-        x, y = base_plus_novel(data, episode)
-        opts = {"feature_centering": self.center, "feature_normalization": 2} if self.cl2n else {}
-        model = getattr(em, self.kind)(**opts, **self.kwargs)
-        model.process_support_set(x, y)
-        if self.kind == "Finetune":
-            model(x[:0])  # fine-tunes the prototypes (easyfsl does it in forward)
-            model.prototypes = model.prototypes.detach()
-            scorer = lambda feats: model.cosine_distance_to_prototypes(model.compute_features(feats))  # noqa: E731
-        else:
-            scorer = model
-        nbytes = model.prototypes.numel() * model.prototypes.element_size()
-        if self.center is not None:
-            nbytes += self.center.numel() * self.center.element_size()
-        support = model.support_features.numel() * model.support_features.element_size() + model.support_labels.numel() * 8
-        return Fitted(scorer, nbytes, {"easyfsl_also_keeps_support_bytes": int(support)})
-
-
-# ---- fine-tuning the last layer -----------------------------------------------------------
-def last_layer_finetuning(cfg: TrainConfig) -> list[Contender]:
+def last_layer_finetuning(cfg: TrainConfig) -> list[Entry]:
     """The library's fine-tuning on cached features (FC layer + classifier + scale train,
     the backbone is frozen): from random novel weights (what a user without imprinting
     does) and from imprinted ones (Imprinting+FT)."""
     return [
-        LibraryMethod("Fine-tune last layers, random init (Rand+FT)",
-                      lambda data, base: Finetune(base, "random", cfg, record_history=False), family="fine-tuning"),
-        LibraryMethod("Fine-tune last layers, imprinted init (Imprinting+FT)",
-                      lambda data, base: Finetune(base, "imprint", cfg, record_history=False), family="fine-tuning"),
+        Entry(lambda data, base: Finetune(base, RandomInit(), cfg, record_history=False), "fine-tuning",
+              "Fine-tune last layers, random init (Rand+FT)", uses_base_model=True),
+        Entry(lambda data, base: Finetune(base, ImprintInit(), cfg, record_history=False), "fine-tuning",
+              "Fine-tune last layers, imprinted init (Imprinting+FT)", uses_base_model=True),
     ]
 
 
-def available(module: str) -> str | None:
-    """The version of an optional package, or None when it does not import."""
-    try:
-        mod = __import__(module)
-        return getattr(mod, "__version__", "unknown")
-    except Exception:
-        return None
-
-
-def contenders(cfg: TrainConfig, finetune_steps: int = 200) -> list[Contender]:
-    out = ours(cfg) + [SklearnLogReg("balanced"), SklearnLogReg(None), SklearnKNN(1), SklearnKNN(3)]
+def entries(data: LowShotData, cfg: TrainConfig, finetune_steps: int = 200) -> list[Entry]:
+    out = ours(cfg) + [peer(m) for m in (SklearnLogReg("balanced"), SklearnLogReg(None), SklearnKNN(1), SklearnKNN(3))]
     if available("faiss"):
-        out += [FaissFlat(1), FaissFlat(3)]
+        out += [peer(FaissFlat(1)), peer(FaissFlat(3))]
     if available("easyfsl"):
-        out += [EasyFSL("SimpleShot"), EasyFSL("PrototypicalNetworks"),
-                EasyFSL("Finetune", fine_tuning_steps=finetune_steps)]
+        out += [Entry(lambda d, b: EasyFSL("SimpleShot", d), "easyfsl", "easyfsl SimpleShot (CL2N)"),
+                peer(EasyFSL("PrototypicalNetworks")),
+                Entry(lambda d, b: EasyFSL("Finetune", d, fine_tuning_steps=finetune_steps), "easyfsl",
+                      "easyfsl Finetune (CL2N)")]
     return out + last_layer_finetuning(cfg)
 
 
@@ -363,52 +203,53 @@ def limit_threads():
     return threadpool_limits(1)
 
 
-def compare(data: LowShotData, methods: list[Contender], eps: list[Episode], dim: int = 64,
+def compare(data: LowShotData, methods: list[Entry], eps: list[Episode], dim: int = 64,
             cfg: TrainConfig | None = None, progress: bool = True, min_seconds: float = 0.3) -> list[dict]:
-    """Every contender on every episode; one row per (method, n, draw)."""
+    """Every entry on every episode through ``protocol.run`` (fits and predictions timed by
+    ``timed``); one row per (method, n, draw)."""
     cfg = cfg or TrainConfig(epochs=20)
-    torch.manual_seed(cfg.seed)  # the base model's initial weights
     t0 = time.perf_counter()
     base, _ = protocol.train_base(data, dim, cfg)
     base_seconds = time.perf_counter() - t0
     rows = []
-    for m in methods:
+    for e in methods:
         t0 = time.perf_counter()
-        m.setup(data, base)
-        setup = time.perf_counter() - t0 + (base_seconds if m.uses_base_model else 0.0)
-        for ep in eps:
-            fitted, add_s = timed(lambda: m.add(data, ep), min_seconds)
-            with torch.no_grad():
-                scores, pred_s = timed(lambda: fitted.scorer(data.test_feats), min_seconds)
-            acc = protocol.accuracies(torch.as_tensor(scores).float(), data)
-            rows.append({"dataset": data.name, "method": m.name, "family": m.family, "n": ep.n, "draw": ep.draw,
-                         "novel": acc["novel"], "all": acc["all"], "add_s": add_s, "predict_s": pred_s,
-                         "bytes": int(fitted.nbytes), "setup_s": setup, "test_images": len(data.test_feats),
-                         **(fitted.info or {})})
+        method = e.make(data, base)
+        setup = time.perf_counter() - t0 + (base_seconds if e.uses_base_model else 0.0)
+        method.name = e.name or method.name
+        for r in protocol.run(data, [Measured(method)], eps, progress=False, timer=lambda fn: timed(fn, min_seconds)):
+            info = dict(r.info)
+            nbytes = int(info.pop("nbytes"))
+            rows.append({"dataset": data.name, "method": r.method, "family": e.family, "n": r.n, "draw": r.draw,
+                         "novel": r.novel, "all": r.all, "novel_only": r.novel_only, "add_s": r.fit_seconds,
+                         "predict_s": r.predict_seconds, "bytes": nbytes, "setup_s": setup,
+                         "test_images": len(data.test_feats), **info})
             if progress:
-                print(f"  {data.name:10s} {m.name:55s} n={ep.n:2d} draw={ep.draw} novel {acc['novel']:5.1f} "
-                      f"all {acc['all']:5.1f} add {add_s * 1e3:9.2f} ms predict {pred_s * 1e3:8.2f} ms "
-                      f"{fitted.nbytes / 1024:9.1f} KiB", flush=True)
+                print(f"  {data.name:10s} {r.method:55s} n={r.n:2d} draw={r.draw} novel {r.novel:5.1f} "
+                      f"all {r.all:5.1f} add {r.fit_seconds * 1e3:9.2f} ms predict {r.predict_seconds * 1e3:8.2f} ms "
+                      f"{nbytes / 1024:9.1f} KiB", flush=True)
     return rows
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per (dataset, method, n): mean and std over draws of the accuracies, medians of the
-    times, mean bytes; ratios to the reference (Imprinting) at the same dataset and n."""
+    """Per (dataset, method, n): mean and std over draws of the accuracies (``protocol.summarize``),
+    medians of the times, mean bytes; ratios to the reference (Imprinting) at the same dataset and n."""
     out = []
-    keys = list(dict.fromkeys((r["dataset"], r["method"], r["n"]) for r in rows))
-    for ds, method, n in keys:
-        rs = [r for r in rows if (r["dataset"], r["method"], r["n"]) == (ds, method, n)]
-        s = {"dataset": ds, "method": method, "family": rs[0]["family"], "n": n, "draws": len(rs)}
-        for metric in ("novel", "all"):
-            v = [r[metric] for r in rs]
-            s[f"{metric}_mean"], s[f"{metric}_std"] = float(np.mean(v)), float(np.std(v))
-        s["add_s"] = float(np.median([r["add_s"] for r in rs]))
-        s["predict_s"] = float(np.median([r["predict_s"] for r in rs]))
-        s["bytes"] = int(np.mean([r["bytes"] for r in rs]))
-        s["setup_s"] = float(rs[0]["setup_s"])
-        s["test_images"] = rs[0]["test_images"]
-        out.append(s)
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == ds]
+        results = [protocol.Result(r["method"], r["n"], r["draw"], r["novel"], r["all"],
+                                   r.get("novel_only", float("nan")), 0.0) for r in mine]
+        for acc in protocol.summarize(results, exact=True):
+            rs = [r for r in mine if (r["method"], r["n"]) == (acc["method"], acc["n"])]
+            s = {"dataset": ds, "method": acc["method"], "family": rs[0]["family"], "n": acc["n"], "draws": len(rs)}
+            for key in ("novel_mean", "novel_std", "all_mean", "all_std"):
+                s[key] = acc[key]
+            s["add_s"] = float(np.median([r["add_s"] for r in rs]))
+            s["predict_s"] = float(np.median([r["predict_s"] for r in rs]))
+            s["bytes"] = int(np.mean([r["bytes"] for r in rs]))
+            s["setup_s"] = float(rs[0]["setup_s"])
+            s["test_images"] = rs[0]["test_images"]
+            out.append(s)
     for s in out:
         ref = next((r for r in out if (r["dataset"], r["method"], r["n"]) == (s["dataset"], REFERENCE, s["n"])), None)
         if ref is None:
@@ -418,259 +259,6 @@ def summarize(rows: list[dict]) -> list[dict]:
         for key in ("add_s", "predict_s", "bytes"):
             s[f"{key}_ratio"] = s[key] / ref[key] if ref[key] else float("nan")
     return out
-
-
-# ---- reporting -----------------------------------------------------------------------------
-def _ms(seconds: float) -> str:
-    ms = seconds * 1e3
-    return f"{ms:,.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 1 else f"{ms:.2f}"
-
-
-def _x(ratio: float) -> str:
-    if ratio != ratio:
-        return ""
-    return f"{ratio:,.0f}×" if ratio >= 100 else f"{ratio:.1f}×" if ratio >= 1 else f"{ratio:.2f}×"
-
-
-def _kib(nbytes: int) -> str:
-    return f"{nbytes / 1024:,.0f}" if nbytes >= 10 * 1024 else f"{nbytes / 1024:.1f}"
-
-
-_NUMERIC = re.compile(r"^[-+*]*[\d,.]+\**( ± [\d.]+)?( \([-+][\d.]+\))?(×|%)?$|^$")
-
-
-def _table(header: list[str], lines: list[list[str]]) -> str:
-    """A Markdown table; columns whose cells are all numbers are right-aligned."""
-    numeric = [all(_NUMERIC.match(line[i]) for line in lines) for i in range(len(header))]
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if num else "---" for num in numeric) + "|"]
-    out += ["| " + " | ".join(line) + " |" for line in lines]
-    return "\n".join(out)
-
-
-def accuracy_table(summary: list[dict], dataset: str, shots: list[int]) -> str:
-    methods = list(dict.fromkeys(s["method"] for s in summary if s["dataset"] == dataset))
-    get = {(s["method"], s["n"]): s for s in summary if s["dataset"] == dataset}
-    header = ["method"] + [f"novel n={n}" for n in shots] + [f"all n={n}" for n in shots]
-    best = {(metric, n): max((s[f"{metric}_mean"] for (m, k), s in get.items() if k == n), default=None)
-            for metric in ("novel", "all") for n in shots}
-    lines = []
-    for m in methods:
-        cells = [m if m != REFERENCE else f"**{m}**"]
-        for metric in ("novel", "all"):
-            for n in shots:
-                s = get.get((m, n))
-                if s is None:
-                    cells.append("")
-                    continue
-                cell = f"{s[f'{metric}_mean']:.1f} ± {s[f'{metric}_std']:.1f}"
-                if s[f"{metric}_mean"] == best[(metric, n)]:
-                    cell = f"**{s[f'{metric}_mean']:.1f}** ± {s[f'{metric}_std']:.1f}"
-                if m != REFERENCE and f"{metric}_delta" in s:
-                    cell += f" ({s[f'{metric}_delta']:+.1f})"
-                cells.append(cell)
-        lines.append(cells)
-    return _table(header, lines)
-
-
-def cost_table(summary: list[dict], dataset: str, shots: list[int]) -> str:
-    methods = list(dict.fromkeys(s["method"] for s in summary if s["dataset"] == dataset))
-    get = {(s["method"], s["n"]): s for s in summary if s["dataset"] == dataset}
-    mid, last = shots[len(shots) // 2], shots[-1]
-    header = (["method"] + [f"add ms, n={n}" for n in shots] + [f"add ×, n={mid}"]
-              + [f"predict ms, n={mid}", "predict ×", f"memory KiB, n={last}", "memory ×", "base setup s"])
-    lines = []
-    for m in methods:
-        cells = [m if m != REFERENCE else f"**{m}**"]
-        cells += [_ms(get[(m, n)]["add_s"]) if (m, n) in get else "" for n in shots]
-        s_mid, s_last = get.get((m, mid)), get.get((m, last))
-        cells.append(_x(s_mid.get("add_s_ratio", float("nan"))) if s_mid else "")
-        cells += [_ms(s_mid["predict_s"]), _x(s_mid.get("predict_s_ratio", float("nan")))] if s_mid else ["", ""]
-        cells += [_kib(s_last["bytes"]), _x(s_last.get("bytes_ratio", float("nan")))] if s_last else ["", ""]
-        cells.append(f"{get[(m, shots[0])]['setup_s']:.2f}")
-        lines.append(cells)
-    return _table(header, lines)
-
-
-# Why a peer can beat us: matched against the method name, first match wins.
-WHY = [
-    ("LogisticRegression",
-     "a discriminative linear classifier on all 1280 features learns which directions separate each novel class "
-     "from the base classes; averaging the shots cannot. It needs examples for that: at n = 1 it fails (a "
-     "regularized fit barely moves a class seen once against about 30 examples per base class; "
-     "class_weight='balanced' helps a little), while imprinting gives every class a unit-norm template whatever "
-     "its count"),
-    ("Fine-tune",
-     "the same network as imprinting, but the FC layer and every class vector train on base + novel examples, "
-     "so the embedding adapts to the novel classes, which imprinting never does. At n = 1 it over-fits and "
-     "falls below imprinting"),
-    ("SimpleShot",
-     "easyfsl's SimpleShot with CL2N is our RawFeatureNCM with centring but without the power transform: the "
-     "gap is the power transform, which helps from n = 5 and costs about a point at n = 1"),
-    ("PrototypicalNetworks",
-     "class means in the full 1280-d features keep information that the paper's 64-d FC embedding, trained on "
-     "base classes only, discards; without normalization it is poor at n = 1"),
-    ("easyfsl Finetune",
-     "prototypes fine-tuned on the support set; the support is dominated by base examples, so at n = 1 the "
-     "tuning pulls decisions towards base classes and novel top-1 drops below SimpleShot's"),
-    ("k-NN", "stored examples keep multi-modal classes in the full 1280-d features; with 20 shots the nearest "
-             "example beats the 64-d imprinted mean"),
-    ("FAISS", "the same exact cosine search as scikit-learn's k-NN (same predictions), so the same reason"),
-]
-
-
-def _why(method: str) -> str:
-    return next((text for key, text in WHY if key in method), "")
-
-
-def peer_wins(summary: list[dict], margin: float = 0.0) -> list[dict]:
-    """Every (dataset, n, metric) where a peer's mean top-1 beats the better of our entries."""
-    wins = []
-    ours_names = {s["method"] for s in summary if s["family"] == "ours"}
-    for ds in dict.fromkeys(s["dataset"] for s in summary):
-        for n in sorted({s["n"] for s in summary if s["dataset"] == ds}):
-            at = [s for s in summary if s["dataset"] == ds and s["n"] == n]
-            for metric in ("novel", "all"):
-                best = max((s for s in at if s["method"] in ours_names), key=lambda s: s[f"{metric}_mean"])
-                for s in at:
-                    gap = s[f"{metric}_mean"] - best[f"{metric}_mean"]
-                    if s["method"] in ours_names or gap <= margin:
-                        continue
-                    noise = s.get(f"{metric}_std", 0.0) + best.get(f"{metric}_std", 0.0)
-                    wins.append({"dataset": ds, "n": n, "metric": metric, "peer": s["method"],
-                                 "peer_top1": s[f"{metric}_mean"], "ours": best["method"],
-                                 "ours_top1": best[f"{metric}_mean"], "gap": gap, "clear": gap > noise,
-                                 "peer_add_s": s["add_s"], "ours_add_s": best["add_s"]})
-    return wins
-
-
-def wins_markdown(wins: list[dict]) -> str:
-    if not wins:
-        return "- Nowhere: no peer's mean top-1 exceeds our best entry.\n"
-    header = ["data set", "n", "metric", "peer", "peer top-1", "our best entry", "ours top-1", "gap (points)",
-              "beyond draw noise?", "peer add ms", "ours add ms"]
-    lines = [[w["dataset"], str(w["n"]), w["metric"], w["peer"], f"{w['peer_top1']:.1f}", w["ours"],
-              f"{w['ours_top1']:.1f}", f"+{w['gap']:.1f}", "yes" if w["clear"] else "no (gap ≤ sum of stds)",
-              _ms(w["peer_add_s"]), _ms(w["ours_add_s"])] for w in wins]
-    by_reason: dict[str, list[str]] = {}
-    for m in dict.fromkeys(w["peer"] for w in wins):
-        by_reason.setdefault(_why(m), []).append(m)
-    why = [f"- {', '.join(f'**{m}**' for m in ms)}: {reason}." for reason, ms in by_reason.items()]
-    return _table(header, lines) + "\n\nWhy, probably:\n\n" + "\n".join(why) + "\n"
-
-
-def cheaper(summary: list[dict], below: float = 0.8) -> list[str]:
-    """Where a peer costs less than Imprinting (ratio below ``below`` at every n)."""
-    out = []
-    for ds in dict.fromkeys(s["dataset"] for s in summary):
-        for method in dict.fromkeys(s["method"] for s in summary if s["dataset"] == ds):
-            rs = [s for s in summary if s["dataset"] == ds and s["method"] == method]
-            if method == REFERENCE or not rs or "add_s_ratio" not in rs[0]:
-                continue
-            same_arrays = all(s["bytes_ratio"] == 1.0 for s in rs)  # same network: same prediction cost
-            for key, what in (("add_s", "adds the novel classes"), ("predict_s", "predicts"),
-                              ("bytes", "holds less memory")):
-                if same_arrays and key != "add_s":
-                    continue
-                ratios = [s[f"{key}_ratio"] for s in rs]
-                if max(ratios) < below:
-                    out.append(f"{ds}: **{method}** {what} "
-                               + ("" if key == "bytes" else "faster ")
-                               + f"than Imprinting: {min(ratios):.2f}× to {max(ratios):.2f}× across n.")
-    return out
-
-
-def plot(summary: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets = list(dict.fromkeys(s["dataset"] for s in summary))
-    methods = list(dict.fromkeys(s["method"] for s in summary))
-    fig, axes = plt.subplots(2, len(datasets), figsize=(7.5 * len(datasets), 10), squeeze=False)
-    ours_colors = iter(["tab:blue", "tab:red", "black", "tab:cyan"])
-    peer_colors = ["tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:gray",
-                   "gold", "teal", "magenta", "lime", "navy", "salmon", "sienna"]
-    family = {s["method"]: s["family"] for s in summary}
-    color = {}
-    for m in methods:
-        color[m] = next(ours_colors, "tab:blue") if family[m] == "ours" else peer_colors[len(color) % len(peer_colors)]
-    markers = "o^sDv<>ph*Xd8P"
-    for j, ds in enumerate(datasets):
-        for i, metric in enumerate(("novel", "all")):
-            ax = axes[i][j]
-            for k, m in enumerate(methods):
-                pts = sorted((s for s in summary if s["dataset"] == ds and s["method"] == m), key=lambda s: s["n"])
-                if not pts:
-                    continue
-                x = [max(s["add_s"], 1e-5) * 1e3 for s in pts]
-                y = [s[f"{metric}_mean"] for s in pts]
-                ours_style = pts[0]["family"] == "ours"
-                ax.plot(x, y, marker=markers[k % len(markers)], color=color[m], label=m,
-                        linewidth=2.5 if ours_style else 1, markersize=8 if ours_style else 6)
-                for s, xi, yi in zip(pts, x, y):
-                    ax.annotate(f"{s['n']}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
-            ax.set_xscale("log")
-            ax.set_xlabel("time to add the novel classes (ms, log scale; backbone forward excluded)")
-            ax.set_ylabel(f"{metric} top-1 (%)")
-            ax.set_title(f"{ds}: {metric}-class top-1 vs time to learn (labels: n)")
-            ax.grid(alpha=0.3, which="both")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def update_section(path: Path, name: str, text: str, title: str = "# Benchmarks") -> None:
-    """Replace the text between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in ``path``
-    (appended when absent); whatever else the file holds is kept."""
-    begin, end = f"<!-- {name}:begin (generated; do not edit by hand) -->", f"<!-- {name}:end -->"
-    block = f"{begin}\n{text.strip()}\n{end}"
-    old = path.read_text() if path.exists() else f"{title}\n"
-    pattern = re.compile(re.escape(f"<!-- {name}:begin") + r".*?" + re.escape(end), re.S)
-    new = pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new)
-
-
-def section(summary: list[dict], prov: dict, shots: list[int], plot_name: str) -> str:
-    head = "\n".join(f"- {k}: `{v}`" if k == "command" else f"- {k}: {v}" for k, v in prov.items())
-    parts = ["## Side by side on cached features (`benchmarks/compare.py`)", "", head, "",
-             "Accuracy cells: mean ± std over draws (difference to Imprinting in points; the best of each column "
-             "in bold). Costs: fastest of repeated calls, median over draws; ratios are to **Imprinting** at the "
-             "same n. \"add\" = from the base model to a classifier "
-             "with the novel classes (backbone forwards excluded: they are the same for everyone); \"predict\" = "
-             "scores for the whole test set from its backbone features; \"memory\" = arrays kept to predict; "
-             "\"base setup\" = one-off work on base data only (base-model training for the methods built on it).",
-             ""]
-    for ds in dict.fromkeys(s["dataset"] for s in summary):
-        m = next(s["test_images"] for s in summary if s["dataset"] == ds)
-        parts += [f"### {ds}: top-1 (%)", "", accuracy_table(summary, ds, shots), "",
-                  f"### {ds}: cost ({m} test images)", "", cost_table(summary, ds, shots), ""]
-    parts += [f"![accuracy against time to learn]({plot_name})", "",
-              "### Where a peer beats us (generated from the numbers above)", "",
-              "Every case where a peer's mean top-1 is above the best of our entries "
-              f"({REFERENCE}; {OURS_BEST_NAME}; {OURS_NCM_NAME}):", "", wins_markdown(peer_wins(summary)),
-              "Where a peer is cheaper than Imprinting (cost ratio below 0.8 at every n; same-architecture "
-              "methods predict at the same cost, so smaller differences are timing noise):", ""]
-    parts += [f"- {c}" for c in cheaper(summary)] or ["- Nowhere."]
-    return "\n".join(parts) + "\n"
-
-
-def write_data(out: Path, rows: list[dict], summary: list[dict], prov: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmarks_compare.json").write_text(json.dumps({"provenance": prov, "summary": summary, "rows": rows},
-                                                            indent=1))
-    cols = ["dataset", "method", "family", "n", "draws", "novel_mean", "novel_std", "all_mean", "all_std",
-            "novel_delta", "all_delta", "add_s", "add_s_ratio", "predict_s", "predict_s_ratio", "bytes",
-            "bytes_ratio", "setup_s", "test_images"]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, cols, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(summary)
-    (out / "benchmarks_compare.csv").write_text("".join(f"# {k}: {v}\n" for k, v in prov.items()) + buf.getvalue())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -695,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     from imprinting.report import provenance
-    from imprinting.reproduce import prepare
+    from imprinting.experiments.data import prepare
 
     t_start = time.perf_counter()
     load_before = os.getloadavg()
@@ -708,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{ds}: features ready in {time.perf_counter() - t0:.1f} s", flush=True)
             described.append(f"{ds}: {len(data.train)} train / {len(data.test)} test images, "
                              f"{len(data.base)} base + {len(data.novel)} novel classes")
-            methods = [m for m in contenders(cfg) if not any(w.lower() in m.name.lower() for w in args.skip)]
+            methods = [e for e in entries(data, cfg) if not any(w.lower() in e.name.lower() for w in args.skip)]
             eps = protocol.episodes(data, tuple(args.shots), args.draws, args.seed)
             rows += compare(data, methods, eps, cfg=cfg)
     total = time.perf_counter() - t_start
@@ -728,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def render(out: Path, rows: list[dict], summary: list[dict], prov: dict, shots: list[int]) -> None:
     write_data(out, rows, summary, prov)
-    plot(summary, out / "benchmarks_accuracy_vs_time.png")
+    plot_accuracy_vs_time(summary, out / "benchmarks_accuracy_vs_time.png")
     update_section(out / "benchmarks.md", "compare", section(summary, prov, shots, "benchmarks_accuracy_vs_time.png"))
 
 

@@ -21,7 +21,7 @@ import torch
 
 from imprinting.data import ImageSet
 from imprinting.data.splits import shot_draws, take
-from imprinting.model import CosineClassifier, Embedder, ImprintModel
+from imprinting.model import CosineClassifier, Embedder, ImprintModel, LinearClassifier
 from imprinting.train import FeatureDataset, TrainConfig, train
 
 
@@ -62,12 +62,37 @@ class LowShotData:
 
 @dataclass
 class Episode:
-    """One draw at one n: the indices of the novel training images given to the methods."""
+    """One draw at one n: the indices of the novel training images given to the methods.
+
+    Every seed a method derives from an episode comes from here, so that the committed
+    results stay reproducible bit for bit whichever method asks.
+    """
 
     draw: int
     n: int
     shots: torch.Tensor
     seed: int
+
+    def training_seed(self, base_seed: int) -> int:
+        """The seed of training on this episode (fine-tuning, AllClassJoint): the sample
+        stream differs across draws and shot counts."""
+        return base_seed + 1000 * self.draw + self.n
+
+    def weights_seed(self, base_seed: int) -> int:
+        """The seed of weights initialized from scratch for this episode (AllClassJoint):
+        one per draw, the same at every n."""
+        return base_seed + self.draw
+
+    @property
+    def init_seed(self) -> int:
+        """The seed of random novel weights (Rand-noFT, Rand+FT): one per draw, the same at
+        every n, so that the random classifiers of a draw are nested like its shots."""
+        return 1000 * self.seed + self.draw
+
+
+# -- Model building ----------------------------------------------------------------------
+# Every model the protocol, its methods and its experiments build comes from these few
+# functions (they will follow the core's model construction when it changes).
 
 
 def head_model(feature_dim: int, dim: int | None, class_names: list[str], scale: float = 10.0,
@@ -76,6 +101,50 @@ def head_model(feature_dim: int, dim: int | None, class_names: list[str], scale:
     embedder = Embedder(torch.nn.Identity(), feature_dim, dim)
     clf = CosineClassifier(embedder.dim, len(class_names), scale, learn_scale, per_class_scale)
     return ImprintModel(embedder, clf, class_names, {"backbone": "cached-features", "dim": dim})
+
+
+def head_of(model: ImprintModel) -> ImprintModel:
+    """The FC + classifier of a full model, for methods that work on its cached features."""
+    head = head_model(model.embedder.feature_dim, model.config["dim"], list(model.class_names),
+                      per_class_scale=model.classifier.per_class_scale)
+    head.embedder.fc.load_state_dict(model.embedder.fc.state_dict())
+    head.classifier.load_state_dict(model.classifier.state_dict())
+    return head.eval()
+
+
+def with_backbone(head: ImprintModel, backbone, preprocess=None) -> ImprintModel:
+    """A full model: ``backbone`` (a ``Backbone``, copied) under the FC + classifier of a base
+    model trained on its cached features (the start of end-to-end fine-tuning)."""
+    embedder = Embedder(copy.deepcopy(backbone.module), backbone.feature_dim, head.config["dim"])
+    embedder.fc.load_state_dict(head.embedder.fc.state_dict())
+    pre = preprocess or backbone.preprocess
+    config = {"backbone": backbone.name, "dim": head.config["dim"], "preprocess": pre.to_dict()}
+    return ImprintModel(embedder, copy.deepcopy(head.classifier), list(head.class_names), config).eval()
+
+
+def novel_only_model(model: ImprintModel, data: "LowShotData") -> ImprintModel:
+    """The same embedder under a classifier of the novel rows of ``model`` alone (its classes
+    base first, then novel): the final layer of transfer learning (Table 3)."""
+    old = model.classifier
+    clf = CosineClassifier(old.dim, 0, float(old.scale.detach().mean()), old.learn_scale, old.per_class_scale)
+    clf.add_classes(old.weight.detach()[data.num_base :])
+    if old.per_class_scale:
+        with torch.no_grad():
+            clf.scale.copy_(old.scale[data.num_base :])
+    return ImprintModel(model.embedder, clf, data.names(data.novel), model.config)
+
+
+def linear_model(feature_dim: int, dim: int | None, class_names: list[str]) -> ImprintModel:
+    """An FC layer + linear classifier with bias, no L2 normalization (AllClassJoint)."""
+    embedder = Embedder(torch.nn.Identity(), feature_dim, dim, normalize=False)
+    return ImprintModel(embedder, LinearClassifier(embedder.dim, len(class_names)), class_names)
+
+
+def copy_model(model: ImprintModel) -> ImprintModel:
+    return copy.deepcopy(model)
+
+
+# -- The protocol ------------------------------------------------------------------------
 
 
 def train_base(data: LowShotData, dim: int | None = 64, cfg: TrainConfig | None = None,
@@ -124,6 +193,9 @@ def episodes(data: LowShotData, shots=(1, 2, 5, 10, 20), draws: int = 5, seed: i
 
 @dataclass
 class Result:
+    """One method on one episode: top-1 (%), wall seconds (fitting, then scoring the test
+    set), the training history (per-epoch dicts) and what the method reported (``info``)."""
+
     method: str
     n: int
     draw: int
@@ -132,10 +204,27 @@ class Result:
     novel_only: float
     seconds: float
     history: list = field(default_factory=list)
+    fit_seconds: float = 0.0
+    predict_seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+    scores: torch.Tensor | None = None  # the test scores (M, C), kept when asked
 
 
-def run(data: LowShotData, methods: list, eps: list[Episode], progress: bool = True) -> list[Result]:
-    """Every method on every episode; each method gets its own copy of the base model."""
+def once(fn):
+    """(result, wall seconds) of one call: ``run``'s default timer."""
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def run(data: LowShotData, methods: list, eps: list[Episode], progress: bool = True, timer=once,
+        keep_scores: bool = False) -> list[Result]:
+    """Every method on every episode (method by method); each method copies the base model.
+
+    ``timer(fn) -> (result, seconds)`` times fitting and scoring (benchmarks repeat fast
+    calls); ``keep_scores`` keeps each episode's test scores in its result (Figure 5).
+    Scores are compared in float32 whatever type a method returns.
+    """
     from tqdm.auto import tqdm
 
     results = []
@@ -143,20 +232,21 @@ def run(data: LowShotData, methods: list, eps: list[Episode], progress: bool = T
     for method in methods:
         for ep in eps:
             bar.set_postfix_str(f"{method.name} n={ep.n} draw={ep.draw}")
-            t0 = time.perf_counter()
-            scorer = method.fit(data, ep)
+            fit, fit_s = timer(lambda: method.fit(data, ep))
             with torch.no_grad():
-                acc = accuracies(scorer(data.test_feats), data)
-            seconds = time.perf_counter() - t0
-            results.append(Result(method.name, ep.n, ep.draw, **acc, seconds=seconds,
-                                  history=list(getattr(method, "last_history", []))))
+                scores, predict_s = timer(lambda: fit.scorer(data.test_feats))
+            scores = torch.as_tensor(scores).float()
+            results.append(Result(method.name, ep.n, ep.draw, **accuracies(scores, data), seconds=fit_s + predict_s,
+                                  history=list(fit.history), fit_seconds=fit_s, predict_seconds=predict_s,
+                                  info=dict(fit.info), scores=scores if keep_scores else None))
             bar.update(1)
     bar.close()
     return results
 
 
-def summarize(results: list[Result]) -> list[dict]:
-    """Mean and standard deviation over draws, one row per (method, n)."""
+def summarize(results: list[Result], exact: bool = False) -> list[dict]:
+    """Mean and standard deviation over draws, one row per (method, n), methods in the order
+    they ran. Means and stds are rounded to 2 decimals (``exact``: not rounded)."""
     rows = []
     keys = sorted({(r.method, r.n) for r in results}, key=lambda k: ([r.method for r in results].index(k[0]), k[1]))
     for method, n in keys:
@@ -164,13 +254,10 @@ def summarize(results: list[Result]) -> list[dict]:
         row = {"method": method, "n": n, "draws": len(rs)}
         for metric in ("novel", "all", "novel_only"):
             values = [getattr(r, metric) for r in rs]
+            mean, std = float(np.mean(values)), float(np.std(values))
             row[metric] = f"{np.mean(values):.2f} ± {np.std(values):.2f}"
-            row[f"{metric}_mean"] = round(float(np.mean(values)), 2)
-            row[f"{metric}_std"] = round(float(np.std(values)), 2)
+            row[f"{metric}_mean"] = mean if exact else round(mean, 2)
+            row[f"{metric}_std"] = std if exact else round(std, 2)
         row["seconds"] = round(float(np.mean([r.seconds for r in rs])), 3)
         rows.append(row)
     return rows
-
-
-def copy_model(model: ImprintModel) -> ImprintModel:
-    return copy.deepcopy(model)

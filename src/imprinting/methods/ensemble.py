@@ -3,12 +3,13 @@
 The best low-shot configuration found here (``results/README.md``) averages the cosines of
 imprinting on a trained 512-d embedding with those of class means on the power-transformed,
 centred raw backbone features: the trained embedding is better for n <= 2, the raw features for
-larger n, and the sum beats both at every n.
+larger n, and the sum beats both at every n. (Score-level ensembling of a trained and a
+training-free classifier, as in Wang et al., "SimpleShot", 2019, for the second member.)
 """
 
 from __future__ import annotations
 
-from imprinting.methods import Method
+from imprinting.methods import FitResult, Method
 from imprinting.protocol import Episode, LowShotData
 
 
@@ -19,6 +20,6 @@ class CosineEnsemble(Method):
         self.members = members
         self.name = name
 
-    def fit(self, data: LowShotData, episode: Episode):
-        scorers = [(m.fit(data, episode), w) for m, w in self.members]
-        return lambda feats: sum(w * s(feats) for s, w in scorers)
+    def fit(self, data: LowShotData, episode: Episode) -> FitResult:
+        scorers = [(m.fit(data, episode).scorer, w) for m, w in self.members]
+        return FitResult(lambda feats: sum(w * s(feats) for s, w in scorers))

@@ -1,6 +1,8 @@
 """End-to-end fine-tuning: the whole network, backbone included, trains on every base
 training image plus the n novel examples (novel classes oversampled), starting from
-imprinted (Imprinting+FT) or random (Rand+FT) novel weights.
+imprinted (Imprinting+FT) or random (Rand+FT) novel weights: the paper's fine-tuning
+(Qi, Brown and Lowe, "Low-Shot Learning with Imprinted Weights", CVPR 2018, Sec. 3.3),
+whole network included.
 
 Unlike the other methods this one needs the images, not cached features: it takes the
 preprocessed train and test images as tensors aligned with ``data.train`` and ``data.test``,
@@ -8,7 +10,7 @@ and its scorer embeds the test images with the fine-tuned backbone (the cached f
 passed to the scorer are ignored).
 
 ``crop``: the tensors hold a centre square of each image resized as for testing
-(``imprinting.reproduce.training_square``: e.g. 180 x 180 of an image resized to 183 for
+(``imprinting.experiments.data.training_square``: e.g. 180 x 180 of an image resized to 183 for
 a 160 crop); training draws a random ``crop`` window of it, flipped half of the time, and
 imprinting and testing use the centre window, which is the test-time centre crop. (The
 random windows move within the square only, not along the whole long side as the file
@@ -24,7 +26,8 @@ from dataclasses import replace
 import torch
 from torchvision.transforms.functional import center_crop
 
-from imprinting.methods import Method
+from imprinting.methods import FitResult, Method
+from imprinting.methods.init import ImprintInit
 from imprinting.model import ImprintModel
 from imprinting.protocol import Episode, LowShotData, accuracies
 from imprinting.train import TensorImageDataset, TrainConfig, train
@@ -40,43 +43,33 @@ def _embed(model: ImprintModel, images: torch.Tensor, crop: int | None = None, b
 
 
 class EndToEndFinetune(Method):
+    """``init``: an initializer (``ImprintInit()`` or ``RandomInit()``); the shots are
+    imprinted from their images through the (not yet fine-tuned) backbone."""
+
     def __init__(self, model: ImprintModel, train_images: torch.Tensor, test_images: torch.Tensor,
-                 init: str = "imprint", cfg: TrainConfig | None = None, record_history: bool = True,
+                 init=None, cfg: TrainConfig | None = None, record_history: bool = True,
                  crop: int | None = None, progress: bool = False):
-        if init not in ("imprint", "random"):
-            raise ValueError(f"init must be 'imprint' or 'random', got {init!r}")
         self.model = model
         self.train_images = train_images
         self.test_images = test_images
-        self.init = init
+        self.init = init or ImprintInit()
         self.cfg = replace(cfg or TrainConfig(epochs=5), balanced=True)
         self.record_history = record_history
         self.crop = crop
         self.progress = progress  # per-epoch bars (an episode can take minutes)
-        self.name = ("Imprinting+FT" if init == "imprint" else "Rand+FT") + " (end to end)"
-        self.last_history: list[dict] = []
+        self.name = f"{self.init.name}+FT (end to end)"
 
-    def fit(self, data: LowShotData, episode: Episode):
-        model = copy.deepcopy(self.model).eval()
-        shots = episode.shots
-        labels = data.train_y[shots]
-        names = data.names(data.novel)
-        if self.init == "imprint":
-            emb = _embed(model, self.train_images[shots], self.crop)
-            for c, name in zip(range(data.num_base, len(data.order)), names):
-                model.add_class(name, emb[labels == c])
-        else:
-            g = torch.Generator().manual_seed(1000 * episode.seed + episode.draw)
-            for name in names:
-                model.add_random_class(name, g)
-        idx = torch.cat([data.base_train_idx, shots])
+    def fit(self, data: LowShotData, episode: Episode) -> FitResult:
+        start = copy.deepcopy(self.model).eval()  # embeds the shots in eval mode, whatever mode it was left in
+        model = self.init.add_novel(start, data, episode,
+                                    lambda m, shots: _embed(m, self.train_images[shots], self.crop))
+        idx = torch.cat([data.base_train_idx, episode.shots])
         dataset = TensorImageDataset(self.train_images[idx], data.train_y[idx], self.crop)
-        cfg = replace(self.cfg, seed=self.cfg.seed + 1000 * episode.draw + episode.n)
+        cfg = replace(self.cfg, seed=episode.training_seed(self.cfg.seed))
 
         def evaluate(m):
             return accuracies(m.classifier(_embed(m, self.test_images, self.crop)), data)
 
-        self.last_history = train(model, dataset, cfg, evaluate if self.record_history else None,
-                                  progress=self.progress)
+        history = train(model, dataset, cfg, evaluate if self.record_history else None, progress=self.progress)
         scores = model.classifier(_embed(model, self.test_images, self.crop)).detach()
-        return lambda feats: scores
+        return FitResult(lambda feats: scores, history)

@@ -1,39 +1,15 @@
-"""Imprinting (and Imprinting+Aug), and random novel weights (Rand-noFT): forward passes only."""
+"""Imprinting (and Imprinting+Aug), and random novel weights (Rand-noFT): forward passes only.
+
+Qi, Brown and Lowe, "Low-Shot Learning with Imprinted Weights", CVPR 2018 (Sec. 3.2, and
+the Rand-noFT baseline of Tables 1 and 2).
+"""
 
 from __future__ import annotations
 
-import torch
-
-from imprinting.methods import Method
-from imprinting.protocol import Episode, LowShotData, copy_model, embed
+from imprinting.methods import FitResult, Method
+from imprinting.methods.init import ImprintInit, RandomInit
 from imprinting.model import ImprintModel
-
-
-def with_novel_classes(base: ImprintModel, data: LowShotData, episode: Episode, how: str) -> ImprintModel:
-    """A copy of the base model with one weight per novel class, imprinted or random.
-
-    ``how``: "imprint" (centre crops), "imprint_aug" (the cached random crop + flip views of
-    each image, averaged), or "random" (Xavier uniform, seeded by the episode).
-    """
-    model = copy_model(base)
-    shots = episode.shots
-    labels = data.train_y[shots]
-    if how == "random":
-        g = torch.Generator().manual_seed(1000 * episode.seed + episode.draw)
-        for c, name in zip(range(data.num_base, len(data.order)), data.names(data.novel)):
-            model.add_random_class(name, g)
-        return model
-    if how == "imprint_aug":
-        if data.train_aug is None:
-            raise ValueError("Imprinting+Aug needs cached augmented views (train_aug)")
-        views = data.train_aug[shots]  # (m, k, F)
-        emb = embed(model, views.reshape(-1, views.shape[-1]))
-        labels = labels.repeat_interleave(views.shape[1])
-    else:
-        emb = embed(model, data.train_feats[shots])
-    for c, name in zip(range(data.num_base, len(data.order)), data.names(data.novel)):
-        model.add_class(name, emb[labels == c])
-    return model
+from imprinting.protocol import Episode, LowShotData
 
 
 def scorer(model: ImprintModel, cosine: bool = False):
@@ -48,13 +24,12 @@ class Imprinting(Method):
 
     def __init__(self, base: ImprintModel, augment: bool = False, cosine: bool = False):
         self.base = base
-        self.augment = augment
+        self.init = ImprintInit(augment)
         self.cosine = cosine
-        self.name = "Imprinting+Aug" if augment else "Imprinting"
+        self.name = self.init.name
 
-    def fit(self, data: LowShotData, episode: Episode):
-        model = with_novel_classes(self.base, data, episode, "imprint_aug" if self.augment else "imprint")
-        return scorer(model, self.cosine)
+    def fit(self, data: LowShotData, episode: Episode) -> FitResult:
+        return FitResult(scorer(self.init.add_novel(self.base, data, episode), self.cosine))
 
 
 class RandomNovel(Method):
@@ -65,5 +40,5 @@ class RandomNovel(Method):
     def __init__(self, base: ImprintModel):
         self.base = base
 
-    def fit(self, data: LowShotData, episode: Episode):
-        return scorer(with_novel_classes(self.base, data, episode, "random"))
+    def fit(self, data: LowShotData, episode: Episode) -> FitResult:
+        return FitResult(scorer(RandomInit().add_novel(self.base, data, episode)))

@@ -2,7 +2,8 @@
 
 A class's score is its best cosine: for a novel class, over its n stored examples; for a
 base class, with its trained weight (``base_from_examples=True``: over every stored base
-training example instead). With n = 1 this equals imprinting.
+training example instead). With n = 1 this equals imprinting. The paper compares against it in Figure 6 (Qi, Brown and
+Lowe, "Low-Shot Learning with Imprinted Weights", CVPR 2018, Sec. 4.2).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from imprinting.methods import Method
+from imprinting.methods import FitResult, Method
 from imprinting.model import ImprintModel
 from imprinting.protocol import Episode, LowShotData, embed
 
@@ -28,7 +29,7 @@ class NearestNeighbour(Method):
         self.base_from_examples = base_from_examples
         self.name = name
 
-    def fit(self, data: LowShotData, episode: Episode):
+    def fit(self, data: LowShotData, episode: Episode) -> FitResult:
         model = self.base
         novel_emb = embed(model, data.train_feats[episode.shots])
         novel_y = data.train_y[episode.shots]
@@ -41,4 +42,4 @@ class NearestNeighbour(Method):
         examples = torch.cat([base_emb, novel_emb])
         labels = torch.cat([base_y, novel_y])
         num_classes = len(data.order)
-        return lambda feats: max_cosine_per_class(embed(model, feats), examples, labels, num_classes)
+        return FitResult(lambda feats: max_cosine_per_class(embed(model, feats), examples, labels, num_classes))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imprinting.imprint import imprint_weights
-from imprinting.methods import Method
+from imprinting.methods import FitResult, Method
 from imprinting.protocol import Episode, LowShotData
 
 
@@ -53,8 +53,8 @@ class RawFeatureNCM(Method):
         ft = FeatureTransform.fit(data, self.power, self.center)
         return lambda x: F.normalize(ft(x), dim=1)
 
-    def fit(self, data: LowShotData, episode: Episode):
+    def fit(self, data: LowShotData, episode: Episode) -> FitResult:
         tf = self.transform(data)
         idx = torch.cat([data.base_train_idx, episode.shots])
         w = imprint_weights(tf(data.train_feats[idx]), data.train_y[idx], len(data.order))
-        return lambda feats: tf(feats) @ w.t()
+        return FitResult(lambda feats: tf(feats) @ w.t())

@@ -1,19 +1,19 @@
 """The low-shot protocol and every method, end to end on a tiny synthetic data set."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
+from experiments_fixtures import BASE, CLASSES, FEAT, tiny_lowshot, top1_by_hand
 from imprinting import protocol
-from imprinting.data import ImageSet
 from imprinting.methods import (
     AllClassJoint,
     Finetune,
+    ImprintInit,
     Imprinting,
     LiftedEmbedding,
     NearestNeighbour,
+    RandomInit,
     RandomNovel,
     RawFeatureNCM,
 )
@@ -22,38 +22,20 @@ from imprinting.methods.lifted import train_lifted_embedder
 from imprinting.methods.nearest import max_cosine_per_class
 from imprinting.train import TrainConfig
 
-CLASSES, BASE, FEAT = 10, 6, 16
-
-
-def _tiny(seed=0, train_per_class=20, test_per_class=10, views=3):
-    """Gaussian clusters: one per class in a 16-d 'feature' space; classes 0-5 base, 6-9 novel."""
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(CLASSES, FEAT, generator=g) * 2
-    def draw(per):
-        y = torch.arange(CLASSES).repeat_interleave(per)
-        return centers[y] + 0.8 * torch.randn(len(y), FEAT, generator=g), y.tolist()
-    xtr, ytr = draw(train_per_class)
-    xte, yte = draw(test_per_class)
-    names = [f"c{i}" for i in range(CLASSES)]
-    train = ImageSet("tiny/train", [Path(f"tr{i}.png") for i in range(len(ytr))], ytr, names, {"split": "train"})
-    test = ImageSet("tiny/test", [Path(f"te{i}.png") for i in range(len(yte))], yte, names, {"split": "test"})
-    aug = xtr[:, None, :] + 0.2 * torch.randn(len(ytr), views, FEAT, generator=g)
-    return protocol.LowShotData("tiny", train, test, xtr, xte, list(range(BASE)), list(range(BASE, CLASSES)), aug)
 
 
 @pytest.fixture(scope="module")
-def data():
-    return _tiny()
+def data(lowshot):
+    return lowshot
 
 
 @pytest.fixture(scope="module")
-def base(data):
-    model, _ = protocol.train_base(data, dim=8, cfg=TrainConfig(epochs=15, lr=1e-3, batch_size=16))
-    return model
+def base(lowshot_base):
+    return lowshot_base
 
 
 def test_accuracies_by_hand():
-    data = _tiny(train_per_class=2, test_per_class=1)
+    data = tiny_lowshot(train_per_class=2, test_per_class=1)
     # test labels are 0..9 in order; predict right for 0, 1, 6, 7 only
     pred = torch.tensor([0, 1, 0, 0, 0, 0, 6, 7, 0, 0])
     scores = torch.nn.functional.one_hot(pred, CLASSES).float()
@@ -89,8 +71,8 @@ def test_imprinting_far_above_random_and_base_weights_untouched(data, base):
 
 def test_one_shot_nearest_neighbour_equals_imprinting(data, base):
     (ep,) = protocol.episodes(data, shots=(1,), draws=1)
-    a = Imprinting(base).fit(data, ep)(data.test_feats).argmax(1)
-    b = NearestNeighbour(base).fit(data, ep)(data.test_feats).argmax(1)
+    a = Imprinting(base).fit(data, ep).scorer(data.test_feats).argmax(1)
+    b = NearestNeighbour(base).fit(data, ep).scorer(data.test_feats).argmax(1)
     assert torch.equal(a, b)
 
 
@@ -105,22 +87,26 @@ def test_max_cosine_per_class_by_hand():
 def test_every_method_runs_end_to_end_and_fine_tuning_records_curves(data, base):
     cfg = TrainConfig(epochs=3, lr=1e-3, batch_size=16)
     lifted = train_lifted_embedder(data, dim=8, epochs=3, per_class=4, batch_size=24)
-    methods = [Finetune(base, "imprint", cfg), Finetune(base, "random", cfg), AllClassJoint(8, cfg),
+    methods = [Finetune(base, ImprintInit(), cfg), Finetune(base, RandomInit(), cfg), AllClassJoint(8, cfg),
                LiftedEmbedding(lifted, "average"), LiftedEmbedding(lifted, "nearest"), RawFeatureNCM()]
     eps = protocol.episodes(data, shots=(2,), draws=1)
-    results = protocol.run(data, methods, eps, progress=False)
+    results = protocol.run(data, methods, eps, progress=False, keep_scores=True)
     assert [r.method for r in results] == ["Imprinting+FT", "Rand+FT", "AllClassJoint", "Lifted-Avg", "Lifted-NN",
                                            "RawFeatureNCM"]
-    for r in results:
-        assert 0 <= r.novel <= 100 and 0 <= r.all <= 100
+    for r in results:  # the accuracies are those of the scores, recomputed here with numpy
+        expected = top1_by_hand(r.scores, data)
+        assert (r.novel, r.all, r.novel_only) == pytest.approx((expected["novel"], expected["all"],
+                                                                expected["novel_only"]))
     ft = results[0]
     assert [h["epoch"] for h in ft.history] == [1, 2, 3] and {"novel", "all"} <= set(ft.history[0])
+    assert len(results[2].history) == 3  # AllClassJoint trains too, without evaluating
+    assert all(r.history == [] for r in results[3:])  # training-free methods
     assert results[-1].novel > 80  # class means of well-separated clusters
 
 
 def test_raw_feature_ncm_is_nearest_class_mean(data):
     (ep,) = protocol.episodes(data, shots=(3,), draws=1)
-    scores = RawFeatureNCM().fit(data, ep)(data.test_feats)
+    scores = RawFeatureNCM().fit(data, ep).scorer(data.test_feats)
     idx = torch.cat([data.base_train_idx, ep.shots])
     x = torch.nn.functional.normalize(data.train_feats[idx], dim=1).numpy()
     y = data.train_y[idx].numpy()
@@ -133,16 +119,18 @@ def test_raw_feature_ncm_is_nearest_class_mean(data):
 def test_end_to_end_fine_tuning_trains_the_backbone():
     from imprinting.model import CosineClassifier, Embedder, ImprintModel
 
-    data = _tiny(train_per_class=6, test_per_class=3)
+    data = tiny_lowshot(train_per_class=6, test_per_class=3)
     backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(FEAT, FEAT))
     model = ImprintModel(Embedder(backbone, FEAT, 8), CosineClassifier(8, BASE), [f"c{i}" for i in range(BASE)])
     images = data.train_feats.reshape(-1, 1, 4, 4)
-    method = EndToEndFinetune(model, images, data.test_feats.reshape(-1, 1, 4, 4), "imprint",
+    method = EndToEndFinetune(model, images, data.test_feats.reshape(-1, 1, 4, 4), ImprintInit(),
                               TrainConfig(epochs=2, lr=1e-3, batch_size=8))
     (ep,) = protocol.episodes(data, shots=(2,), draws=1)
     before = backbone[1].weight.detach().clone()
-    scores = method.fit(data, ep)(data.test_feats)
-    assert scores.shape == (len(data.test), CLASSES) and len(method.last_history) == 2
+    fit = method.fit(data, ep)
+    scores = fit.scorer(data.test_feats)
+    assert scores.shape == (len(data.test), CLASSES) and [h["epoch"] for h in fit.history] == [1, 2]
+    assert method.name == "Imprinting+FT (end to end)"
     assert torch.equal(backbone[1].weight, before)  # the method fine-tunes a copy
 
 
@@ -151,15 +139,15 @@ def test_end_to_end_with_crop_imprints_centre_crops_and_scores_centre_crops():
     6 x 6 windows of 8 x 8 images (the training crops are random windows, never used)."""
     from imprinting.model import CosineClassifier, Embedder, ImprintModel
 
-    data = _tiny(train_per_class=4, test_per_class=2)
+    data = tiny_lowshot(train_per_class=4, test_per_class=2)
     g = torch.Generator().manual_seed(1)
     train_px = torch.randn(len(data.train), 1, 8, 8, generator=g)
     test_px = torch.randn(len(data.test), 1, 8, 8, generator=g)
     backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, FEAT))
     model = ImprintModel(Embedder(backbone, FEAT, 8), CosineClassifier(8, BASE), [f"c{i}" for i in range(BASE)])
-    method = EndToEndFinetune(model, train_px, test_px, "imprint", TrainConfig(epochs=0), crop=6)
+    method = EndToEndFinetune(model, train_px, test_px, ImprintInit(), TrainConfig(epochs=0), crop=6)
     (ep,) = protocol.episodes(data, shots=(2,), draws=1)
-    scores = method.fit(data, ep)(data.test_feats)
+    scores = method.fit(data, ep).scorer(data.test_feats)
 
     with torch.no_grad():
         embed = lambda x: torch.nn.functional.normalize(model.embedder.fc(backbone(x[..., 1:7, 1:7])), dim=1)  # noqa: E731
@@ -173,27 +161,26 @@ def test_end_to_end_with_crop_imprints_centre_crops_and_scores_centre_crops():
 
 def test_transfer_fine_tuning_keeps_only_novel_classes(data, base):
     (ep,) = protocol.episodes(data, shots=(3,), draws=1)
-    imprinted = Imprinting(base).fit(data, ep)(data.test_feats)
-    untrained = Finetune(base, "imprint", TrainConfig(epochs=0), transfer=True).fit(data, ep)(data.test_feats)
+    imprinted = Imprinting(base).fit(data, ep).scorer(data.test_feats)
+    untrained = Finetune(base, ImprintInit(), TrainConfig(epochs=0), transfer=True).fit(data, ep).scorer(data.test_feats)
     assert torch.isneginf(untrained[:, :BASE]).all()
     # the novel rows alone, before training: the imprinted scores of the novel columns
     torch.testing.assert_close(untrained[:, BASE:], imprinted[:, BASE:])
     before = base.classifier.weight.detach().clone()
-    method = Finetune(base, "random", TrainConfig(epochs=30, lr=1e-3, batch_size=8), transfer=True)
-    trained = method.fit(data, ep)(data.test_feats)
+    method = Finetune(base, RandomInit(), TrainConfig(epochs=30, lr=1e-3, batch_size=8), transfer=True)
+    fit = method.fit(data, ep)
+    trained = fit.scorer(data.test_feats)
     assert torch.equal(base.classifier.weight, before)
     acc = protocol.accuracies(trained, data)
     assert acc["novel_only"] > 60 and acc["novel"] == acc["novel_only"]  # base classes never predicted
-    assert len(method.last_history) == 30
+    assert len(fit.history) == 30
 
 
-def test_novel_classes_only_keeps_the_novel_rows_and_their_scales(data):
-    from imprinting.methods.finetune import novel_classes_only
-
+def test_novel_only_model_keeps_the_novel_rows_and_their_scales(data):
     model = protocol.head_model(FEAT, 8, data.names(data.order), per_class_scale=True)
     with torch.no_grad():
         model.classifier.scale.copy_(torch.arange(1.0, CLASSES + 1))
-    novel = novel_classes_only(model, data)
+    novel = protocol.novel_only_model(model, data)
     assert novel.class_names == data.names(data.novel)
     torch.testing.assert_close(novel.classifier.weight, model.classifier.weight[BASE:])
     torch.testing.assert_close(novel.classifier.scale, torch.arange(BASE + 1.0, CLASSES + 1))
@@ -224,12 +211,12 @@ def test_cosine_ensemble_is_the_weighted_sum_of_member_cosines(data, base):
 
     (ep,) = protocol.episodes(data, shots=(2,), draws=1)
     imp, ncm = Imprinting(base, cosine=True), RawFeatureNCM(center=True, power=0.5)
-    both = CosineEnsemble([(imp, 0.4), (ncm, 0.6)]).fit(data, ep)(data.test_feats)
-    expected = 0.4 * imp.fit(data, ep)(data.test_feats) + 0.6 * ncm.fit(data, ep)(data.test_feats)
+    both = CosineEnsemble([(imp, 0.4), (ncm, 0.6)]).fit(data, ep).scorer(data.test_feats)
+    expected = 0.4 * imp.fit(data, ep).scorer(data.test_feats) + 0.6 * ncm.fit(data, ep).scorer(data.test_feats)
     torch.testing.assert_close(both, expected)
-    cos = Imprinting(base, cosine=True).fit(data, ep)(data.test_feats)
+    cos = Imprinting(base, cosine=True).fit(data, ep).scorer(data.test_feats)
     assert cos.abs().max() <= 1 + 1e-5  # cosines, not logits
-    torch.testing.assert_close(Imprinting(base).fit(data, ep)(data.test_feats), base.classifier.scale * cos)
+    torch.testing.assert_close(Imprinting(base).fit(data, ep).scorer(data.test_feats), base.classifier.scale * cos)
 
 
 def test_base_training_is_determined_by_the_seed(data):
@@ -241,3 +228,38 @@ def test_base_training_is_determined_by_the_seed(data):
         assert torch.equal(v, b.state_dict()[k]), k
     c, _ = protocol.train_base(data, dim=8, cfg=TrainConfig(epochs=2, lr=1e-3, batch_size=16, seed=8))
     assert not torch.equal(a.classifier.weight, c.classifier.weight)
+
+
+def test_episode_seeds_are_the_formulas_the_committed_results_used():
+    ep = protocol.Episode(draw=3, n=5, shots=torch.tensor([0]), seed=7)
+    assert ep.training_seed(11) == 11 + 1000 * 3 + 5
+    assert ep.weights_seed(11) == 11 + 3
+    assert ep.init_seed == 1000 * 7 + 3
+
+
+def test_initializers_add_the_novel_classes_to_a_copy(data, base):
+    (ep,) = protocol.episodes(data, shots=(2,), draws=1, seed=3)
+    imprinted = ImprintInit().add_novel(base, data, ep)
+    assert imprinted.class_names == data.names(data.order) and base.num_classes == BASE
+    with torch.no_grad():
+        emb = torch.nn.functional.normalize(base.embedder.forward_head(data.train_feats[ep.shots]), dim=1)
+    labels = data.train_y[ep.shots]
+    for c in range(BASE, CLASSES):  # the normalized mean of the shots' embeddings
+        w = torch.nn.functional.normalize(emb[labels == c].mean(0), dim=0)
+        torch.testing.assert_close(imprinted.classifier.templates()[c], w, atol=1e-6, rtol=1e-5)
+    a, b = RandomInit().add_novel(base, data, ep), RandomInit().add_novel(base, data, ep)
+    assert torch.equal(a.classifier.weight, b.classifier.weight)  # seeded by the episode
+    g = torch.Generator().manual_seed(ep.init_seed)
+    first = torch.nn.init.xavier_uniform_(torch.empty(1, base.config["dim"]), generator=g)
+    torch.testing.assert_close(a.classifier.weight[BASE], first[0])
+    assert Finetune(base, RandomInit()).name == "Rand+FT" and Finetune(base, ImprintInit()).name == "Imprinting+FT"
+
+
+def test_lifted_embedder_is_determined_by_the_seed(data):
+    """Its batch sampler draws from numpy: seeded too, whatever ran before."""
+    import numpy
+
+    a = train_lifted_embedder(data, dim=8, epochs=2, per_class=4, batch_size=24, seed=3)
+    numpy.random.rand(5)  # the global numpy state must not matter
+    b = train_lifted_embedder(data, dim=8, epochs=2, per_class=4, batch_size=24, seed=3)
+    assert torch.equal(a.fc.weight, b.fc.weight)

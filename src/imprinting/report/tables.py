@@ -1,4 +1,4 @@
-"""Result tables written as Markdown, CSV and JSON, each headed by how it was made."""
+"""Result tables written as Markdown, CSV and JSON, each headed by its provenance."""
 
 from __future__ import annotations
 
@@ -6,41 +6,7 @@ import csv
 import io
 import json
 import os
-import platform
-import shlex
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
-
-import torch
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-# The command line, set by the `imprint` command (see cli._Group.main); else sys.argv is used.
-COMMAND: list[str] | None = None
-
-
-def provenance(command: list[str] | None = None, **extra) -> dict:
-    """The command, machine and date behind a result, plus anything in ``extra`` (seed, data...)."""
-    cmd = command or COMMAND or [Path(sys.argv[0]).name, *sys.argv[1:]]
-    return {
-        "command": shlex.join(cmd),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores ({cpu_name()})"
-        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        **extra,
-    }
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
+from experiments_fixtures import png_size
 from imprinting.cli import main
 
 # category id -> (name, supercategory, training images, validation images, colour)
@@ -62,4 +63,5 @@ def test_inaturalist_2017_protocol_end_to_end(tmp_path):
     assert {r["method"] for r in rows} == {"Rand-noFT", "Imprinting", "Imprinting+Aug", "Rand+FT", "Imprinting+FT",
                                            "AllClassJoint"}
     assert {r["n"] for r in rows} == {1, 2}
-    assert (out / "tables_1_2.md").exists() and (out / "figures_3_4.png").exists()
+    assert (out / "tables_1_2.md").read_text().startswith("# Tables 1 and 2")
+    assert png_size(out / "figures_3_4.png") == (1210, 440)

@@ -1,0 +1,37 @@
+"""Table 3 of Qi, Brown and Lowe, CVPR 2018: transfer, the final layer replaced by novel
+weights only (novel-only top-1): `imprint reproduce table3`."""
+
+from __future__ import annotations
+
+from imprinting import protocol
+from imprinting.experiments import Experiment, Plan
+from imprinting.experiments.runner import train_config, write_results
+
+
+def plan(setup, o) -> Plan:
+    """Rand-noFT, Imprinting (+Aug), and Rand+FT and Imprinting+FT in the transfer setting."""
+    from imprinting.methods import Finetune, Imprinting, ImprintInit, RandomInit, RandomNovel
+
+    data, cfg = setup.data, train_config(o.epochs, o.seed)
+    base, _ = protocol.train_base(data, o.dim, cfg)
+    methods = [RandomNovel(base), Imprinting(base)] + ([Imprinting(base, True)] if data.train_aug is not None else [])
+    methods += [Finetune(base, init, cfg, transfer=True) for init in (RandomInit(), ImprintInit())]
+    return Plan([(methods, protocol.episodes(data, o.shots, o.draws, o.seed))])
+
+
+def write(r):
+    return write_results(r, "table_3", "Table 3: transfer to the novel classes (novel_only column)",
+                         ["method", "n", "novel_only", "draws", "seconds"])
+
+
+EXPERIMENT = Experiment(
+    name="table3",
+    help="""Table 3: transfer, the final layer replaced by novel weights only (novel-only top-1).
+
+    Rand+FT and Imprinting+FT fine-tune the FC layer and the novel-only final layer on the
+    n novel examples alone (frozen backbone).
+    """,
+    data="features",
+    plan=plan,
+    write=write,
+)
