@@ -1,7 +1,6 @@
 """The cosine classifier, the embedder and the linear baseline against hand-computed references."""
 
 import numpy as np
-import pytest
 import torch
 
 from imprinting.model import CosineClassifier, Embedder, LinearClassifier

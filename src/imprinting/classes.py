@@ -332,6 +332,13 @@ class ClassTable:
         self._index = {n: i for i, n in enumerate(self._names)}
         self._names_tuple = None
 
+    def select(self, indices) -> "ClassTable":
+        """A new table of the rows at ``indices``, in that order (copies)."""
+        idx = [int(i) for i in indices]
+        scale = self.scale[idx] if self.per_class_scale else self.scale
+        return ClassTable.from_arrays([self._names[i] for i in idx], self.weights[idx], self.sums[idx],
+                                      self.counts[idx], scale, self.per_class_scale, self.initial_scale)
+
     def copy(self) -> "ClassTable":
         return ClassTable.from_arrays(self._names, self.weights, self.sums, self.counts, self.scale,
                                       self.per_class_scale, self.initial_scale)

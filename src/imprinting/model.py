@@ -284,6 +284,18 @@ class ImprintModel(nn.Module):
                                           backbone.pretrained, backbone.weights_id)
         return full.eval()
 
+    def with_classes(self, table: ClassTable) -> "ImprintModel":
+        """This model's embedder (shared, not copied) under a cosine classifier of ``table``'s
+        classes (e.g. the novel rows alone: the final layer of transfer learning)."""
+        clf = self.classifier
+        spec = self.spec
+        head = CosineClassifier(self.embedder.dim, 0, float(table.scale.mean()) if len(table.scale) else spec.scale,
+                                spec.learn_scale, table.per_class_scale)
+        out = ImprintModel(self.embedder, head, (), spec, self.unknown_threshold)
+        out.set_classes(table)
+        out.classifier.scale.requires_grad_(clf.scale_rows.requires_grad if clf.scale_rows is not None else True)
+        return out
+
     # -- descriptions and fingerprints --------------------------------------------------------
     def embedder_id(self) -> str:
         """SHA-256 of the embedder's weights: classes made with one embedder mean nothing to another."""

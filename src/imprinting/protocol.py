@@ -21,7 +21,8 @@ import torch
 
 from imprinting.data import ImageSet
 from imprinting.data.splits import shot_draws, take
-from imprinting.model import CosineClassifier, Embedder, ImprintModel, LinearClassifier
+from imprinting.model import ImprintModel, build_model, create_head
+from imprinting.spec import ModelSpec
 from imprinting.train import FeatureDataset, TrainConfig, train
 
 
@@ -91,53 +92,22 @@ class Episode:
 
 
 # -- Model building ----------------------------------------------------------------------
-# Every model the protocol, its methods and its experiments build comes from these few
-# functions (they will follow the core's model construction when it changes).
-
-
-def head_model(feature_dim: int, dim: int | None, class_names: list[str], scale: float = 10.0,
-               per_class_scale: bool = False, learn_scale: bool = True) -> ImprintModel:
-    """An FC + cosine classifier on cached features (the backbone is not needed)."""
-    embedder = Embedder(torch.nn.Identity(), feature_dim, dim)
-    clf = CosineClassifier(embedder.dim, len(class_names), scale, learn_scale, per_class_scale)
-    return ImprintModel(embedder, clf, class_names, {"backbone": "cached-features", "dim": dim})
-
-
-def head_of(model: ImprintModel) -> ImprintModel:
-    """The FC + classifier of a full model, for methods that work on its cached features."""
-    head = head_model(model.embedder.feature_dim, model.config["dim"], list(model.class_names),
-                      per_class_scale=model.classifier.per_class_scale)
-    head.embedder.fc.load_state_dict(model.embedder.fc.state_dict())
-    head.classifier.load_state_dict(model.classifier.state_dict())
-    return head.eval()
-
-
-def with_backbone(head: ImprintModel, backbone, preprocess=None) -> ImprintModel:
-    """A full model: ``backbone`` (a ``Backbone``, copied) under the FC + classifier of a base
-    model trained on its cached features (the start of end-to-end fine-tuning)."""
-    embedder = Embedder(copy.deepcopy(backbone.module), backbone.feature_dim, head.config["dim"])
-    embedder.fc.load_state_dict(head.embedder.fc.state_dict())
-    pre = preprocess or backbone.preprocess
-    config = {"backbone": backbone.name, "dim": head.config["dim"], "preprocess": pre.to_dict()}
-    return ImprintModel(embedder, copy.deepcopy(head.classifier), list(head.class_names), config).eval()
+# Models come from the model's own construction path (``imprinting.model``): ``create_head``
+# for FC + classifier over cached features, ``without_backbone`` / ``with_backbone`` to go
+# between a full model and its head, ``with_classes`` for another class table.
 
 
 def novel_only_model(model: ImprintModel, data: "LowShotData") -> ImprintModel:
     """The same embedder under a classifier of the novel rows of ``model`` alone (its classes
     base first, then novel): the final layer of transfer learning (Table 3)."""
-    old = model.classifier
-    clf = CosineClassifier(old.dim, 0, float(old.scale.detach().mean()), old.learn_scale, old.per_class_scale)
-    clf.add_classes(old.weight.detach()[data.num_base :])
-    if old.per_class_scale:
-        with torch.no_grad():
-            clf.scale.copy_(old.scale[data.num_base :])
-    return ImprintModel(model.embedder, clf, data.names(data.novel), model.config)
+    table = model.classes
+    return model.with_classes(table.select(range(data.num_base, len(table))))
 
 
 def linear_model(feature_dim: int, dim: int | None, class_names: list[str]) -> ImprintModel:
     """An FC layer + linear classifier with bias, no L2 normalization (AllClassJoint)."""
-    embedder = Embedder(torch.nn.Identity(), feature_dim, dim, normalize=False)
-    return ImprintModel(embedder, LinearClassifier(embedder.dim, len(class_names)), class_names)
+    spec = ModelSpec(backbone=None, pretrained=False, dim=dim, classifier="linear", feature_dim=feature_dim)
+    return build_model(spec, class_names)
 
 
 def copy_model(model: ImprintModel) -> ImprintModel:
@@ -157,7 +127,7 @@ def train_base(data: LowShotData, dim: int | None = 64, cfg: TrainConfig | None 
     """
     cfg = cfg or TrainConfig()
     torch.manual_seed(cfg.seed)  # the initial weights too depend on the seed alone
-    model = head_model(data.feature_dim, dim, data.names(data.base), scale, per_class_scale)
+    model = create_head(data.feature_dim, dim, data.names(data.base), scale, per_class_scale)
     if transform is not None:
         model.embedder.fc = torch.nn.Sequential(transform, model.embedder.fc)
     idx = data.base_train_idx

@@ -11,6 +11,7 @@ import torch
 
 from experiments_fixtures import CLASSES, FEAT, png_size, tiny_lowshot, top1_by_hand
 from imprinting import protocol
+from imprinting.model import create_head
 from imprinting.methods import Imprinting, NearestNeighbour, RawFeatureNCM
 from imprinting.train import TrainConfig
 
@@ -64,7 +65,7 @@ def _stored(data, ep):
 def test_knn_k1_at_n1_equals_our_nearest_neighbour(data, eps):
     ep = next(e for e in eps if e.n == 1)
     # Our NearestNeighbour over every stored example, on L2-normalized raw features (no FC layer).
-    identity = protocol.head_model(FEAT, None, data.names(data.base))
+    identity = create_head(FEAT, None, data.names(data.base))
     ours = NearestNeighbour(identity, base_from_examples=True).fit(data, ep)
     knn = compare.SklearnKNN(1).fit(data, ep)
     assert torch.equal(_pred(knn, data.test_feats), _pred(ours, data.test_feats))

@@ -6,6 +6,7 @@ import torch
 
 from experiments_fixtures import BASE, CLASSES, FEAT, tiny_lowshot, top1_by_hand
 from imprinting import protocol
+from imprinting.model import create_head
 from imprinting.methods import (
     AllClassJoint,
     Finetune,
@@ -177,7 +178,7 @@ def test_transfer_fine_tuning_keeps_only_novel_classes(data, base):
 
 
 def test_novel_only_model_keeps_the_novel_rows_and_their_scales(data):
-    model = protocol.head_model(FEAT, 8, data.names(data.order), per_class_scale=True)
+    model = create_head(FEAT, 8, data.names(data.order), per_class_scale=True)
     with torch.no_grad():
         model.classifier.scale.copy_(torch.arange(1.0, CLASSES + 1))
     novel = protocol.novel_only_model(model, data)

@@ -116,7 +116,7 @@ def test_with_backbone_gives_the_base_model_on_images(shared_data):
     bb = create_backbone("efficientnet_lite0", pretrained=True)
     data = rp.prepare("cub", shared_data, image_size=32, augment=0, backbone_obj=bb, limit=2, progress=False)
     base, _ = protocol.train_base(data, 16)
-    full = protocol.with_backbone(base, bb)
+    full = base.with_backbone(bb)
     pixels = rp.cached_pixels(data.test, bb.preprocess.at_size(32), progress=False)
     with torch.no_grad():
         torch.testing.assert_close(full(pixels), base.classifier(base.embedder.forward_head(data.test_feats)),

@@ -40,7 +40,7 @@ def plan(setup, o) -> Plan:
     seconds_pixels = round(time.perf_counter() - t0, 1)
     base_cfg = train_config(20, o.seed)
     base, seconds_base = timed_base(data, o.dim, base_cfg)
-    full = protocol.with_backbone(base, backbone, pre)
+    full = base.with_backbone(backbone, pre)
     e2e_cfg = train_config(o.epochs, o.seed)  # the paper's recipe: RMSProp, 1e-4 backbone, 1e-3 new layers
     methods = [Imprinting(base), Finetune(base, RandomInit(), base_cfg), Finetune(base, ImprintInit(), base_cfg)]
     methods += [EndToEndFinetune(full, train_px, test_px, init, e2e_cfg, o.curves, image_size, progress=True)

@@ -20,7 +20,7 @@ def plan(setup, o) -> Plan:
     from imprinting.methods.finetune_e2e import EndToEndFinetune
 
     data, model = setup.data, setup.more["model"]
-    head = protocol.head_of(model)
+    head = model.without_backbone()
     ft = omniglot_config(o.ft_epochs, o.seed, lr=o.ft_lr)
     methods = [RandomNovel(head), Imprinting(head), NearestNeighbour(head),
                Finetune(head, RandomInit(), ft), Finetune(head, ImprintInit(), ft), AllClassJoint(o.dim, ft)]

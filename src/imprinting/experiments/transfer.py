@@ -18,6 +18,7 @@ import torch
 
 from imprinting import protocol
 from imprinting.experiments import Experiment, Plan, option
+from imprinting.model import create_head
 from imprinting.report import write_tables
 
 COLUMNS = ["method", "n", "top1_mean", "top1_std", "draws", "imprint_us_per_class", "ms_per_class_from_jpeg",
@@ -28,7 +29,7 @@ def methods(data) -> list:
     """Rand-noFT, Imprinting and (views cached) Imprinting+Aug on the bare, normalized features."""
     from imprinting.methods import Imprinting, RandomNovel
 
-    base = protocol.head_model(data.feature_dim, None, [])
+    base = create_head(data.feature_dim, None, [])
     imprinting = [Imprinting(base, cosine=True)]
     if data.train_aug is not None:
         imprinting.append(Imprinting(base, augment=True, cosine=True))
