@@ -1,7 +1,7 @@
 """Imprinting against the alternatives a user would pick, side by side, in one run.
 
 On the same cached EfficientNet-Lite0 features of CUB and Flowers-102 (the paper's base /
-novel split, ``imprinting.reproduce.prepare(..., augment=2)``), for n = 1, 5, 20 novel
+novel split, ``imprinting.experiments.data.prepare(..., augment=2)``), for n = 1, 5, 20 novel
 examples per class and several seeded draws (the draws of ``imprint reproduce tables``),
 every method is measured for:
 

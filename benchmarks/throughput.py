@@ -67,7 +67,7 @@ CHILD_PLAN = [("bare", 1, 64, None), ("bare", 1, 16, None), ("pipeline", 1, 64, 
 
 
 def pick_images(data_root, count: int) -> ImageSet:
-    from imprinting.reproduce import read_splits
+    from imprinting.experiments.data import read_splits
 
     train, _, _ = read_splits("flowers102", data_root)
     step = max(1, len(train) // count)
