@@ -44,8 +44,9 @@ def default_configs(seed: int = 0) -> dict:
 
 
 def plan(setup, o, configs: dict | None = None) -> Plan:
-    """Four raw-feature class means, imprinting under each of ``configs``, and the best."""
-    from imprinting.methods import Imprinting, RawFeatureNCM
+    """Four raw-feature class means, imprinting under each of ``configs``, the best ensemble,
+    and whitened class means (``imprinting.heads``)."""
+    from imprinting.methods import Imprinting, RawFeatureNCM, WhitenedMeans
     from imprinting.methods.raw import FeatureTransform
 
     data = setup.data
@@ -58,6 +59,7 @@ def plan(setup, o, configs: dict | None = None) -> Plan:
         m.name = name
         methods.append(m)
     methods.append(best_method(data, o.seed))
+    methods.append(WhitenedMeans(seed=o.seed))  # the closed-form head (issue #13), no training
     return Plan([(methods, protocol.episodes(data, o.shots, o.draws, o.seed))])
 
 

@@ -47,6 +47,7 @@ from imprinting.methods.joint import AllClassJoint  # noqa: E402
 from imprinting.methods.lifted import LiftedEmbedding  # noqa: E402
 from imprinting.methods.nearest import NearestNeighbour  # noqa: E402
 from imprinting.methods.raw import RawFeatureNCM  # noqa: E402
+from imprinting.methods.whitened import WhitenedMeans  # noqa: E402
 
 __all__ = [
     "AllClassJoint",
@@ -61,5 +62,6 @@ __all__ = [
     "RandomInit",
     "RandomNovel",
     "RawFeatureNCM",
+    "WhitenedMeans",
     "Scorer",
 ]
