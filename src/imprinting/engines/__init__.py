@@ -67,21 +67,22 @@ def _state(module: nn.Module) -> tuple:
 
 
 def frozen_engine(module: nn.Module, preprocess, engine: str | None = None, precision: str | None = None,
-                  training: bool = False) -> Engine:
+                  training: bool = False, cache=None) -> Engine:
     """The engine for the frozen ``module``, kept while its weights stay the same.
 
     ``training=True`` (a module being trained, or a model in training mode) gives PyTorch:
-    a backbone being fine-tuned never goes through a frozen engine.
+    a backbone being fine-tuned never goes through a frozen engine. ``cache``: the cache
+    folder whose ``engines/`` keeps graphs and measured choices (default: ``cache_dir()``).
     """
     if training or module.training and any(p.requires_grad for p in module.parameters()):
         return TorchEngine(module)
     engine = engine or default_engine()
     precision = precision or default_precision()
-    request = (engine, precision, preprocess.in_chans, preprocess.image_size)
+    request = (engine, precision, preprocess.in_chans, preprocess.image_size, str(cache))
     hit = _FROZEN.get(module)
     if hit is not None and hit[1] == request and hit[0] == _state(module):
         return hit[2]
-    chosen = select_engine(module, preprocess, engine, precision)
+    chosen = select_engine(module, preprocess, engine, precision, cache)
     _FROZEN[module] = (_state(module), request, chosen)
     return chosen
 

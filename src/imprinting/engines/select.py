@@ -45,11 +45,19 @@ def engine_precisions(name: str) -> list[str]:
     """The precisions ``name`` runs in on this machine ([] when not installed)."""
     if available_engines().get(name):
         return []
-    if name == "torch":
-        return ["float32", "bfloat16"]  # bf16 autocast runs everywhere (slowly without hardware support)
+    if name == "torch":  # bf16 autocast runs everywhere, but is slow without hardware support
+        return ["float32", "bfloat16"] if torch.cuda.is_available() or cpu_bf16() else ["float32"]
     if name == "openvino":
         return ["float32", "bfloat16"] if openvino_engine.supports_bf16() else ["float32"]
     return ["float32"]
+
+
+def cpu_bf16() -> bool:
+    """Whether PyTorch's CPU kernels (oneDNN) have bf16 hardware support here."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _torch_device(module: nn.Module) -> torch.device:
@@ -58,7 +66,7 @@ def _torch_device(module: nn.Module) -> torch.device:
 
 
 def build_engine(name: str, module: nn.Module, input_shape: tuple[int, int, int], precision: str = "float32",
-                 fp: str | None = None) -> Engine:
+                 fp: str | None = None, cache=None) -> Engine:
     """Engine ``name`` on ``module`` for inputs (N, *input_shape); ``EngineUnavailable`` says why not."""
     if name not in ENGINES:
         raise EngineError(f"unknown engine {name!r}; choose auto, {', '.join(ENGINES)}")
@@ -74,12 +82,12 @@ def build_engine(name: str, module: nn.Module, input_shape: tuple[int, int, int]
     if module_device(module).type != "cpu":
         raise EngineUnavailable(f"{name} runs backbones on the CPU; this one is on {module_device(module)}")
     cls = onnxruntime_engine.OnnxRuntimeEngine if name == "onnxruntime" else openvino_engine.OpenVinoEngine
-    path = graphs.onnx_graph(module, input_shape, fp)
+    path = graphs.onnx_graph(module, input_shape, fp, cache)
     try:
         return cls(path, precision)
     except EngineUnavailable:
         graphs.discard(path)  # a damaged graph file: written again, once
-        return cls(graphs.onnx_graph(module, input_shape, fp), precision)
+        return cls(graphs.onnx_graph(module, input_shape, fp, cache), precision)
 
 
 def check_batch(preprocess, n: int = MEASURE_BATCH) -> torch.Tensor:
@@ -127,17 +135,17 @@ def _load_choices(path) -> dict:
         return {}
 
 
-def _save_choice(key: str, record: dict) -> None:
+def _save_choice(key: str, record: dict, cache=None) -> None:
     from imprinting.files import atomic_write
 
-    path = graphs.engines_dir() / CHOICES
+    path = graphs.engines_dir(cache) / CHOICES
     path.parent.mkdir(parents=True, exist_ok=True)
     choices = _load_choices(path)
     choices[key] = record
     atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(choices, indent=1, sort_keys=True)))
 
 
-def measure(module: nn.Module, preprocess, precision: str = "float32", fp: str | None = None):
+def measure(module: nn.Module, preprocess, precision: str = "float32", fp: str | None = None, cache=None):
     """Build, check and time every installed engine. Returns ``(engines, record)``: the built
     engines by name and the JSON-able record of rates, differences and reasons."""
     from imprinting.spec import fingerprint
@@ -154,7 +162,7 @@ def measure(module: nn.Module, preprocess, precision: str = "float32", fp: str |
             reasons[name] = reason
             continue
         try:
-            engine = build_engine(name, module, shape, precision, fp)
+            engine = build_engine(name, module, shape, precision, fp, cache)
             out = engine.run(x)  # also the warm-up
         except EngineUnavailable as exc:
             reasons[name] = str(exc)
@@ -173,13 +181,14 @@ def measure(module: nn.Module, preprocess, precision: str = "float32", fp: str |
     return built, record
 
 
-def select_engine(module: nn.Module, preprocess, engine: str = "auto", precision: str = "auto") -> Engine:
+def select_engine(module: nn.Module, preprocess, engine: str = "auto", precision: str = "auto", cache=None) -> Engine:
     """The engine that runs the frozen ``module`` on images of ``preprocess``.
 
     ``engine``: ``"auto"`` (the fastest exact engine installed, measured once and
     remembered), or a name of ``ENGINES``. ``precision``: ``"auto"`` (float32),
     ``"float32"`` or ``"bfloat16"`` (only when asked for). A backbone without weights (a
-    reshape) and one on a GPU run in PyTorch.
+    reshape) and one on a GPU run in PyTorch. ``cache``: the cache folder (default
+    ``imprinting.data.features.cache_dir()``), whose ``engines/`` keeps graphs and choices.
     """
     from imprinting.spec import fingerprint
 
@@ -193,14 +202,14 @@ def select_engine(module: nn.Module, preprocess, engine: str = "auto", precision
         return TorchEngine(module, precision, _torch_device(module))
     fp = fingerprint(module)
     if engine != "auto":
-        return build_engine(engine, module, shape, precision, fp)
+        return build_engine(engine, module, shape, precision, fp, cache)
     key = " | ".join([machine_key(), fp, "x".join(map(str, shape)), precision])
-    known = _load_choices(graphs.engines_dir() / CHOICES).get(key)
+    known = _load_choices(graphs.engines_dir(cache) / CHOICES).get(key)
     if known:
         try:
-            return build_engine(known["chosen"], module, shape, precision, fp)
+            return build_engine(known["chosen"], module, shape, precision, fp, cache)
         except EngineUnavailable:
             pass  # measured again below
-    built, record = measure(module, preprocess, precision, fp)
-    _save_choice(key, record)
+    built, record = measure(module, preprocess, precision, fp, cache)
+    _save_choice(key, record, cache)
     return built.get(record["chosen"]) or TorchEngine(module, precision, _torch_device(module))
