@@ -196,10 +196,8 @@ class ImprintModel(nn.Module):
         mode = image_mode(self.preprocess)
         return [img.convert(mode) if hasattr(img, "convert") else load_image(img, mode) for img in images]
 
-    # The engine slot: which runtime runs the frozen backbone in ``embed_images``. Not part of
-    # the spec (a property of the machine, not of the model): "auto" (the fastest exact one,
-    # measured once), "torch", "onnxruntime" or "openvino"; ``None``: the process default
-    # (``imprinting.engines.set_default``, $IMPRINTING_ENGINE, else "auto").
+    # The engine slot (of the machine, not the spec): "auto", "torch", "onnxruntime", "openvino";
+    # None: the process default (imprinting.engines.set_default, $IMPRINTING_ENGINE, else "auto").
     engine: str | None = None
     precision: str | None = None  # "auto" (float32), "float32" or "bfloat16" (asked for only)
 
@@ -218,8 +216,7 @@ class ImprintModel(nn.Module):
         ``progress(k)`` is called after each batch of k images.
 
         The backbone runs on the model's engine (``frozen_engine``), decoding in parallel
-        (``imprinting.engines.pipeline``); the FC layer and the normalization run in PyTorch.
-        """
+        (``imprinting.engines.pipeline``); FC and normalization run in PyTorch."""
         from imprinting.data.images import ImageError
         from imprinting.data.transforms import train_transform
         from imprinting.engines import pipeline, record
@@ -352,8 +349,7 @@ def build_model(spec: ModelSpec, class_names: Sequence[str] = (), pretrained: bo
     """The one construction path: the modules ``spec`` describes, with ``class_names`` as
     random (Xavier-uniform) rows. ``pretrained=False`` skips loading the backbone's weights
     (a checkpoint brings its own). A spec without ``preprocess`` takes the backbone's, at
-    ``image_size`` when given. ``engine`` and ``precision`` fill the model's engine slot
-    (see ``ImprintModel.engine``)."""
+    ``image_size`` when given. ``engine``, ``precision``: the engine slot (``ImprintModel.engine``)."""
     from imprinting.backbones import create_backbone
 
     if spec.backbone is None:

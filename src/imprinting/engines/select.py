@@ -131,7 +131,7 @@ def _timed(engine: Engine, x: torch.Tensor, runs: int = MEASURE_RUNS) -> float:
 def _load_choices(path) -> dict:
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # none yet, or damaged: measured again
         return {}
 
 
