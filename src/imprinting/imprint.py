@@ -55,18 +55,13 @@ def embed_images(
     return torch.cat(out)
 
 
-def embed_files(model, files: Sequence, views: int = 1, batch_size: int = 16,
+def embed_files(model, files: Sequence, views: int = 1, batch_size: int = 32,
                 progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """``model.embed_images`` in batches, calling ``progress(k)`` after each k images."""
-    out = []
-    for i in range(0, len(files), batch_size):
-        chunk = files[i : i + batch_size]
-        out.append(model.embed_images(chunk, views=views))
-        if progress is not None:
-            progress(len(chunk))
-    if not out:
+    """``model.embed_images`` of ``files`` (decoded in parallel with the forward pass, in
+    batches of ``batch_size``), calling ``progress(k)`` after each batch of k images."""
+    if not len(files):
         raise ImageError("no images to embed")
-    return torch.cat(out)
+    return model.embed_images(list(files), views=views, batch_size=batch_size, progress=progress)
 
 
 def imprint_folder(model, folder, views: int = 1, progress: Callable[[int], None] | None = None) -> list[str]:

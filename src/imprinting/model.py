@@ -196,19 +196,45 @@ class ImprintModel(nn.Module):
         mode = image_mode(self.preprocess)
         return [img.convert(mode) if hasattr(img, "convert") else load_image(img, mode) for img in images]
 
-    @torch.no_grad()
-    def embed_images(self, images: Sequence, views: int = 1, batch_size: int = 32) -> torch.Tensor:
-        """Embeddings of image files or PIL images, (n * views, D); ``views=k > 1`` embeds k
-        random crop + flip versions of each (the paper's augmented imprinting uses 5)."""
-        from imprinting.data.transforms import eval_transform, train_transform
-        from imprinting.imprint import embed_images
+    # The engine slot (of the machine, not the spec): "auto", "torch", "onnxruntime", "openvino";
+    # None: the process default (imprinting.engines.set_default, $IMPRINTING_ENGINE, else "auto").
+    engine: str | None = None
+    precision: str | None = None  # "auto" (float32), "float32" or "bfloat16" (asked for only)
 
+    def frozen_engine(self, training: bool | None = None):
+        """The engine (``imprinting.engines.Engine``) that runs this model's frozen backbone;
+        PyTorch while the model is in training mode."""
+        from imprinting.engines import frozen_engine
+
+        training = self.training if training is None else training
+        return frozen_engine(self.embedder.backbone, self.preprocess, self.engine, self.precision, training)
+
+    @torch.no_grad()
+    def embed_images(self, images: Sequence, views: int = 1, batch_size: int = 32, progress=None) -> torch.Tensor:
+        """Embeddings of image files or PIL images, (n * views, D); ``views=k > 1`` embeds k
+        random crop + flip versions of each (the paper's augmented imprinting uses 5).
+        ``progress(k)`` is called after each batch of k images.
+
+        The backbone runs on the model's engine (``frozen_engine``), decoding in parallel
+        (``imprinting.engines.pipeline``); FC and normalization run in PyTorch."""
+        from imprinting.data.images import ImageError
+        from imprinting.data.transforms import train_transform
+        from imprinting.engines import pipeline, record
+
+        if not len(images):
+            raise ImageError("no images to embed")
         pre = self.preprocess
-        transform = eval_transform(pre) if views == 1 else train_transform(pre)
         was_training = self.training
         self.eval()
         try:
-            return embed_images(self.embed, self.load_images(images), transform, views, batch_size)
+            engine = self.frozen_engine(training=was_training)
+            if views == 1:
+                feats = pipeline.center_features(engine, images, pre, batch_size, progress=progress)
+            else:
+                feats = pipeline.view_features(engine, images, train_transform(pre), views, pre, batch_size,
+                                               progress=progress)
+            record(engine)
+            return self.embedder.forward_head(feats.to(self.classifier.rows.device))
         finally:
             self.train(was_training)
 
@@ -330,11 +356,12 @@ def _numpy(x, dtype=np.float32) -> np.ndarray:
 
 
 def build_model(spec: ModelSpec, class_names: Sequence[str] = (), pretrained: bool | None = None,
-                unknown_threshold: float | None = None, image_size: int | None = None) -> ImprintModel:
+                unknown_threshold: float | None = None, image_size: int | None = None,
+                engine: str | None = None, precision: str | None = None) -> ImprintModel:
     """The one construction path: the modules ``spec`` describes, with ``class_names`` as
     random (Xavier-uniform) rows. ``pretrained=False`` skips loading the backbone's weights
     (a checkpoint brings its own). A spec without ``preprocess`` takes the backbone's, at
-    ``image_size`` when given."""
+    ``image_size`` when given. ``engine``, ``precision``: the engine slot (``ImprintModel.engine``)."""
     from imprinting.backbones import create_backbone
 
     if spec.backbone is None:
@@ -351,22 +378,29 @@ def build_model(spec: ModelSpec, class_names: Sequence[str] = (), pretrained: bo
         head = CosineClassifier(embedder.dim, len(names), spec.scale, spec.learn_scale, spec.per_class_scale)
     else:
         head = LinearClassifier(embedder.dim, len(names))
-    return ImprintModel(embedder, head, names, spec, unknown_threshold).eval()
+    model = ImprintModel(embedder, head, names, spec, unknown_threshold).eval()
+    model.engine, model.precision = engine, precision
+    return model
 
 
 def create_model(backbone: str = "efficientnet_lite0", dim: int | None = 64, pretrained: bool = True,
                  classifier: str = "cosine", num_classes: int = 0, class_names: list[str] | None = None,
                  scale: float = 10.0, learn_scale: bool = True, per_class_scale: bool = False,
-                 image_size: int | None = None, unknown_threshold: float | None = None) -> ImprintModel:
+                 image_size: int | None = None, unknown_threshold: float | None = None,
+                 engine: str | None = None, precision: str | None = None) -> ImprintModel:
     """Build a model from a backbone name (see ``imprinting.backbones``).
 
     ``dim=None`` normalizes the backbone features directly (no fully connected layer);
     ``classifier`` is ``"cosine"`` (the paper's normalized classifier) or ``"linear"``
     (the unnormalized baseline). ``image_size`` overrides the backbone's crop size.
+    ``engine`` runs the frozen backbone when embedding images: ``"auto"`` (the fastest exact
+    one installed), ``"torch"``, ``"onnxruntime"`` or ``"openvino"`` (``None``: the process
+    default, see ``imprinting.engines``); ``precision``: ``"auto"``/``"float32"`` or ``"bfloat16"``.
     """
     names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
     spec = ModelSpec(backbone, bool(pretrained), "random", dim, classifier, scale, learn_scale, per_class_scale)
-    return build_model(spec, names, unknown_threshold=unknown_threshold, image_size=image_size)
+    return build_model(spec, names, unknown_threshold=unknown_threshold, image_size=image_size,
+                       engine=engine, precision=precision)
 
 
 def create_head(feature_dim: int, dim: int | None, class_names: Sequence[str], scale: float = 10.0,

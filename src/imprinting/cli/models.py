@@ -9,6 +9,23 @@ import click
 
 from imprinting.cli.common import embed_with_bar, progress_bar
 
+ENGINE_CHOICES = ["auto", "torch", "onnxruntime", "openvino"]
+
+
+def engine_options(command):
+    """``--engine`` and ``--precision``: the runtime of the frozen backbone wherever the
+    command embeds images or computes features (``imprinting.engines.set_default``)."""
+    from imprinting import engines
+
+    command = click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
+                           expose_value=False, callback=lambda ctx, p, v: engines.set_default(precision=v),
+                           help="Precision of the frozen backbone [default: auto = float32; bfloat16 only when "
+                                "asked for].")(command)
+    return click.option("--engine", type=click.Choice(ENGINE_CHOICES), default=None, expose_value=False,
+                        callback=lambda ctx, p, v: engines.set_default(engine=v),
+                        help="Runtime of the frozen backbone [default: auto = the fastest exact one installed, "
+                             "measured once; or $IMPRINTING_ENGINE].")(command)
+
 
 @click.command()
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
@@ -25,6 +42,7 @@ from imprinting.cli.common import embed_with_bar, progress_bar
 @click.option("--from-folder", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A folder of class folders: imprint one class per sub-folder.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@engine_options
 def create(out, backbone, dim, random_init, image_size, scale, unknown_threshold, from_folder, force):
     """Create a model file OUT from a backbone, with no classes or with the classes of a folder."""
     from imprinting import checkpoint
@@ -51,6 +69,7 @@ def create(out, backbone, dim, random_init, image_size, scale, unknown_threshold
 @click.option("--augment", type=int, default=1, show_default=True,
               help="Imprint from K random crop + flip versions of each image (the paper uses 5); 1 = centre crop.")
 @click.option("--append", is_flag=True, help="Add the images to an existing imprinted class instead of failing.")
+@engine_options
 def add_class(model_path, images, name, augment, append):
     """Imprint class NAME into MODEL from IMAGES (files or folders of images).
 
@@ -79,6 +98,7 @@ def add_class(model_path, images, name, augment, append):
 @click.option("-k", "--top-k", type=int, default=5, show_default=True, help="How many classes to list per image.")
 @click.option("--unknown-threshold", type=float, default=None, help="Override the model's unknown threshold.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
+@engine_options
 def predict(model_path, images, top_k, unknown_threshold, as_json):
     """Print the top-k classes of each image in IMAGES (files or folders)."""
     from imprinting import checkpoint
@@ -101,12 +121,14 @@ def predict(model_path, images, top_k, unknown_threshold, as_json):
 @click.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@engine_options
 def info(model_path, as_json):
     """Describe MODEL: backbone, embedding size, scale, and each class with its example count."""
     from imprinting import checkpoint
 
     model = checkpoint.load(model_path)
-    summary = {"file": str(model_path), **model.describe()}
+    engine = model.frozen_engine().describe() if model.spec.backbone else None  # None: takes cached features
+    summary = {"file": str(model_path), **model.describe(), "engine": engine}
     classes = summary["classes"]
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -137,6 +159,7 @@ def info(model_path, as_json):
               help="Training state after each epoch; an interrupted run given the same file resumes.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--cache", type=click.Path(path_type=Path), default=None, envvar="IMPRINTING_CACHE")
+@engine_options
 def train_command(folder, out, backbone, random_init, dim, mode, epochs, batch_size, lr, optimizer, image_size,
                   augment, checkpoint, seed, cache):
     """Train a base model on FOLDER (one sub-folder of images per class) and save it to OUT.

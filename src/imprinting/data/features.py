@@ -5,6 +5,12 @@ its weights, the preprocessing (image size included), the view (centre crop, or 
 crop + flip versions with a seed), and each image file's path, size and modification
 time. Change any of them and the features are computed again. Every method, seed and shot
 count then reuses the same features.
+
+The backbone runs on an engine (``imprinting.engines``: the fastest exact one by default).
+The float32 engines give PyTorch's features to within the engines' tolerance, so they share
+entries, and the key is the one of the entries written before engines existed; a bf16 engine
+(asked for only) has entries of its own. Each entry records the engine that computed it;
+``last_engine`` names the one behind the features ``cached_features`` last returned.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -25,6 +32,10 @@ from imprinting.backbones import Backbone, Preprocess
 from imprinting.data import ImageSet
 from imprinting.data.images import load_image
 from imprinting.data.transforms import eval_transform, image_mode, train_transform
+
+# The engine (its ``describe()``) that computed the features ``cached_features`` last
+# returned, read from the cache entry when they came from it: for result headers.
+last_engine: str | None = None
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:
@@ -77,7 +88,9 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return fingerprint(module)[:16]
 
 
-def cache_key(backbone: Backbone, pre: Preprocess, images: ImageSet, view: View) -> str:
+def cache_key(backbone: Backbone, pre: Preprocess, images: ImageSet, view: View, engine: str | None = None) -> str:
+    """``engine``: the engine and precision, given only when they are not float32-exact
+    (e.g. ``"openvino-bfloat16"``), so float32 entries keep the keys they always had."""
     files = []
     for p in images.paths:
         st = os.stat(p)
@@ -90,6 +103,7 @@ def cache_key(backbone: Backbone, pre: Preprocess, images: ImageSet, view: View)
             "preprocess": pre.to_dict(),
             "view": view.describe(),
             "files": files,
+            **({"engine": engine} if engine else {}),
         },
         sort_keys=True,
     )
@@ -102,48 +116,61 @@ def compute_features(
     images: ImageSet,
     view: View = View(),
     batch_size: int = 64,
-    num_workers: int = 1,
+    num_workers: int | None = None,
     progress: bool = True,
+    engine: str | None = None,
+    precision: str | None = None,
+    cache: str | os.PathLike | None = None,
 ) -> torch.Tensor:
     """Backbone features, (N, F) for the centre view or (N, k, F) for k augmented views.
 
+    The backbone runs on ``engine`` (``imprinting.engines.frozen_engine``; ``None``: the
+    process default, "auto" unless set), which keeps its graphs and choices in the cache
+    folder ``cache`` (default ``cache_dir()``). Centre crops are decoded by ``num_workers`` threads
+    (``None``: all cores but one; 0: in this thread), augmented views by as many DataLoader
+    worker processes (at least 1; 0: in this process), in parallel with the forward pass.
+
     Under torchrun (see ``imprinting.distributed``) each rank computes a contiguous share of
-    whole batches, on its GPU under NCCL, and every rank returns all the features, gathered
-    in order: the batches are those one process would make, so the features are too.
+    whole batches, in PyTorch on its GPU under NCCL, and every rank returns all the features,
+    gathered in order: the batches are those one process would make, so the features are too.
     """
     dd.init_from_env()
     world, rank = dd.world_size(), dd.rank()
     start, end = dd.shard_range(len(images), rank, world, align=batch_size)
     desc = f"features {images.name} ({view.describe()})" + (f" rank 0 of {world}" if world > 1 else "")
-    local = _compute(backbone, pre, images.paths[start:end], start, view, batch_size, num_workers,
-                     progress and rank == 0, desc, dd.device() if world > 1 else None)
+    run = _engine(backbone, pre, engine, precision, dd.device() if world > 1 else None, cache)
+    local = _compute(run, backbone, pre, images.paths[start:end], start, view, batch_size, num_workers,
+                     progress and rank == 0, desc)
     return dd.gather_rows(local) if world > 1 else local
 
 
-def _compute(backbone, pre, paths, offset, view, batch_size, num_workers, progress, desc, device) -> torch.Tensor:
-    # Outside inference mode: converting parameters inside it would make them unusable for training.
-    module = backbone.module.eval().to(memory_format=torch.channels_last)
-    home = next(module.parameters(), torch.empty(0)).device
-    device = device or home
-    loader = DataLoader(_Images(paths, pre, view, offset), batch_size=batch_size, num_workers=num_workers)
-    out = []
+def _engine(backbone: Backbone, pre: Preprocess, engine, precision, device, cache=None):
+    from imprinting.engines import TorchEngine, frozen_engine, resolve_precision
+
+    backbone.module.eval()
+    if device is not None:  # a rank of torchrun: PyTorch on its device
+        return TorchEngine(backbone.module, resolve_precision(precision), device=device)
+    return frozen_engine(backbone.module, pre, engine, precision, cache=cache)
+
+
+def _compute(engine, backbone, pre, paths, offset, view, batch_size, num_workers, progress, desc) -> torch.Tensor:
+    from imprinting.engines import pipeline
+
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress)
-    if device != home:
-        module.to(device)
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                shape = batch.shape
-                x = batch.reshape(-1, *shape[-3:]).to(device).contiguous(memory_format=torch.channels_last)
-                out.append(module(x).float().reshape(*shape[:-3], -1).cpu())
-                bar.update(shape[0])
-    finally:
-        if device != home:
-            module.to(home)
+    if not view.augment:
+        out = pipeline.center_features(engine, paths, pre, batch_size, num_workers, progress=bar.update)
+    else:
+        workers = max(1, pipeline.decode_workers()) if num_workers is None else num_workers
+        loader = DataLoader(_Images(paths, pre, view, offset), batch_size=batch_size, num_workers=workers)
+        parts = []
+        for batch in loader:
+            shape = batch.shape
+            parts.append(engine.run(batch.reshape(-1, *shape[-3:])).reshape(*shape[:-3], -1))
+            bar.update(shape[0])
+        out = torch.cat(parts) if parts else torch.empty(0)
     bar.close()
-    if not out:  # an empty share (more ranks than batches)
-        return torch.empty(0)
-    return torch.cat(out)
+    _note(engine.describe())
+    return out
 
 
 def cached_features(
@@ -168,20 +195,41 @@ def cached_features(
     if dd.init_from_env():
         dd.broadcast_module(backbone.module)  # random weights differ per process: rank 0's for all
     pre = pre or backbone.preprocess
-    key = cache_key(backbone, pre, images, view)
+    key = cache_key(backbone, pre, images, view, _inexact_engine(backbone, pre, kwargs, cache))
     safe_name = images.name.replace("/", "_")
     path = cache_dir(cache) / "features" / f"{backbone.name.replace(':', '_')}-{safe_name}-{view.describe()}-{key}.safetensors"
-    feats = None
+    feats = made_by = None
     if path.exists():
         try:
-            feats = load_file(str(path))["features"]
+            with safe_open(str(path), "pt") as entry:
+                feats, made_by = entry.get_tensor("features"), (entry.metadata() or {}).get("engine")
         except Exception:  # a damaged cache entry is recomputed, never trusted
             if dd.is_main():
                 path.unlink(missing_ok=True)
     if dd.all_ranks_agree(feats is not None):
+        _note(made_by or "unknown (a cache entry from before engines were recorded)")
         return feats
-    feats = compute_features(backbone, pre, images, view, progress=progress, **kwargs)
+    feats = compute_features(backbone, pre, images, view, progress=progress, cache=cache, **kwargs)
     if dd.is_main():
-        atomic_write(path, lambda tmp: save_file({"features": feats.contiguous()}, tmp, metadata={"key": key}))
+        meta = {"key": key, "engine": last_engine or ""}
+        atomic_write(path, lambda tmp: save_file({"features": feats.contiguous()}, tmp, metadata=meta))
     dd.barrier()  # the entry is on disk before any rank goes on
     return feats
+
+
+def _inexact_engine(backbone: Backbone, pre: Preprocess, kwargs: dict, cache) -> str | None:
+    """``"<engine>-<precision>"`` when the features would not be float32-exact, else ``None``."""
+    from imprinting.engines import resolve_precision
+
+    if resolve_precision(kwargs.get("precision")) == "float32":
+        return None
+    engine = _engine(backbone, pre, kwargs.get("engine"), kwargs.get("precision"), None, cache)
+    return f"{engine.name}-{engine.precision}"
+
+
+def _note(description: str) -> None:
+    from imprinting.engines import record
+
+    global last_engine
+    last_engine = description
+    record(description)

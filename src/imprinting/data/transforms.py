@@ -24,6 +24,43 @@ def eval_transform(pre: Preprocess) -> T.Compose:
     return T.Compose([T.Resize(pre.resize_size, interpolation=interp), T.CenterCrop(pre.image_size), *_finish(pre)])
 
 
+class eval_crop:
+    """The geometric part of ``eval_transform``: PIL image in, resized centre crop (PIL) out.
+
+    An image decoded at a reduced JPEG scale (``load_image(..., reduce_to=...)``, which
+    records ``full_size`` and ``draft_scale`` in its ``info``) is resized to the size the full
+    image would take, from the region the full image covers, so only the pixels' values
+    change, not where they are.
+    """
+
+    def __init__(self, pre: Preprocess):
+        from PIL import Image
+
+        self.interp = _INTERPOLATION[pre.interpolation]
+        self.resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[pre.interpolation]
+        self.resize, self.center = T.Resize(pre.resize_size, interpolation=self.interp), T.CenterCrop(pre.image_size)
+        self.resize_size = pre.resize_size
+
+    def __call__(self, img):
+        full = img.info.get("full_size")
+        if full is None:
+            return self.center(self.resize(img))
+        (w, h), k = full, img.info["draft_scale"]
+        short, long = (w, h) if w <= h else (h, w)
+        size = (self.resize_size, int(self.resize_size * long / short))  # torchvision's rule
+        tw, th = size if w <= h else size[::-1]
+        return self.center(img.resize((tw, th), self.resample, box=(0, 0, w / k, h / k)))
+
+
+def normalize_table(pre: Preprocess):
+    """float32 (C, 256): what ``eval_transform``'s ToTensor + Normalize make of each 8-bit
+    value in each channel, computed by those very operations (so a lookup is bit-identical)."""
+    import torch
+
+    levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 256).expand(pre.in_chans, 1, 256).contiguous()
+    return T.Normalize(pre.mean, pre.std)(levels.to(torch.float32).div(255)).reshape(pre.in_chans, 256).numpy()
+
+
 def train_transform(pre: Preprocess) -> T.Compose:
     """Resize the short side, random crop, random horizontal flip, normalize (training and
     augmented imprinting)."""

@@ -1,0 +1,56 @@
+"""onnxruntime (CPU execution provider) on the backbone's cached ONNX graph, float32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from imprinting.engines.base import Engine, EngineUnavailable, as_numpy, threads
+
+
+def unavailable() -> str | None:
+    """Why onnxruntime cannot run here, or ``None``."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "onnxruntime is not installed: pip install 'imprinting[lite]'"
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return "onnx is not installed (it writes the backbone's graph): pip install 'imprinting[lite]'"
+    return None
+
+
+class OnnxRuntimeEngine(Engine):
+    """An onnxruntime session over ``graph`` with PyTorch's thread count (float32 only)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, graph: str | Path, precision: str = "float32"):
+        super().__init__(precision)
+        reason = unavailable()
+        if reason:
+            raise EngineUnavailable(reason)
+        if precision != "float32":
+            raise EngineUnavailable("onnxruntime runs float32 only here (its CPU provider has no bf16 kernels)")
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads()
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own types
+            raise EngineUnavailable(f"onnxruntime cannot load {graph} ({type(exc).__name__}: {exc})") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.version = ort.__version__
+
+    def run(self, batch) -> torch.Tensor:
+        out = self.session.run([self.output_name], {self.input_name: as_numpy(batch)})[0]
+        return torch.from_numpy(out).reshape(out.shape[0], -1)
+
+    def details(self) -> str:
+        return f"{self.version}, CPUExecutionProvider, {threads()} threads"

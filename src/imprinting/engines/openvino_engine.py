@@ -1,0 +1,86 @@
+"""OpenVINO (PyPI ``openvino``) on the backbone's cached ONNX graph, on the CPU.
+
+float32 is asked for explicitly (``INFERENCE_PRECISION_HINT=f32``): OpenVINO's own default
+on CPUs with AMX is bf16. bfloat16 is offered only where the CPU reports ``BF16`` among its
+``OPTIMIZATION_CAPABILITIES``.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imprinting.engines.base import Engine, EngineUnavailable, as_numpy, threads
+
+HINTS = {"float32": "f32", "bfloat16": "bf16"}
+
+
+def unavailable() -> str | None:
+    """Why OpenVINO cannot run here, or ``None``."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return "openvino is not installed: pip install 'imprinting[fast]'"
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return "onnx is not installed (it writes the backbone's graph): pip install 'imprinting[lite]'"
+    return None
+
+
+@lru_cache(maxsize=1)
+def _core():
+    import openvino as ov
+
+    return ov.Core()
+
+
+def cpu_capabilities() -> list[str]:
+    """The CPU plugin's OPTIMIZATION_CAPABILITIES (e.g. FP32, INT8, BF16), [] without OpenVINO."""
+    if unavailable():
+        return []
+    return [str(c) for c in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
+def supports_bf16() -> bool:
+    return "BF16" in cpu_capabilities()
+
+
+class OpenVinoEngine(Engine):
+    """A compiled OpenVINO model over ``graph``, on the CPU, with PyTorch's thread count."""
+
+    name = "openvino"
+
+    def __init__(self, graph: str | Path, precision: str = "float32"):
+        super().__init__(precision)
+        reason = unavailable()
+        if reason:
+            raise EngineUnavailable(reason)
+        if precision == "bfloat16" and not supports_bf16():
+            raise EngineUnavailable("this CPU has no bf16 support (OpenVINO's OPTIMIZATION_CAPABILITIES: "
+                                    f"{', '.join(cpu_capabilities())})")
+        import openvino as ov
+
+        config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "INFERENCE_NUM_THREADS": threads(),
+                  "PERFORMANCE_HINT": "LATENCY"}
+        try:
+            self.compiled = _core().compile_model(str(graph), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError with its own message
+            raise EngineUnavailable(f"openvino cannot compile {graph} ({type(exc).__name__}: {exc})") from None
+        self.request = self.compiled.create_infer_request()
+        self.lock = threading.Lock()  # one infer request: one batch at a time (the service has threads)
+        self.version = ov.get_version().split("-")[0]
+
+    def run(self, batch) -> torch.Tensor:
+        x = as_numpy(batch)
+        with self.lock:
+            self.request.infer({0: x})
+            out = np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+        return torch.from_numpy(out).reshape(out.shape[0], -1)
+
+    def details(self) -> str:
+        return f"{self.version}, CPU, {threads()} threads"

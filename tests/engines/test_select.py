@@ -1,0 +1,113 @@
+"""Automatic selection: exact engines only, measured once, graphs written once, reasons given."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from imprinting import engines
+from imprinting.backbones import create_backbone
+from imprinting.engines import EngineUnavailable, TorchEngine, available_engines, select_engine
+from imprinting.engines import graph as graphs
+from imprinting.engines import select
+
+
+@pytest.fixture
+def conv4():
+    bb = create_backbone("conv4", pretrained=False)
+    bb.module.eval()  # frozen: a module in training mode gets PyTorch (test_training.py)
+    return bb
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMPRINTING_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+class Noisy(TorchEngine):
+    """PyTorch plus an error of 1e-3: an engine that is fast but not exact."""
+
+    name = "onnxruntime"
+
+    def run(self, batch):
+        return super().run(batch) + 1e-3
+
+
+def test_auto_never_picks_an_inexact_engine_however_fast(conv4, cache, monkeypatch):
+    real_build = select.build_engine
+
+    def build(name, module, shape, precision="float32", fp=None, cache=None):
+        if name == "onnxruntime":
+            return Noisy(module, precision)
+        if name == "openvino":
+            raise EngineUnavailable("openvino: not installed here (test)")
+        return real_build(name, module, shape, precision, fp, cache)
+
+    monkeypatch.setattr(select, "build_engine", build)
+    monkeypatch.setattr(select, "available_engines", lambda: {"torch": None, "onnxruntime": None, "openvino": None})
+    monkeypatch.setattr(select, "_timed", lambda engine, x, runs=3: 1e6 if isinstance(engine, Noisy) else 1.0)
+    chosen = select_engine(conv4.module, conv4.preprocess)
+    assert chosen.name == "torch" and not isinstance(chosen, Noisy)
+    (record,) = json.loads((cache / "engines" / select.CHOICES).read_text()).values()
+    assert record["chosen"] == "torch" and "onnxruntime" not in record["images_per_s"]
+    assert "differ from PyTorch eager" in record["not_eligible"]["onnxruntime"]
+    assert "not installed" in record["not_eligible"]["openvino"]
+
+
+def test_bf16_is_never_chosen_by_default(conv4, cache):
+    assert select_engine(conv4.module, conv4.preprocess).precision == "float32"
+    assert engines.resolve_precision("auto") == engines.resolve_precision(None) == "float32"
+
+
+@pytest.mark.skipif(available_engines()["onnxruntime"] is not None, reason=str(available_engines()["onnxruntime"]))
+def test_the_graph_is_written_once_per_weights_and_the_choice_measured_once(conv4, cache, monkeypatch):
+    import imprinting.export as export
+
+    writes, measures = [], []
+    real_export, real_measure = export._onnx_export, select.measure
+    monkeypatch.setattr(export, "_onnx_export", lambda *a, **k: (writes.append(a[2]), real_export(*a, **k)))
+    monkeypatch.setattr(select, "measure", lambda *a, **k: (measures.append(1), real_measure(*a, **k))[1])
+    shape = (1, 28, 28)
+    first = select.build_engine("onnxruntime", conv4.module, shape)
+    again = select.build_engine("onnxruntime", conv4.module, shape)
+    assert len(writes) == 1 and writes[0].parent == cache / "engines" and writes[0].is_file()
+    x = torch.randn(3, *shape)
+    torch.testing.assert_close(first.run(x), again.run(x), rtol=0, atol=0)
+    select_engine(conv4.module, conv4.preprocess)
+    select_engine(conv4.module, conv4.preprocess)  # the recorded choice: not measured again
+    assert len(measures) == 1 and len(writes) == 1
+    with torch.no_grad():
+        conv4.module.features[0].weight.add_(0.01)  # other weights: another graph
+    select.build_engine("onnxruntime", conv4.module, shape)
+    assert len(writes) == 2
+
+
+def test_the_in_process_engine_follows_weight_changes(conv4, cache):
+    a = engines.frozen_engine(conv4.module, conv4.preprocess, "torch")
+    assert engines.frozen_engine(conv4.module, conv4.preprocess, "torch") is a
+    with torch.no_grad():
+        next(conv4.module.parameters()).mul_(2)
+    assert engines.frozen_engine(conv4.module, conv4.preprocess, "torch") is not a
+
+
+def test_an_engine_that_is_not_installed_says_why(conv4, cache, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    reason = available_engines()["openvino"]
+    assert "openvino is not installed" in reason and "pip install" in reason
+    with pytest.raises(EngineUnavailable, match="openvino is not installed"):
+        select.build_engine("openvino", conv4.module, (1, 28, 28))
+    assert engines.engine_precisions("openvino") == []
+    assert select_engine(conv4.module, conv4.preprocess).name != "openvino"  # auto skips it
+    with pytest.raises(engines.EngineError, match="unknown engine"):
+        select_engine(conv4.module, conv4.preprocess, "tensorrt")
+
+
+def test_a_backbone_without_weights_runs_in_pytorch(cache):
+    flat = torch.nn.Flatten()
+    pre = create_backbone("conv4", pretrained=False).preprocess
+    assert isinstance(select_engine(flat, pre), TorchEngine)
+    assert not graphs.engines_dir().exists()  # nothing exported, nothing measured

@@ -1,0 +1,43 @@
+"""Training never goes through a frozen engine: a module being trained runs in PyTorch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import make_image
+from imprinting import engines
+from imprinting.engines import TorchEngine
+from imprinting.engines import select
+from imprinting.model import create_model
+from imprinting.train import TensorImageDataset, TrainConfig, train
+
+
+@pytest.fixture
+def no_engines(monkeypatch):
+    """Any attempt to build a non-PyTorch engine or to measure fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a frozen engine was asked for during training")
+
+    monkeypatch.setattr(select, "measure", refuse)
+    monkeypatch.setattr(select, "build_engine", refuse)
+
+
+def test_a_model_in_training_mode_embeds_with_pytorch(tmp_path, no_engines):
+    model = create_model("conv4", pretrained=False, dim=8, engine="openvino")
+    model.train()
+    assert isinstance(model.frozen_engine(), TorchEngine)
+    files = [make_image(tmp_path / f"{i}.png", seed=i) for i in range(3)]
+    emb = model.embed_images(files)  # in training mode: PyTorch, and the mode is kept
+    assert emb.shape == (3, 8) and model.training
+    module = model.embedder.backbone
+    assert isinstance(engines.frozen_engine(module, model.preprocess, "onnxruntime", training=True), TorchEngine)
+
+
+def test_end_to_end_training_never_builds_an_engine(no_engines):
+    model = create_model("conv4", pretrained=False, dim=8, num_classes=2, engine="auto")
+    before = model.embedder.backbone.features[0].weight.detach().clone()
+    x, y = torch.randn(8, 1, 28, 28), torch.tensor([0, 1] * 4)
+    train(model, TensorImageDataset(x, y), TrainConfig(epochs=1, batch_size=4, seed=0), progress=False)
+    assert not torch.equal(before, model.embedder.backbone.features[0].weight)  # the backbone trained
