@@ -105,7 +105,9 @@ def test_sharded_extraction_writes_the_single_process_cache(ranks, tmp_path):
     bb = conv4()
     torch.set_num_threads(1)
     for view in (View(), View(2, seed=1)):
-        single = cached_features(bb, images, view=view, cache=tmp_path, progress=False, batch_size=4, num_workers=0)
+        # the ranks run PyTorch on their devices; the single process is asked for the same engine
+        single = cached_features(bb, images, view=view, cache=tmp_path, progress=False, batch_size=4, num_workers=0,
+                                 engine="torch")
         assert single.shape[0] == 11 and single.shape[-1] == 64
         for r in range(WORLD):
             assert torch.equal(out[r]["features"][view.describe()], single)

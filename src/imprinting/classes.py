@@ -339,6 +339,19 @@ class ClassTable:
         return ClassTable.from_arrays([self._names[i] for i in idx], self.weights[idx], self.sums[idx],
                                       self.counts[idx], scale, self.per_class_scale, self.initial_scale)
 
+    def with_scale_mode(self, per_class_scale: bool) -> "ClassTable":
+        """A copy with one scale per class (the shared one repeated) or one shared scale
+        (refused if the classes' scales differ)."""
+        scale = self.scale
+        if per_class_scale and not self.per_class_scale:
+            scale = np.broadcast_to(scale, (len(self),))
+        elif not per_class_scale and self.per_class_scale:
+            if len(self) and not np.all(scale == scale[0]):
+                raise ClassError("one scale per class, but the model's classifier has one shared scale")
+            scale = scale[:1] if len(self) else np.array([self.initial_scale], np.float32)
+        return ClassTable.from_arrays(self._names, self.weights, self.sums, self.counts, scale, per_class_scale,
+                                      self.initial_scale)
+
     def copy(self) -> "ClassTable":
         return ClassTable.from_arrays(self._names, self.weights, self.sums, self.counts, self.scale,
                                       self.per_class_scale, self.initial_scale)

@@ -98,19 +98,12 @@ class ImprintModel(nn.Module):
             raise ClassError(f"{table.dim}-d classes for a model with {self.embedder.dim}-d embeddings")
         want = bool(getattr(self.classifier, "per_class_scale", False))
         if table.per_class_scale != want:
-            c = len(table)
-            scale = table.scale
-            if want:
-                scale = np.broadcast_to(scale, (c,)) if scale.size == 1 else scale
-            elif c and not np.all(scale == scale[0]):
-                raise ClassError("one scale per class, but the model's classifier has one shared scale")
-            table = ClassTable.from_arrays(table.names, table.weights, table.sums, table.counts,
-                                           scale[:1] if not want and c else scale, want, table.initial_scale)
+            table, copy = table.with_scale_mode(want), False
         self._table = table.copy() if copy else table
         self._push()
 
     def _change(self, operation, *args):
-        self._pull()
+        self._pull()  # the table up to date, changed by ``operation``, then mirrored again
         try:
             return operation(*args)
         finally:
@@ -184,9 +177,8 @@ class ImprintModel(nn.Module):
         """The backbone as ``imprinting.backbones.Backbone`` (its module is this model's)."""
         from imprinting.backbones import Backbone
 
-        s = self.spec
-        return Backbone(s.backbone, self.embedder.backbone, self.embedder.feature_dim, self.preprocess,
-                        s.pretrained, s.weights_id)
+        return Backbone(self.spec.backbone, self.embedder.backbone, self.embedder.feature_dim, self.preprocess,
+                        self.spec.pretrained, self.spec.weights_id)
 
     def load_images(self, images: Sequence) -> list:
         """Paths or PIL images -> PIL images in the backbone's mode (errors name the file)."""
@@ -258,9 +250,6 @@ class ImprintModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embedder(images))
-
-    def logits_from_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.classifier(embeddings)
 
     def head(self) -> Head:
         """FC + classifier as one module over backbone features (what trains on cached ones)."""
@@ -350,9 +339,7 @@ class ImprintModel(nn.Module):
 
 
 def _numpy(x, dtype=np.float32) -> np.ndarray:
-    if torch.is_tensor(x):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype)
+    return np.asarray(x.detach().cpu().numpy() if torch.is_tensor(x) else x, dtype)
 
 
 def build_model(spec: ModelSpec, class_names: Sequence[str] = (), pretrained: bool | None = None,

@@ -33,7 +33,7 @@ def _check_agreement(model, folder, files):
     x = _torch_batch(model, files)  # torchvision's eval transform, as model.embed_images
     with torch.no_grad():
         emb_t = model.embed(x)
-        logits_t = model.logits_from_embeddings(emb_t).numpy()  # == model(x)
+        logits_t = model.classifier(emb_t).numpy()  # == model(x)
         emb_t = emb_t.numpy()
     emb_o = _session(folder / "embedder.onnx").run(None, {"image": x.numpy()})[0]
     logits_o = _session(folder / "model.onnx").run(None, {"image": x.numpy()})[0]
