@@ -202,8 +202,10 @@ def cached_features(
     if path.exists():
         try:
             with safe_open(str(path), "pt") as entry:
-                feats, made_by = entry.get_tensor("features"), (entry.metadata() or {}).get("engine")
+                feats, meta = entry.get_tensor("features"), entry.metadata() or {}
+            made_by = json.loads(meta.get("entry", "{}")).get("engine")
         except Exception:  # a damaged cache entry is recomputed, never trusted
+            feats = None
             if dd.is_main():
                 path.unlink(missing_ok=True)
     if dd.all_ranks_agree(feats is not None):
@@ -211,7 +213,10 @@ def cached_features(
         return feats
     feats = compute_features(backbone, pre, images, view, progress=progress, cache=cache, **kwargs)
     if dd.is_main():
-        meta = {"key": key, "engine": last_engine or ""}
+        # One metadata entry (safetensors writes several in a random order) with the engine and
+        # precision only: the same engine writes the same bytes whatever its threads or version,
+        # and a torchrun the single process's.
+        meta = {"entry": json.dumps({"engine": (last_engine or "").split(" (")[0], "key": key}, sort_keys=True)}
         atomic_write(path, lambda tmp: save_file({"features": feats.contiguous()}, tmp, metadata=meta))
     dd.barrier()  # the entry is on disk before any rank goes on
     return feats
