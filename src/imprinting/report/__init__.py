@@ -29,7 +29,10 @@ COMMAND: list[str] | None = None
 
 def provenance(command: list[str] | None = None, **extra) -> dict:
     """The command, machine and date behind a result, plus anything in ``extra`` (seed, data...)."""
+    from imprinting.engines import used
+
     cmd = command or COMMAND or [Path(sys.argv[0]).name, *sys.argv[1:]]
+    engine = {"engine": used()} if used() else {}  # what ran the frozen backbone, when anything did
     return {
         "command": shlex.join(cmd),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -37,6 +40,7 @@ def provenance(command: list[str] | None = None, **extra) -> dict:
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        **engine,
         **extra,
     }
 
