@@ -29,7 +29,21 @@ import sys
 import numpy as np
 
 
-def scores_for(data, shots: int, draw: int, unknown: set, seed: int) -> tuple[dict, np.ndarray]:
+def whitened(data, seed: int):
+    """The feature map and the whitened head of the base classes, with its shrinkage and
+    correction chosen by ``heads.choose``: the same for every shot count and draw."""
+    from imprinting import heads
+
+    base = data.base_train_idx.numpy()
+    raw, y = data.train_feats.numpy()[base], data.train_y.numpy()[base]
+    fmap = heads.FeatureMap(0.5, heads.FeatureMap(0.5)(raw).mean(axis=0))
+    x = fmap(raw)
+    shrinkage, correction, _ = heads.choose(x, y, seed=seed)
+    scatter, dof = heads.within_class_scatter(x, y)
+    return fmap, heads.WhitenedMeans(scatter / dof, shrinkage, correction)
+
+
+def scores_for(data, shots: int, draw: int, unknown: set, seed: int, fmap, head) -> tuple[dict, np.ndarray]:
     """score name -> (M,) known-ness of every test image of a base or novel class, and the
     (M,) truth (1 = a class the model knows)."""
     from imprinting import heads, protocol
@@ -49,17 +63,12 @@ def scores_for(data, shots: int, draw: int, unknown: set, seed: int) -> tuple[di
     t = means[known_classes] / np.linalg.norm(means[known_classes], axis=1, keepdims=True)
     out["max cosine"] = (unit(raw_te) @ t.T).max(axis=1)
 
-    base = data.base_train_idx.numpy()
-    fmap = heads.FeatureMap(0.5, heads.FeatureMap(0.5)(raw_tr[base]).mean(axis=0))
     x_tr, x_te = fmap(raw_tr), fmap(raw_te)
     means, counts = heads.class_means(x_tr[idx], y_tr[idx], len(data.order))
     m, n = means[known_classes], counts[known_classes]
     t = m / np.linalg.norm(m, axis=1, keepdims=True)
     out["max cosine, centred"] = (x_te / np.linalg.norm(x_te, axis=1, keepdims=True) @ t.T).max(axis=1)
 
-    shrinkage, correction, _ = heads.choose(x_tr[base], y_tr[base], seed=seed)
-    scatter, dof = heads.within_class_scatter(x_tr[base], y_tr[base])
-    head = heads.WhitenedMeans(scatter / dof, shrinkage, correction)
     p = head.precision
     d2 = (np.einsum("nd,de,ne->n", x_te, p, x_te)[:, None] - 2 * x_te @ (m @ p).T
           + np.einsum("cd,de,ce->c", m, p, m)[None])
@@ -89,10 +98,11 @@ def main() -> None:
     rng = np.random.default_rng(a.seed)
     novel = np.arange(data.num_base, len(data.order))
     unknown = set(rng.choice(novel, int(round(a.unknown_share * len(novel))), replace=False).tolist())
+    fmap, head = whitened(data, a.seed)
     rows = {}
     for n in a.shots:
         for draw in range(a.draws):
-            scores, truth = scores_for(data, n, draw, unknown, a.seed)
+            scores, truth = scores_for(data, n, draw, unknown, a.seed, fmap, head)
             for name, s in scores.items():
                 rows.setdefault(name, {}).setdefault(n, []).append(100 * roc_auc_score(truth, s))
     table = [{"score": name, **{f"n = {n}": f"{np.mean(v):.1f} ± {np.std(v):.1f}" for n, v in per.items()}}

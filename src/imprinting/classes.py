@@ -155,7 +155,7 @@ class ClassTable:
 
     @property
     def names(self) -> tuple[str, ...]:
-        if self._names_tuple is None or len(self._names_tuple) != len(self._names):
+        if self._names_tuple is None:  # every change of the names resets it
             self._names_tuple = tuple(self._names)
         return self._names_tuple
 

@@ -13,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from PIL import Image
-
 from imprinting.data.images import ImageError
 
 
@@ -36,23 +34,6 @@ def imprint_weights(embeddings: torch.Tensor, labels: torch.Tensor, num_classes:
 def random_weights(num_classes: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Xavier-uniform random class vectors, (C, D): the paper's Rand baseline."""
     return nn.init.xavier_uniform_(torch.empty(num_classes, dim), generator=generator)
-
-
-@torch.no_grad()
-def embed_images(
-    embed: Callable[[torch.Tensor], torch.Tensor],
-    images: Sequence[Image.Image],
-    transform: Callable[[Image.Image], torch.Tensor],
-    views: int = 1,
-    batch_size: int = 32,
-) -> torch.Tensor:
-    """Embeddings of PIL images, (n * views, D); ``views > 1`` embeds ``views`` random versions
-    of each (with a random crop + flip ``transform``: the paper's augmented imprinting)."""
-    tensors = [transform(img) for img in images for _ in range(views)]
-    if not tensors:
-        raise ImageError("no images to embed")
-    out = [embed(torch.stack(tensors[i : i + batch_size])) for i in range(0, len(tensors), batch_size)]
-    return torch.cat(out)
 
 
 def embed_files(model, files: Sequence, views: int = 1, batch_size: int = 32,
@@ -85,7 +66,6 @@ def imprint_folder(model, folder, views: int = 1, progress: Callable[[int], None
 __all__ = [
     "embed_files",
     "imprint_folder",
-    "embed_images",
     "imprint_weights",
     "normalized_mean",
     "random_weights",

@@ -7,7 +7,7 @@ engine, so decoding overlaps the forward pass and nothing is done per image in t
 The pixels are those of ``imprinting.data.transforms.eval_transform``, bit for bit.
 
 Random crop + flip views (``views>1``) are drawn in the calling thread, in order, from
-PyTorch's random generator, as ``imprinting.imprint.embed_images`` draws them (decoding
+PyTorch's random generator, in the order the library drew them before engines (decoding
 still runs in the pool), so seeded runs give the same views as before.
 """
 

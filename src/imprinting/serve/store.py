@@ -70,12 +70,6 @@ class StoredExample:
     filename: str
 
 
-def model_fingerprint(model) -> str:
-    """What a store is bound to (``ImprintModel.store_fingerprint``: the embedder's weights and
-    the preprocessing): embeddings are only comparable between stores and models that agree on both."""
-    return model.store_fingerprint()
-
-
 class Store:
     """The classes taught to one model through the service."""
 
