@@ -7,7 +7,8 @@ and renamed over it, so a crash mid-save leaves the old file intact.
 Layout (format 1, unchanged since the first release): header ``format``, ``version``,
 ``config`` (``ModelSpec.to_config``), ``class_names``, ``unknown_threshold``; tensors
 ``model.<state_dict key>`` (the classifier's rows are the class vectors), ``sums`` (C, D)
-float64 and ``counts`` (C,) int64.
+float64 and ``counts`` (C,) int64. A model with a closed-form head (``imprinting.heads``) adds
+header ``head`` (its JSON) and tensors ``head.centre``, ``head.covariance`` (float64).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def save(model: ImprintModel, path: str | os.PathLike) -> None:
         "class_names": json.dumps(list(table.names)),
         "unknown_threshold": json.dumps(model.unknown_threshold),
     }
+    if table.head is not None:
+        metadata["head"] = json.dumps(table.head.header())
+        tensors.update({f"head.{k}": torch.from_numpy(np.array(v, np.float64)) for k, v in table.head.arrays().items()})
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -76,6 +80,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
         config = json.loads(meta["config"])
         names = json.loads(meta["class_names"])
         threshold = json.loads(meta.get("unknown_threshold", "null"))
+        head = json.loads(meta["head"]) if "head" in meta else None
     except (KeyError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: damaged header ({exc})") from None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -86,7 +91,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
         spec = ModelSpec.from_config(config)
     except UserError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    return {"spec": spec, "config": config, "class_names": names, "unknown_threshold": threshold}
+    return {"spec": spec, "config": config, "class_names": names, "unknown_threshold": threshold, "head": head}
 
 
 def load(path: str | os.PathLike) -> ImprintModel:
@@ -98,6 +103,12 @@ def load(path: str | os.PathLike) -> ImprintModel:
         raise CheckpointError(f"{path}: truncated or corrupt model file ({exc})") from None
     names = meta["class_names"]
     try:
+        head = None
+        if meta["head"] is not None:
+            from imprinting.heads import WhitenedHead
+
+            head = WhitenedHead.from_parts(meta["head"], {k[len("head."):]: v.numpy() for k, v in tensors.items()
+                                                           if k.startswith("head.")})
         model = build_model(meta["spec"], names, pretrained=False, unknown_threshold=meta["unknown_threshold"])
         model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
         clf = model.classifier
@@ -105,7 +116,7 @@ def load(path: str | os.PathLike) -> ImprintModel:
         model.set_classes(ClassTable.from_arrays(
             names, clf.rows.detach().numpy(), tensors["sums"].numpy(), tensors["counts"].numpy(),
             scale.detach().numpy() if scale is not None else np.array([meta["spec"].scale]),
-            bool(getattr(clf, "per_class_scale", False)), meta["spec"].scale), copy=False)
-    except (RuntimeError, KeyError, UserError) as exc:
+            bool(getattr(clf, "per_class_scale", False)), meta["spec"].scale, head), copy=False)
+    except (RuntimeError, KeyError, ValueError, UserError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the recorded configuration ({exc})") from None
     return model.eval()

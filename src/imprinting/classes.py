@@ -17,7 +17,9 @@ checkpoints, the classes file (``imprinting.classes_file``) and the service use 
 methods only.
 
 Per-class fields live in one dict of growable buffers (``Rows``), so a head that needs more
-per-class statistics adds one entry and add / remove / snapshot carry it along.
+per-class statistics adds one entry and add / remove / snapshot carry it along. A closed-form
+head (``head``, e.g. ``imprinting.heads.WhitenedHead``) keeps its scoring rows there
+(``head_w``, ``head_b``): a changed class's row is recomputed alone, the others stay.
 """
 
 from __future__ import annotations
@@ -27,56 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imprinting.errors import ClassError, UnknownClassError
-
-
-def normalize_rows(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """``x / max(||x||, 1e-12)`` along ``axis``: torch.nn.functional.normalize in numpy."""
-    x = np.asarray(x)
-    if x.ndim == 2 and axis in (-1, 1):
-        norm = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]  # no (C, D) temporary
-    else:
-        norm = np.sqrt(np.sum(x * x, axis=axis, keepdims=True))
-    return x / np.maximum(norm, 1e-12)
-
-
-def template_of(vectors: np.ndarray) -> np.ndarray:
-    """Unit-length float32 rows of ``vectors`` (normalized in float64)."""
-    return normalize_rows(np.asarray(vectors, dtype=np.float64)).astype(np.float32)
-
-
-class Rows:
-    """An (n, ...) array that grows by appending rows, with capacity doubling, so adding
-    100,000 rows one at a time copies O(100,000) rows in all. ``view`` is the used part."""
-
-    def __init__(self, initial: np.ndarray):
-        initial = np.asarray(initial)
-        self._buf = np.array(initial, copy=True)
-        self._n = initial.shape[0]
-
-    def __len__(self) -> int:
-        return self._n
-
-    @property
-    def view(self) -> np.ndarray:
-        return self._buf[: self._n]
-
-    def append(self, rows: np.ndarray) -> None:
-        k = rows.shape[0]
-        if self._n + k > self._buf.shape[0]:
-            grown = np.zeros((max(2 * self._buf.shape[0], self._n + k, 16), *self._buf.shape[1:]), self._buf.dtype)
-            grown[: self._n] = self._buf[: self._n]
-            self._buf = grown
-        self._buf[self._n : self._n + k] = rows
-        self._n += k
-
-    def insert(self, index: int, row: np.ndarray) -> None:
-        self.append(row[None])
-        self._buf[index + 1 : self._n] = self._buf[index : self._n - 1].copy()
-        self._buf[index] = row
-
-    def delete(self, index: int) -> None:
-        self._buf[index : self._n - 1] = self._buf[index + 1 : self._n].copy()
-        self._n -= 1
+from imprinting.rows import Rows, normalize_rows, template_of  # noqa: F401  (part of this module's API)
 
 
 @dataclass(frozen=True)
@@ -97,7 +50,7 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 class ClassTable:
     """Names, vectors, templates, sums, counts and scales of a model's classes."""
 
-    def __init__(self, dim: int, per_class_scale: bool = False, initial_scale: float = 10.0):
+    def __init__(self, dim: int, per_class_scale: bool = False, initial_scale: float = 10.0, head=None):
         if int(dim) < 1:
             raise ClassError(f"the embedding size must be at least 1, got {dim}")
         self.dim = int(dim)
@@ -116,14 +69,37 @@ class ClassTable:
             self._rows["scale"] = Rows(np.zeros(0, np.float32))
         self._shared_scale = np.full(1, self.initial_scale, np.float32)
         self._stale = False
+        self.head = None
+        if head is not None:
+            self.set_head(head)
 
     @classmethod
     def from_arrays(cls, names, weights, sums, counts, scale, per_class_scale: bool = False,
-                    initial_scale: float = 10.0) -> "ClassTable":
+                    initial_scale: float = 10.0, head=None) -> "ClassTable":
         """A table holding exactly these rows (a checkpoint's or a classes file's)."""
         table = cls(np.asarray(weights).shape[1], per_class_scale, initial_scale)
         table._load(list(names), weights, sums, counts, scale)
+        if head is not None:
+            table.set_head(head)
         return table
+
+    # -- the head ----------------------------------------------------------------------
+    def set_head(self, head) -> None:
+        """Score with ``head`` (``None``: the paper's ``s * cos``); every row is computed once."""
+        if head is not None and head.dim != self.dim:
+            raise ClassError(f"a {head.dim}-d head for {self.dim}-d classes")
+        self.head = head
+        if head is None:
+            self._rows.pop("head_w", None), self._rows.pop("head_b", None)
+            return
+        w, b = head.rows(self.sums, self.counts, self.templates)
+        self._rows["head_w"], self._rows["head_b"] = Rows(w), Rows(b)
+
+    def _head_row(self, index: int) -> None:
+        if self.head is not None:
+            i = slice(index, index + 1)
+            w, b = self.head.rows(self.sums[i], self.counts[i], self.templates[i])
+            self._rows["head_w"].view[index], self._rows["head_b"].view[index] = w[0], b[0]
 
     def _load(self, names, weights, sums, counts, scale) -> None:
         names = [str(n) for n in names]
@@ -213,8 +189,11 @@ class ClassTable:
         return self._rows["scale"].view if self.per_class_scale else self._shared_scale
 
     def refresh(self) -> None:
-        """The vectors were trained in place: the templates are recomputed at their next use."""
+        """The vectors were trained in place: the templates are recomputed at their next use
+        (and the head's rows now)."""
         self._stale = True
+        if self.head is not None:
+            self.set_head(self.head)
 
     def set_vectors(self, weights: np.ndarray, scale: np.ndarray | None = None) -> None:
         """Overwrite every vector (and the scale) with trained values; sums and counts stay."""
@@ -254,11 +233,15 @@ class ClassTable:
         row = {"weights": vector, "templates": template_of(vector), "sums": total, "counts": count}
         if self.per_class_scale:
             row["scale"] = self._new_scale()
+        if self.head is not None:
+            self.templates  # noqa: B018  (stale templates first: the head rows read them)
+            row["head_w"], row["head_b"] = np.zeros(self.dim), 0
         for key, value in row.items():
             self._rows[key].append(np.asarray(value, self._rows[key].view.dtype).reshape(1, *self._rows[key].view.shape[1:]))
         self._names.append(name)
         self._index[name] = index
         self._names_tuple = None
+        self._head_row(index)
         return index
 
     def add(self, name: str, embeddings) -> int:
@@ -278,6 +261,7 @@ class ClassTable:
         self._rows["counts"].view[index] += n
         self._rows["weights"].view[index] = normalize_rows(sums[index]).astype(np.float32)
         self._rows["templates"].view[index] = template_of(self._rows["weights"].view[index])
+        self._head_row(index)
         return index
 
     def imprint(self, name: str, embeddings) -> int:
@@ -337,7 +321,7 @@ class ClassTable:
         idx = [int(i) for i in indices]
         scale = self.scale[idx] if self.per_class_scale else self.scale
         return ClassTable.from_arrays([self._names[i] for i in idx], self.weights[idx], self.sums[idx],
-                                      self.counts[idx], scale, self.per_class_scale, self.initial_scale)
+                                      self.counts[idx], scale, self.per_class_scale, self.initial_scale, self.head)
 
     def with_scale_mode(self, per_class_scale: bool) -> "ClassTable":
         """A copy with one scale per class (the shared one repeated) or one shared scale
@@ -350,16 +334,22 @@ class ClassTable:
                 raise ClassError("one scale per class, but the model's classifier has one shared scale")
             scale = scale[:1] if len(self) else np.array([self.initial_scale], np.float32)
         return ClassTable.from_arrays(self._names, self.weights, self.sums, self.counts, scale, per_class_scale,
-                                      self.initial_scale)
+                                      self.initial_scale, self.head)
 
     def copy(self) -> "ClassTable":
         return ClassTable.from_arrays(self._names, self.weights, self.sums, self.counts, self.scale,
-                                      self.per_class_scale, self.initial_scale)
+                                      self.per_class_scale, self.initial_scale, self.head)
 
     # -- predicting ----------------------------------------------------------------------
     def cosines(self, embeddings: np.ndarray) -> np.ndarray:
         """(N, C) cosines of unit-length embeddings with every class template."""
         return np.asarray(embeddings, np.float32) @ self.templates.T
 
-    def logits(self, cosines: np.ndarray) -> np.ndarray:
-        return self.scale * cosines
+    def logits(self, cosines: np.ndarray, embeddings: np.ndarray | None = None) -> np.ndarray:
+        """The scores a prediction's softmax and ranking use: ``s * cos``, or the head's
+        scores of ``embeddings`` when the table has a head."""
+        if self.head is None:
+            return self.scale * cosines
+        if embeddings is None:
+            raise ClassError("this table's head scores embeddings, not cosines")
+        return self.head.logits(embeddings, self._rows["head_w"].view, self._rows["head_b"].view)

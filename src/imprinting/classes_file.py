@@ -15,6 +15,9 @@ scale      float32 (1,)    the cosine classifier's scale s, or (C,) with ``per_c
 sums       float64 (C, D)  per class, the sum of its examples' L2-normalized embeddings
 counts     int64 (C,)      examples behind each sum; 0 = a trained base class whose weight
                            is its trained vector (it takes no examples)
+head_*     float64         only with a closed-form head (header ``head``: its kind and
+                           choices, ``imprinting.heads.WhitenedHead``): ``head_centre`` (D,),
+                           ``head_covariance`` (D, D)
 =========  ==============  ===============================================================
 
 ``ClassesData`` is the file's content: a ``ClassTable`` (``table()``, ``from_table``) plus
@@ -58,6 +61,7 @@ class ClassesData:
     unknown_threshold: float | None = None
     embedder_id: str | None = None
     extra: dict = field(default_factory=dict)
+    head: object | None = None  # imprinting.heads.WhitenedHead, or None: the paper's s * cos
 
     def __post_init__(self) -> None:
         self.class_names = [str(n) for n in self.class_names]
@@ -96,14 +100,15 @@ class ClassesData:
     def table(self) -> ClassTable:
         """The classes as a ``ClassTable`` (copies)."""
         return ClassTable.from_arrays(self.class_names, self.weights, self.sums, self.counts, self.scale,
-                                      self.per_class_scale, self.initial_scale)
+                                      self.per_class_scale, self.initial_scale, self.head)
 
     @classmethod
     def from_table(cls, table: ClassTable, unknown_threshold: float | None = None,
                    embedder_id: str | None = None, extra: dict | None = None) -> "ClassesData":
         return cls(list(table.names), table.weights.copy(), table.scale.copy(), table.sums.copy(),
                    table.counts.copy(), table.dim, table.per_class_scale, table.initial_scale,
-                   None if unknown_threshold is None else float(unknown_threshold), embedder_id, dict(extra or {}))
+                   None if unknown_threshold is None else float(unknown_threshold), embedder_id, dict(extra or {}),
+                   table.head)
 
     def header(self) -> dict:
         return {
@@ -116,6 +121,7 @@ class ClassesData:
             "unknown_threshold": self.unknown_threshold,
             "embedder_id": self.embedder_id,
             **self.extra,
+            **({"head": self.head.header()} if self.head is not None else {}),
         }
 
 
@@ -130,6 +136,8 @@ def save_classes(data: ClassesData, path: str | os.PathLike) -> None:
         "sums": np.ascontiguousarray(data.sums, dtype=np.float64),
         "counts": np.ascontiguousarray(data.counts, dtype=np.int64),
     }
+    if data.head is not None:
+        arrays.update({f"head_{k}": np.ascontiguousarray(v, np.float64) for k, v in data.head.arrays().items()})
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
@@ -173,12 +181,13 @@ def load_classes(path: str | os.PathLike) -> ClassesData:
             if missing:
                 raise ExportFormatError(f"{path}: truncated classes file (missing {', '.join(missing)})")
             arrays = {k: npz[k] for k in _KEYS[1:]}
+            head_arrays = {k[len("head_"):]: npz[k] for k in npz.files if k.startswith("head_")}
     except ExportFormatError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
         raise ExportFormatError(f"{path}: truncated or corrupt classes file ({exc.__class__.__name__}: {exc})") from None
     known = {"format", "version", "class_names", "dim", "per_class_scale", "initial_scale",
-             "unknown_threshold", "embedder_id"}
+             "unknown_threshold", "embedder_id", "head"}
     try:
         names = header["class_names"]
         dim = int(header["dim"])
@@ -192,6 +201,13 @@ def load_classes(path: str | os.PathLike) -> ClassesData:
             if arrays[key].shape != shape:
                 raise TypeError(f"{key} has shape {arrays[key].shape}, expected {shape} for {c} classes")
         threshold = header.get("unknown_threshold")
+        head = None
+        if header.get("head") is not None:
+            from imprinting.heads import WhitenedHead
+
+            head = WhitenedHead.from_parts(header["head"], head_arrays)
+            if head.dim != dim:
+                raise TypeError(f"a {head.dim}-d head for {dim}-d classes")
         return ClassesData(
             class_names=names,
             weights=arrays["weights"],
@@ -204,6 +220,7 @@ def load_classes(path: str | os.PathLike) -> ClassesData:
             unknown_threshold=None if threshold is None else float(threshold),
             embedder_id=header.get("embedder_id"),
             extra={k: v for k, v in header.items() if k not in known},
+            head=head,
         )
     except ExportFormatError as exc:
         raise ExportFormatError(f"{path}: {exc}") from None

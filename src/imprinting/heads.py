@@ -102,7 +102,7 @@ def class_means(x: np.ndarray, y: np.ndarray, classes: int) -> tuple[np.ndarray,
 
 def choose(x: np.ndarray, y: np.ndarray, shots=(1, 2, 5, 10), episodes: int = 2, seed: int = 0,
            shrinkages=SHRINKAGES, corrections=CORRECTIONS, novel_share: float = 0.4,
-           held_out: float = 0.3) -> tuple[float, dict, dict]:
+           held_out: float = 0.3, paper: np.ndarray | None = None) -> tuple[float, dict, dict]:
     """(shrinkage, {n: correction}, the score of every (shrinkage, correction, n)) by simulated
     episodes on labelled
     (mapped) base features ``x``, ``y``: a share ``1 - novel_share`` of the classes play the
@@ -110,12 +110,17 @@ def choose(x: np.ndarray, y: np.ndarray, shots=(1, 2, 5, 10), episodes: int = 2,
     queries), the others the novel ones (``n`` images each as examples, the rest queries). The
     score of a choice is the mean of the novel and the base queries' top-1 (both among all
     classes) over episodes: base and novel classes weigh the same. The correction is picked per
-    shot count, the shrinkage for the best mean over shot counts. (Weighing the
+    shot count, the shrinkage for the best mean over shot counts. With ``paper`` (the
+    uncentred unit-length features of the same rows), the paper's head (cosine with the
+    normalized class sums) is scored on the same episodes too, as ``score[("paper", n)]``.
+    A part of an episode with no query (a class with too few examples) is not scored. (Weighing the
     novel queries more, as an all-class top-1 over these episodes would, picks the full
     correction, which on CUB's real test split gives the novel classes too many base images.)"""
     rng = np.random.default_rng(seed)
     labels = np.unique(y)
     score = {(a, c, n): [] for a in shrinkages for c in corrections for n in shots}
+    if paper is not None:
+        score.update({("paper", n): [] for n in shots})
     for _ in range(episodes):
         perm = rng.permutation(labels)
         cut = len(perm) - max(1, int(round(novel_share * len(perm))))
@@ -137,12 +142,21 @@ def choose(x: np.ndarray, y: np.ndarray, shots=(1, 2, 5, 10), episodes: int = 2,
             means, counts = class_means(x[support], yy[support], len(labels))
             truth = yy[query]
             novel = truth >= len(fake_base)
+            if not novel.any() or novel.all() or (counts == 0).any():
+                continue
             for a, head in heads.items():
                 for c in corrections:
                     head.correction = c
                     right = head.scores(x[query], means, counts).argmax(axis=1) == truth
                     score[(a, c, n)].append(0.5 * (right[novel].mean() + right[~novel].mean()))
-    mean = {k: float(np.mean(v)) for k, v in score.items()}
+            if paper is not None:
+                sums, _ = class_means(paper[support], yy[support], len(labels))
+                t = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+                right = (paper[query] @ t.T).argmax(axis=1) == truth
+                score[("paper", n)].append(0.5 * (right[novel].mean() + right[~novel].mean()))
+    if not any(score.values()):
+        raise ValueError("no simulated episode could be scored: too few classes or examples")
+    mean = {k: float(np.mean(v)) if v else float("-inf") for k, v in score.items()}
 
     def best_correction(a, n):
         return max(corrections, key=lambda c: (mean[(a, c, n)], -c))
@@ -152,3 +166,120 @@ def choose(x: np.ndarray, y: np.ndarray, shots=(1, 2, 5, 10), episodes: int = 2,
 
     shrinkage = max(shrinkages, key=lambda a: (value(a), -a))
     return shrinkage, {int(n): best_correction(shrinkage, n) for n in shots}, mean
+
+
+# -- the head in the product: kept with a class table --------------------------------------------
+class WhitenedHead:
+    """``WhitenedMeans`` as a model's head: frozen shared statistics (the centre and the
+    within-class covariance of the embeddings, the shrinkage, the correction by shot count and
+    a temperature) and the rule that turns one class's running sum and count into its scoring
+    row. ``imprinting.classes.ClassTable`` keeps one row per class (``rows``), recomputed for
+    that class alone when it changes (O(D^2)), so adding, extending, removing, saving and
+    reloading give what one batch computation gives. Scores of embeddings e (unit length,
+    power-transformed by the embedder): ``temperature * ((e - centre) @ W.T + b)``.
+
+    A class without examples (a trained base class, a random one) is its unit template,
+    with no shot correction."""
+
+    kind = "whitened-means"
+
+    def __init__(self, centre, covariance, shrinkage: float, correction, temperature: float = 1.0,
+                 source: str = "examples"):
+        self.centre = np.asarray(centre, np.float64).reshape(-1)
+        cov = np.asarray(covariance, np.float64)
+        d = self.centre.shape[0]
+        if cov.shape != (d, d) or not (np.isfinite(cov).all() and np.isfinite(self.centre).all()):
+            raise ValueError(f"the head needs a finite ({d},) centre and ({d}, {d}) covariance, got {cov.shape}")
+        if not (0 <= float(shrinkage) <= 1) or not (np.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"shrinkage must be in [0, 1] and temperature positive, got {shrinkage}, {temperature}")
+        correction = {int(k): float(v) for k, v in correction.items()} if isinstance(correction, dict) else float(correction)
+        self._means = WhitenedMeans(cov, float(shrinkage), correction)
+        self.temperature, self.source = float(temperature), str(source)
+        self._centre32 = self.centre.astype(np.float32)
+
+    covariance = property(lambda self: self._means.covariance)
+    shrinkage = property(lambda self: self._means.shrinkage)
+    correction = property(lambda self: self._means.correction)
+    dim = property(lambda self: self.centre.shape[0])
+
+    def rows(self, sums: np.ndarray, counts: np.ndarray, templates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(W (C, D) float32, b (C,) float32): the scoring rows of classes with these sums,
+        counts and templates."""
+        counts = np.asarray(counts, np.int64).reshape(-1)
+        taught = counts > 0
+        n = np.maximum(counts, 1).astype(np.float64)
+        means = np.where(taught[:, None], np.asarray(sums, np.float64) / n[:, None], np.asarray(templates, np.float64))
+        m = means - self.centre
+        w = m @ self._means.precision  # the precision is symmetric
+        excess = np.where(taught, self._means.strength(n) * self._means.excess / n, 0.0)
+        b = -0.5 * (np.einsum("cd,cd->c", w, m) - excess)
+        return w.astype(np.float32), b.astype(np.float32)
+
+    def logits(self, embeddings: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+        x = np.asarray(embeddings, np.float32) - self._centre32
+        out = x @ w.T + b
+        return out * np.float32(self.temperature) if self.temperature != 1.0 else out
+
+    def header(self) -> dict:
+        """The JSON part of the head (the arrays are ``arrays``)."""
+        corr = self.correction
+        return {"kind": self.kind, "shrinkage": self.shrinkage, "temperature": self.temperature,
+                "source": self.source,
+                "correction": {str(k): v for k, v in corr.items()} if isinstance(corr, dict) else corr}
+
+    def arrays(self) -> dict:
+        return {"centre": self.centre, "covariance": self.covariance}
+
+    @classmethod
+    def from_parts(cls, header: dict, arrays: dict) -> "WhitenedHead":
+        """The inverse of ``header``/``arrays`` (a ``ValueError`` names what is wrong)."""
+        if not isinstance(header, dict) or header.get("kind") != cls.kind:
+            raise ValueError(f"unknown head {header!r}")
+        try:
+            corr = header["correction"]
+            corr = {int(k): float(v) for k, v in corr.items()} if isinstance(corr, dict) else float(corr)
+            return cls(arrays["centre"], arrays["covariance"], float(header["shrinkage"]), corr,
+                       float(header.get("temperature", 1.0)), str(header.get("source", "examples")))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"damaged head ({exc})") from None
+
+    def __repr__(self) -> str:
+        return f"WhitenedHead(dim={self.dim}, shrinkage={self.shrinkage}, correction={self.correction}, source={self.source})"
+
+
+HEADS = ("auto", "whitened", "normalized-mean")  # the names of ``imprint create/train --head``
+
+
+def fit_head(z: np.ndarray, y: np.ndarray, choice: str = "auto", source: str = "examples", seed: int = 0,
+             episodes: int = 4) -> tuple[WhitenedHead | None, dict]:
+    """The head for embeddings ``z`` (unit length, power-transformed) labelled ``y``: the
+    base training data of ``imprint train``, or a model's taught examples (``imprint create
+    --from-folder``). The shrinkage and the corrections are chosen by ``choose`` on simulated
+    episodes of these classes (never test labels); with ``choice="auto"``, the paper's head
+    (``None``: the normalized mean) is kept unless the whitened one scores better on the same
+    episodes. Returns (head or None, what was measured). Too little data to simulate an
+    episode (fewer than 3 classes, or no class with 2 examples) keeps the paper's head."""
+    if choice not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}; got {choice!r}")
+    if choice == "normalized-mean":
+        return None, {"head": "normalized-mean", "reason": "asked for"}
+    z, y = np.asarray(z, np.float64), np.asarray(y)
+    labels, counts = np.unique(y, return_counts=True)
+    median = int(np.median(counts)) if len(counts) else 0
+    shots = tuple(n for n in (1, 2, 5, 10) if n < median) or ((1,) if median >= 2 else ())
+    if len(labels) < 3 or not shots:
+        if choice == "whitened":
+            raise ValueError("the whitened head needs at least 3 classes, most with 2 or more examples")
+        return None, {"head": "normalized-mean", "reason": "too few classes or examples to choose a head"}
+    centre = z.mean(axis=0)
+    x = z - centre
+    shrinkage, correction, scores = choose(x, y, shots, episodes, seed, SHRINKAGES + (1.0,), paper=z)
+    scatter, dof = within_class_scatter(x, y)
+    head = WhitenedHead(centre, scatter / max(dof, 1), shrinkage, correction, source=source)
+    ours = float(np.mean([scores[(shrinkage, correction[n], n)] for n in shots]))
+    paper = float(np.mean([scores[("paper", n)] for n in shots]))
+    report = {"shots": list(shots), "whitened": round(ours, 4), "normalized-mean": round(paper, 4),
+              "shrinkage": shrinkage, "correction": correction}
+    if choice == "auto" and paper > ours:
+        return None, {**report, "head": "normalized-mean", "reason": "scored better on simulated episodes"}
+    return head, {**report, "head": "whitened"}

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imprinting.data.images import ImageError
+from imprinting.errors import ClassError
 
 
 def normalized_mean(embeddings: torch.Tensor) -> torch.Tensor:
@@ -45,26 +46,55 @@ def embed_files(model, files: Sequence, views: int = 1, batch_size: int = 32,
     return model.embed_images(list(files), views=views, batch_size=batch_size, progress=progress)
 
 
-def imprint_folder(model, folder, views: int = 1, progress: Callable[[int], None] | None = None) -> list[str]:
+def imprint_folder(model, folder, views: int = 1, progress: Callable[[int], None] | None = None,
+                   head: str | None = None) -> dict:
     """Imprint one class per sub-folder of ``folder`` (its name, its images); calls
-    ``progress(1)`` after each class. Returns the class names, in order."""
+    ``progress(1)`` after each class. With ``head`` (a name of ``imprinting.heads.HEADS``),
+    the head is then fitted on these examples (``fit_model_head``). Returns ``{"classes":
+    the class names in order, "head": what the head choice measured, or None}``."""
     from imprinting.data.folder import read_folder
 
     images = read_folder(folder)
     by_class: dict[int, list] = {}
     for path, label in zip(images.paths, images.labels):
         by_class.setdefault(label, []).append(path)
-    names = []
+    names, embeddings, labels = [], [], []
     for label, files in sorted(by_class.items()):
-        model.imprint(images.class_names[label], files, views)
+        e = model.embed_images(files, views)
+        model.imprint_embeddings(images.class_names[label], e)
         names.append(images.class_names[label])
+        embeddings.append(e.numpy())
+        labels += [label] * len(e)
         if progress is not None:
             progress(1)
-    return names
+    report = None
+    if head is not None:
+        import numpy as np
+
+        report = fit_model_head(model, np.concatenate(embeddings), np.array(labels), head)
+    return {"classes": names, "head": report}
+
+
+def fit_model_head(model, embeddings, labels, choice: str = "auto", source: str = "examples", seed: int = 0) -> dict:
+    """Fit the model's closed-form head (``imprinting.heads.fit_head``) on labelled embeddings
+    the model made (its taught examples, or its base training data) and install it in the
+    class table (or keep the paper's head, as the choice rule says). Returns what was measured."""
+    from imprinting import heads
+
+    if choice != "normalized-mean" and model.spec.power is None:
+        raise ClassError("the closed-form heads work on power-transformed embeddings: create the model with "
+                         "a head (imprint create --head auto) or power=0.5")
+    try:
+        head, report = heads.fit_head(embeddings, labels, choice, source, seed)
+    except ValueError as exc:
+        raise ClassError(str(exc)) from None
+    model.classes.set_head(head)
+    return report
 
 
 __all__ = [
     "embed_files",
+    "fit_model_head",
     "imprint_folder",
     "imprint_weights",
     "normalized_mean",

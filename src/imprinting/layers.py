@@ -136,18 +136,26 @@ class Embedder(nn.Module):
     ``dim=None`` skips the fully connected layer: the backbone's pooled features are
     normalized directly (the transfer-learning setting, and a "beyond the paper" option).
     ``normalize=False`` leaves the embeddings unnormalized (the paper's AllClassJoint baseline).
+    ``power=p`` maps the unit-length embedding e to ``normalize(sign(e) * |e| ** p)`` (the power
+    transform the closed-form heads of ``imprinting.heads`` work on; kept as a buffer, so it is
+    part of the weights' fingerprint and of the exported graph).
 
     Like timm's models, the work is split so that cached backbone features can skip the
     backbone: ``forward(x) == forward_head(forward_features(x))``.
     """
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, dim: int | None = 64, normalize: bool = True):
+    def __init__(self, backbone: nn.Module, feature_dim: int, dim: int | None = 64, normalize: bool = True,
+                 power: float | None = None):
         super().__init__()
         self.backbone = backbone
         self.feature_dim = feature_dim
         self.fc = nn.Linear(feature_dim, dim) if dim else nn.Identity()
         self.dim = dim or feature_dim
         self.normalize = normalize
+        if power is not None:
+            self.register_buffer("power", torch.tensor(float(power)))
+        else:
+            self.power = None
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features, (B, feature_dim)."""
@@ -156,7 +164,12 @@ class Embedder(nn.Module):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Unit-length embeddings, (B, dim), from backbone features."""
         out = self.fc(features)
-        return F.normalize(out, dim=-1) if self.normalize else out
+        if not self.normalize:
+            return out
+        out = F.normalize(out, dim=-1)
+        if self.power is not None:
+            out = F.normalize(torch.sign(out) * out.abs().pow(self.power), dim=-1)
+        return out
 
     def forward(self, embeddings_or_images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(embeddings_or_images))

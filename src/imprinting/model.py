@@ -114,9 +114,7 @@ class ImprintModel(nn.Module):
         """The class names in order (a copy; the table is ``classes``)."""
         return list(self.classes.names)
 
-    @property
-    def num_classes(self) -> int:
-        return len(self._table)
+    num_classes = property(lambda self: len(self._table))
 
     def index_of(self, name: str) -> int:
         return self._table.index_of(name)
@@ -264,7 +262,7 @@ class ImprintModel(nn.Module):
             raise ClassError("the model has no classes yet: imprint one first")
         e = embeddings.detach().float().cpu()
         cos = table.cosines(e.numpy())
-        logits = self.classifier.logits(cos, e)
+        logits = table.logits(cos, e.numpy()) if table.head is not None else self.classifier.logits(cos, e)
         threshold = self.unknown_threshold if unknown_threshold is None else unknown_threshold
         return top_k(cos, logits, table.name_at, k, threshold)
 
@@ -333,6 +331,7 @@ class ImprintModel(nn.Module):
             "image_size": spec.preprocess.image_size if spec.preprocess else None,
             "unknown_threshold": self.unknown_threshold,
             "num_classes": len(table),
+            "head": table.head.header() if table.head is not None else {"kind": "normalized-mean"},
             "classes": [{"name": n, "kind": "imprinted" if c else "base", "examples": int(c)}
                         for n, c in zip(table.names, table.counts.tolist())],
         }
@@ -359,7 +358,7 @@ def build_model(spec: ModelSpec, class_names: Sequence[str] = (), pretrained: bo
         weights_id = spec.weights_id if pretrained is False else bb.weights_id
         spec = spec.on_backbone(bb.name, bb.feature_dim, spec.preprocess or bb.preprocess.at_size(image_size),
                                 spec.pretrained, weights_id)
-    embedder = Embedder(backbone, feature_dim, spec.dim, normalize=spec.normalize)
+    embedder = Embedder(backbone, feature_dim, spec.dim, normalize=spec.normalize, power=spec.power)
     names = list(class_names)
     if spec.classifier == "cosine":
         head = CosineClassifier(embedder.dim, len(names), spec.scale, spec.learn_scale, spec.per_class_scale)
@@ -374,7 +373,7 @@ def create_model(backbone: str = "efficientnet_lite0", dim: int | None = 64, pre
                  classifier: str = "cosine", num_classes: int = 0, class_names: list[str] | None = None,
                  scale: float = 10.0, learn_scale: bool = True, per_class_scale: bool = False,
                  image_size: int | None = None, unknown_threshold: float | None = None,
-                 engine: str | None = None, precision: str | None = None) -> ImprintModel:
+                 engine: str | None = None, precision: str | None = None, power: float | None = None) -> ImprintModel:
     """Build a model from a backbone name (see ``imprinting.backbones``).
 
     ``dim=None`` normalizes the backbone features directly (no fully connected layer);
@@ -383,9 +382,11 @@ def create_model(backbone: str = "efficientnet_lite0", dim: int | None = 64, pre
     ``engine`` runs the frozen backbone when embedding images: ``"auto"`` (the fastest exact
     one installed), ``"torch"``, ``"onnxruntime"`` or ``"openvino"`` (``None``: the process
     default, see ``imprinting.engines``); ``precision``: ``"auto"``/``"float32"`` or ``"bfloat16"``.
+    ``power``: the embedder's power transform (``ModelSpec.power``; the closed-form heads use 0.5).
     """
     names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
-    spec = ModelSpec(backbone, bool(pretrained), "random", dim, classifier, scale, learn_scale, per_class_scale)
+    spec = ModelSpec(backbone, bool(pretrained), "random", dim, classifier, scale, learn_scale, per_class_scale,
+                     power=power)
     return build_model(spec, names, unknown_threshold=unknown_threshold, image_size=image_size,
                        engine=engine, precision=precision)
 

@@ -45,6 +45,7 @@ class ModelSpec:
     per_class_scale: bool = False
     preprocess: Preprocess | None = field(default=None)
     feature_dim: int | None = None
+    power: float | None = None
 
     def __post_init__(self) -> None:
         if self.classifier not in CLASSIFIERS:
@@ -53,6 +54,10 @@ class ModelSpec:
             raise SpecError(f"the embedding size must be a positive integer (or none), got {self.dim!r}")
         if not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale) and self.scale > 0):
             raise SpecError(f"the scale s must be a positive finite number, got {self.scale!r}")
+        if self.power is not None and not (isinstance(self.power, (int, float)) and 0 < self.power <= 1):
+            raise SpecError(f"the power transform's exponent must be in (0, 1], got {self.power!r}")
+        if self.power is not None and self.classifier != "cosine":
+            raise SpecError("the power transform needs normalized embeddings (the cosine classifier)")
         if self.backbone is None and not self.feature_dim:
             raise SpecError("a model without a backbone needs its feature size (feature_dim)")
 
@@ -83,6 +88,7 @@ class ModelSpec:
             "per_class_scale": self.per_class_scale,
             "preprocess": self.preprocess.to_dict() if self.preprocess else None,
             "feature_dim": self.feature_dim,
+            **({"power": self.power} if self.power is not None else {}),
         }
 
     @classmethod
@@ -106,6 +112,7 @@ class ModelSpec:
                 per_class_scale=bool(config.get("per_class_scale", False)),
                 preprocess=Preprocess.from_dict(pre) if pre is not None else None,
                 feature_dim=None if config.get("feature_dim") is None else int(config["feature_dim"]),
+                power=None if config.get("power") is None else float(config["power"]),
             )
         except KeyError as exc:
             raise SpecError(f"the model configuration has no {exc.args[0]!r} field") from None

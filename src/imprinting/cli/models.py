@@ -41,25 +41,37 @@ def engine_options(command):
               help="Predictions whose best cosine is below this are flagged unknown.")
 @click.option("--from-folder", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A folder of class folders: imprint one class per sub-folder.")
+@click.option("--head", type=click.Choice(["auto", "whitened", "normalized-mean"]), default="auto", show_default=True,
+              help="How classes are scored. whitened: class means whitened by the examples' shared covariance, "
+                   "with a shot-count correction (imprinting.heads); normalized-mean: the paper's s * cos; auto: "
+                   "whichever scores better on simulated low-shot episodes of the folder's classes (the paper's "
+                   "head when there are too few to tell).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @engine_options
-def create(out, backbone, dim, random_init, image_size, scale, unknown_threshold, from_folder, force):
+def create(out, backbone, dim, random_init, image_size, scale, unknown_threshold, from_folder, head, force):
     """Create a model file OUT from a backbone, with no classes or with the classes of a folder."""
     from imprinting import checkpoint
     from imprinting.model import create_model
 
     if out.exists() and not force:
         raise click.ClickException(f"{out} already exists (use --force to overwrite)")
+    power = None if head == "normalized-mean" or (head == "auto" and from_folder is None) else 0.5
     model = create_model(backbone, dim=dim or None, pretrained=not random_init, image_size=image_size,
-                         scale=scale, unknown_threshold=unknown_threshold)
+                         scale=scale, unknown_threshold=unknown_threshold, power=power)
+    report = None
     if from_folder is not None:
         from imprinting.data.folder import read_folder
         from imprinting.imprint import imprint_folder
 
         with progress_bar(len(read_folder(from_folder).class_names), "imprinting classes") as bar:
-            imprint_folder(model, from_folder, progress=bar.update)
+            report = imprint_folder(model, from_folder, progress=bar.update, head=head)["head"]
+    elif head == "whitened":
+        raise click.ClickException("--head whitened is fitted on the classes of --from-folder; give one")
     checkpoint.save(model, out)
-    click.echo(f"wrote {out}: {model.spec.backbone}, {model.embedder.dim}-d embeddings, {model.num_classes} classes")
+    chosen = model.classes.head.kind if model.classes.head is not None else "normalized-mean"
+    why = f" ({report['reason']})" if report and "reason" in report else ""
+    click.echo(f"wrote {out}: {model.spec.backbone}, {model.embedder.dim}-d embeddings, {model.num_classes} classes, "
+               f"head {chosen}{why}")
 
 
 @click.command("add-class")

@@ -188,7 +188,7 @@ class LiteModel:
 
     def logits(self, embeddings: np.ndarray) -> np.ndarray:
         """s * cos(w_c, e): the PyTorch model's logits, (N, C)."""
-        return self.classes.logits(self.cosines(embeddings))
+        return self.classes.logits(self.cosines(embeddings), embeddings)
 
     def predict(self, images: Sequence, k: int = 5, unknown_threshold: float | None = None) -> list[Prediction]:
         """Top-k predictions for image files or PIL images."""
@@ -199,7 +199,7 @@ class LiteModel:
             raise ClassError("the model has no classes yet: imprint one first")
         cos = self.cosines(embeddings)
         threshold = self.unknown_threshold if unknown_threshold is None else unknown_threshold
-        return top_k(cos, self.classes.logits(cos), self.classes.name_at, k, threshold)
+        return top_k(cos, self.classes.logits(cos, embeddings), self.classes.name_at, k, threshold)
 
     # -- saving ------------------------------------------------------------------
     def save(self, path: str | os.PathLike | None = None) -> Path:
