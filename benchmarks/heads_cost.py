@@ -1,0 +1,82 @@
+"""What the closed-form head costs in the product: adding a class and predicting, against the
+paper's head, through the public API (a headless model on 1280-d EfficientNet-Lite0-sized
+embeddings, synthetic unit vectors; the cost does not depend on the values).
+
+    .venv/bin/python benchmarks/heads_cost.py --classes 1000 10000
+
+Prints one table: per class count, the median time of ``imprint_embeddings`` for a new class
+of 5 examples, and of ``predict_embeddings`` (top-5) for 64 queries, with each head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from imprinting import heads
+from imprinting.model import build_model
+from imprinting.spec import ModelSpec
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def model_with(classes: int, dim: int, whitened: bool, rng) -> object:
+    model = build_model(ModelSpec(backbone=None, pretrained=False, dim=None, feature_dim=dim, power=0.5))
+    sums = _unit(rng.normal(size=(classes, dim))) * 5
+    table = model.classes
+    from imprinting.classes import ClassTable
+
+    table = ClassTable.from_arrays([f"c{i}" for i in range(classes)], _unit(sums), sums, np.full(classes, 5),
+                                   table.scale)
+    if whitened:
+        a = rng.normal(size=(dim, 2 * dim)) / np.sqrt(2 * dim)
+        table.set_head(heads.WhitenedHead(rng.normal(size=dim) * 0.01, a @ a.T, 0.8, {1: 0.5, 5: 0.75}))
+    model.set_classes(table, copy=False)
+    return model
+
+
+def median_ms(fn, repeats: int) -> float:
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--classes", nargs="+", type=int, default=[1000, 10000])
+    p.add_argument("--dim", type=int, default=1280)
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(args.seed)
+    print(f"- command: python benchmarks/heads_cost.py --classes {' '.join(map(str, args.classes))} --dim {args.dim}")
+    print(f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
+          f"{platform.processor() or 'cpu'}, torch threads 1; seed {args.seed}\n")
+    print("| classes | head | add a class of 5 examples (ms) | predict 64 queries, top-5 (ms) |")
+    print("|---:|---|---:|---:|")
+    queries = torch.from_numpy(_unit(rng.normal(size=(64, args.dim))).astype(np.float32))
+    for c in args.classes:
+        for whitened in (False, True):
+            model = model_with(c, args.dim, whitened, rng)
+            new = [torch.from_numpy(_unit(rng.normal(size=(5, args.dim))).astype(np.float32)) for _ in range(args.repeats)]
+            add = median_ms(lambda i: model.imprint_embeddings(f"new{i}", new[i]), args.repeats)
+            model.predict_embeddings(queries)  # warm up
+            pred = median_ms(lambda i: model.predict_embeddings(queries, k=5), max(5, args.repeats // 5))
+            name = "whitened means" if whitened else "normalized mean (paper)"
+            print(f"| {c:,} | {name} | {add:.2f} | {pred:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
