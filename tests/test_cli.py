@@ -146,3 +146,16 @@ def test_train_a_base_model_on_a_folder_then_imprint(tmp_path, tiny_folder):
     r = run("train", tiny_folder, tmp_path / "e2e.safetensors", "--backbone", "conv4", "--random-init",
             "--mode", "end-to-end", "--epochs", "1", "--batch-size", "4")
     assert r.exit_code == 0, r.output
+
+
+def test_train_with_the_whitened_head_then_predict(tmp_path, tiny_folder):
+    out = tmp_path / "whitened.safetensors"
+    r = run("train", tiny_folder, out, "--backbone", "conv4", "--random-init", "--dim", "8", "--epochs", "2",
+            "--batch-size", "4", "--augment", "0", "--head", "whitened")
+    assert r.exit_code == 0, r.output
+    assert "head whitened" in r.output
+    model = checkpoint.load(out)
+    assert model.classes.head is not None and model.spec.power == 0.5
+    assert all(c > 0 for c in model.classes.counts.tolist())  # the classes are their training means now
+    r = run("predict", out, tiny_folder / "red", "--json")
+    assert r.exit_code == 0, r.output

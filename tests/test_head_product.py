@@ -187,3 +187,33 @@ def test_lite_runtime_scores_like_pytorch(tmp_path):
     lite.imprint("extra", images[:2])
     q = lite.embed(images[:3])
     np.testing.assert_allclose(lite.logits(q), model.classes.logits(model.classes.cosines(q), q), rtol=1e-5, atol=1e-4)
+
+
+def test_train_then_whitened_head_on_the_base_data(tmp_path):
+    from imprinting.imprint import fit_trained_head
+    from tests_helpers_images import class_folder
+
+    from imprinting.data.folder import read_folder
+
+    torch.manual_seed(0)
+    folder = class_folder(tmp_path / "train", classes=5, per_class=4)
+    images = read_folder(folder)
+    model = imprinting.create_model("conv4", dim=12, pretrained=False, class_names=images.class_names)
+    from imprinting.data.features import View, cached_features
+
+    feats = cached_features(model.backbone, images, model.preprocess, View(), tmp_path / "cache", progress=False)
+    labels = np.array(images.labels)
+    report = fit_trained_head(model, feats, labels, "whitened")
+    assert report["head"] == "whitened" and model.spec.power == 0.5
+    table = model.classes
+    assert table.head is not None and list(table.counts) == [4] * 5  # every class: the mean of its 4 images
+    # the class sums are the power-transformed embeddings of the images, by hand
+    with torch.no_grad():
+        e = torch.nn.functional.normalize(model.embedder.fc(feats), dim=1).numpy().astype(np.float64)
+    z = _unit(np.sign(e) * np.sqrt(np.abs(e)))
+    for c in range(5):
+        np.testing.assert_allclose(table.sums[c], z[labels == c].sum(axis=0), atol=1e-5)
+    checkpoint.save(model, tmp_path / "m.safetensors")
+    back = checkpoint.load(tmp_path / "m.safetensors")
+    q = back.embedder.forward_head(feats).detach()
+    assert [p.classes for p in back.predict_embeddings(q)] == [p.classes for p in model.predict_embeddings(q)]

@@ -92,7 +92,47 @@ def fit_model_head(model, embeddings, labels, choice: str = "auto", source: str 
     return report
 
 
+def fit_trained_head(model, features, labels, choice: str = "auto", seed: int = 0) -> dict:
+    """After ``imprint train``: fit the closed-form head on the base training data (backbone
+    ``features`` (N, F) and ``labels``). The choice rule (``imprinting.heads.fit_head``) runs on
+    the power-transformed embeddings of the trained embedder; if it keeps the paper's head, the
+    model is left as trained. Otherwise the embedder gets the power transform and every class
+    becomes the class mean of its training embeddings, scored by the whitened head (so the
+    classes then take examples like any imprinted class). Returns what was measured."""
+    import dataclasses
+
+    import numpy as np
+
+    from imprinting import heads
+
+    if model.spec.power is not None:
+        raise ClassError("this model already has a power-transformed embedder")
+    with torch.no_grad():
+        e = model.embedder.forward_head(torch.as_tensor(features, dtype=torch.float32))
+        z = F.normalize(torch.sign(e) * e.abs().sqrt(), dim=1)
+    y = np.asarray(labels)
+    try:
+        head, report = heads.fit_head(z.numpy(), y, choice, "base", seed)
+    except ValueError as exc:
+        raise ClassError(str(exc)) from None
+    if head is None:
+        return report
+    del model.embedder.power
+    model.embedder.register_buffer("power", torch.tensor(0.5))
+    model.spec = dataclasses.replace(model.spec, power=0.5)
+    from imprinting.classes import ClassTable
+
+    names = model.class_names
+    table = ClassTable(model.embedder.dim, model.classes.per_class_scale, model.spec.scale)
+    for c, name in enumerate(names):
+        table.add(name, z.numpy()[y == c])
+    table.set_head(head)
+    model.set_classes(table, copy=False)
+    return report
+
+
 __all__ = [
+    "fit_trained_head",
     "embed_files",
     "fit_model_head",
     "imprint_folder",

@@ -171,9 +171,16 @@ def info(model_path, as_json):
               help="Training state after each epoch; an interrupted run given the same file resumes.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--cache", type=click.Path(path_type=Path), default=None, envvar="IMPRINTING_CACHE")
+@click.option("--head", type=click.Choice(["auto", "whitened", "normalized-mean"]), default="normalized-mean",
+              show_default=True,
+              help="How classes are scored after training (whitened and auto turn the trained classes into "
+                   "imprinted ones, which then take examples and can be removed). whitened: class means of the training embeddings, "
+                   "whitened by their shared covariance (imprinting.heads); normalized-mean: the trained cosine "
+                   "classifier (the paper); auto: whichever scores better on simulated low-shot episodes of the "
+                   "training classes.")
 @engine_options
 def train_command(folder, out, backbone, random_init, dim, mode, epochs, batch_size, lr, optimizer, image_size,
-                  augment, checkpoint, seed, cache):
+                  augment, checkpoint, seed, cache, head):
     """Train a base model on FOLDER (one sub-folder of images per class) and save it to OUT.
 
     The result is an ordinary model file: imprint new classes into it with add-class.
@@ -203,10 +210,19 @@ def train_command(folder, out, backbone, random_init, dim, mode, epochs, batch_s
     history = train(model, dataset, cfg, checkpoint=checkpoint)
     if not dd.is_main():  # under torchrun, rank 0 alone writes
         return
+    report = {"head": "normalized-mean"}
+    if head != "normalized-mean":
+        from imprinting.imprint import fit_trained_head
+
+        model.eval()
+        centre_crops = feats if mode == "frozen" and not augment else \
+            cached_features(model.backbone, images, model.preprocess, View(), cache)  # one example per image
+        report = fit_trained_head(model, centre_crops, labels, head, seed)
     ckpt.save(model, out)
     last = history[-1] if history else {}
     click.echo(f"wrote {out}: {model.num_classes} classes, {epochs} epochs ({mode}), "
-               f"final loss {last.get('loss', float('nan')):.3f}, train top-1 {last.get('train_top1', 0):.1f}%")
+               f"final loss {last.get('loss', float('nan')):.3f}, train top-1 {last.get('train_top1', 0):.1f}%, "
+               f"head {report['head']}" + (f" ({report['reason']})" if "reason" in report else ""))
 
 
 
