@@ -120,8 +120,10 @@ def test_with_backbone_gives_the_base_model_on_images(shared_data):
     full = base.with_backbone(bb)
     pixels = rp.cached_pixels(data.test, bb.preprocess.at_size(32), progress=False)
     with torch.no_grad():
+        # the cached features come from the machine's fastest engine (within 1e-5 of PyTorch on
+        # normalized features, imprinting.engines), and logits are s = 10 times cosines
         torch.testing.assert_close(full(pixels), base.classifier(base.embedder.forward_head(data.test_feats)),
-                                   atol=1e-4, rtol=1e-4)
+                                   atol=5e-4, rtol=1e-4)
     assert full.embedder.backbone is not bb.module and full.class_names == base.class_names
 
 

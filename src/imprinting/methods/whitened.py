@@ -28,6 +28,8 @@ class WhitenedMeans(Method):
         self._prepared: dict = {}  # per data set: the feature map and the head (a cache)
 
     def _prepare(self, data: LowShotData):
+        """Once per data set: the feature map, the head, the mapped training features and the
+        base classes' scoring rows (an episode then computes only its novel classes' rows)."""
         key = id(data.train_feats)
         if key not in self._prepared:
             base = data.base_train_idx.numpy()
@@ -41,15 +43,22 @@ class WhitenedMeans(Method):
                 shrinkage = a if shrinkage is None else shrinkage
                 correction = c if correction is None else correction
             scatter, dof = heads.within_class_scatter(x, y)
-            self._prepared = {key: (fmap, heads.WhitenedMeans(scatter / dof, shrinkage, correction))}
+            head = heads.WhitenedMeans(scatter / dof, shrinkage, correction)
+            mapped = fmap(data.train_feats.numpy())
+            means, counts = heads.class_means(x, y, len(data.order))
+            w, b = head.weights(means, counts)
+            self._prepared = {key: (fmap, head, mapped, w, b)}
         return self._prepared[key]
 
     def fit(self, data: LowShotData, episode: Episode) -> FitResult:
-        fmap, head = self._prepare(data)
-        idx = torch.cat([data.base_train_idx, episode.shots]).numpy()
-        means, counts = heads.class_means(fmap(data.train_feats.numpy()[idx]), data.train_y.numpy()[idx],
-                                          len(data.order))
-        w, b = head.weights(means, counts)
+        fmap, head, mapped, w, b = self._prepare(data)
+        shots = episode.shots.numpy()
+        y = data.train_y.numpy()[shots]
+        novel = np.unique(y)
+        means, counts = heads.class_means(mapped[shots], y, len(data.order))
+        wn, bn = head.weights(means[novel], counts[novel])
+        w, b = w.copy(), b.copy()
+        w[novel], b[novel] = wn, bn
         w32, b32 = torch.from_numpy(w.astype(np.float32)), torch.from_numpy(b.astype(np.float32))
         return FitResult(lambda feats: torch.from_numpy(fmap(feats.numpy()).astype(np.float32)) @ w32.t() + b32,
                          info={"shrinkage": head.shrinkage, "correction": head.correction})
