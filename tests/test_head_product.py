@@ -179,6 +179,11 @@ def test_lite_runtime_scores_like_pytorch(tmp_path):
     l_torch = model.classes.logits(model.classes.cosines(e_torch), e_torch)
     l_lite = lite.logits(e_lite)
     np.testing.assert_allclose(l_lite, l_torch, rtol=1e-4, atol=1e-4 * np.abs(l_torch).max())
+    import onnxruntime as ort  # the exported model.onnx computes the head's scores too
+
+    session = ort.InferenceSession(str(tmp_path / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
+    l_onnx = session.run(None, {session.get_inputs()[0].name: lite.preprocess(images)})[0]
+    np.testing.assert_allclose(l_onnx, l_torch, rtol=1e-4, atol=1e-4 * np.abs(l_torch).max())
     p_torch, p_lite = model.predict_images(images, k=3), lite.predict(images, k=3)
     assert [p.classes for p in p_torch] == [p.classes for p in p_lite]
     np.testing.assert_allclose([p.probabilities for p in p_torch], [p.probabilities for p in p_lite], atol=1e-5)

@@ -95,6 +95,12 @@ class ClassTable:
         w, b = head.rows(self.sums, self.counts, self.templates)
         self._rows["head_w"], self._rows["head_b"] = Rows(w), Rows(b)
 
+    def head_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The head's scoring rows (W (C, D), b (C,), float32, read-only)."""
+        if self.head is None:
+            raise ClassError("this table has no closed-form head")
+        return _readonly(self._rows["head_w"].view), _readonly(self._rows["head_b"].view)
+
     def _head_row(self, index: int) -> None:
         if self.head is not None:
             i = slice(index, index + 1)

@@ -131,9 +131,9 @@ def import_classes(model: ImprintModel, source: str | os.PathLike, check_embedde
 
 # -- ONNX ----------------------------------------------------------------------------
 def _logits_graph(embedder_path: Path, model: ImprintModel, path: Path, metadata: dict) -> None:
-    """model.onnx: the embedder graph followed by ``logits = scale * (embedding @ T.T)``,
-    where T holds the L2-normalized class vectors (the classifier's ``templates()``) as
-    constants. Built by appending two nodes to the exported embedder, not by tracing again."""
+    """model.onnx: the embedder graph followed by ``logits = scale * (embedding @ T.T)`` (T: the
+    templates as constants), or a closed-form head's scores from its rows; nodes appended to
+    the exported embedder, not traced again."""
     import onnx
     from onnx import TensorProto, compose, helper, numpy_helper
 
@@ -141,18 +141,23 @@ def _logits_graph(embedder_path: Path, model: ImprintModel, path: Path, metadata
     table = model.classes
     templates, scale = table.templates, table.scale
     d, c = templates.shape[1], templates.shape[0]
+    if table.head is None:
+        nodes = [helper.make_node("MatMul", ["embedding", "class_templates_t"], ["cosine"], name="class_cosine"),
+                 helper.make_node("Mul", ["cosine", "class_scale"], ["logits"], name="class_scale_mul")]
+        constants = {"class_templates_t": np.ascontiguousarray(templates.T), "class_scale": scale}
+    else:  # the closed-form head: temperature * ((e - centre) @ W.T + b), its rows as constants
+        w, b = table.head_rows()
+        nodes = [helper.make_node("Sub", ["embedding", "head_centre"], ["centred"], name="head_centre_sub"),
+                 helper.make_node("MatMul", ["centred", "head_w_t"], ["head_dot"], name="head_matmul"),
+                 helper.make_node("Add", ["head_dot", "head_b"], ["head_scores"], name="head_bias"),
+                 helper.make_node("Mul", ["head_scores", "head_temperature"], ["logits"], name="head_temperature_mul")]
+        constants = {"head_centre": table.head.centre.astype(np.float32), "head_w_t": np.ascontiguousarray(w.T),
+                     "head_b": np.ascontiguousarray(b), "head_temperature": np.array([table.head.temperature], np.float32)}
     head = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["embedding", "class_templates_t"], ["cosine"], name="class_cosine"),
-            helper.make_node("Mul", ["cosine", "class_scale"], ["logits"], name="class_scale_mul"),
-        ],
-        "cosine_classifier",
+        nodes, "class_scores",
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", d])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", c])],
-        initializer=[
-            numpy_helper.from_array(np.ascontiguousarray(templates.T), "class_templates_t"),
-            numpy_helper.from_array(scale, "class_scale"),
-        ],
+        initializer=[numpy_helper.from_array(v, k) for k, v in constants.items()],
     )
     head_model = helper.make_model(head, opset_imports=list(embedder.opset_import), ir_version=embedder.ir_version)
     merged = compose.merge_models(embedder, head_model, io_map=[("embedding", "embedding")])
@@ -336,13 +341,15 @@ def export(
         check = torch.randn(3, pre.in_chans, pre.image_size, pre.image_size, generator=g)
         with torch.no_grad():
             emb = model.embedder(check)
-            want_emb, want_logits = emb.numpy(), model.classifier(emb).numpy()
+            want_emb, table = emb.numpy(), model.classes  # a head's scores: compared relative to their size
+            want_logits = model.classifier(emb).numpy() if table.head is None else table.logits(None, want_emb)
+            size = 1.0 if table.head is None else max(1.0, float(np.abs(want_logits).max()))
         verify = {"embedder_max_abs_diff": float(np.abs(_run(out / fmt.EMBEDDER, check.numpy()) - want_emb).max())}
         if model.num_classes:
             meta = {**common, "class_names": json.dumps(model.class_names, ensure_ascii=False)}
             _logits_graph(out / fmt.EMBEDDER, model, out / fmt.MODEL, meta)
             files["model"] = fmt.MODEL
-            verify["model_max_abs_diff"] = float(np.abs(_run(out / fmt.MODEL, check.numpy()) - want_logits).max())
+            verify["model_max_abs_diff"] = float(np.abs(_run(out / fmt.MODEL, check.numpy()) - want_logits).max()) / size
     finally:
         model.train(was_training)
     bad = {k: v for k, v in verify.items() if not v <= VERIFY_TOLERANCE}
