@@ -1,6 +1,7 @@
 """The closed-form heads against direct computations (numpy), and the choice rule's contract."""
 
 import numpy as np
+import pytest
 
 from imprinting import heads
 
@@ -93,13 +94,18 @@ def test_the_protocol_method_scores_as_the_head_computed_by_hand():
     unit = np.sqrt(raw) / np.linalg.norm(np.sqrt(raw), axis=1, keepdims=True)
     centre = unit[base].mean(0)
     x = unit - centre
-    scatter, dof = heads.within_class_scatter(x[base], data.train_y.numpy()[base])
     idx = np.concatenate([base, ep.shots.numpy()])
-    means, counts = heads.class_means(x[idx], data.train_y.numpy()[idx], len(data.order))
+    y = data.train_y.numpy()[idx]
+    # the covariance of every example the episode knows, around its class mean, by hand
+    means, counts = heads.class_means(x[idx], y, len(data.order))
+    resid = x[idx] - means[y]
+    dof = len(idx) - len(np.unique(y))
+    base_dof = len(base) - len(np.unique(data.train_y.numpy()[base]))
     q = np.sqrt(data.test_feats.numpy())
     q = q / np.linalg.norm(q, axis=1, keepdims=True) - centre
-    want = heads.WhitenedMeans(scatter / dof, 0.6, 0.5).scores(q, means, counts)
+    want = heads.WhitenedMeans(resid.T @ resid / dof, 0.6 * base_dof / dof, 0.5).scores(q, means, counts)
     got = result.scorer(data.test_feats)
     assert isinstance(got, torch.Tensor) and got.shape == (len(q), len(data.order))
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-3)
-    assert result.info == {"shrinkage": 0.6, "correction": 0.5}
+    assert result.info == {"shrinkage": pytest.approx(0.6 * base_dof / dof), "correction": 0.5}
+    assert dof > base_dof  # two shots per novel class add to the covariance

@@ -4,7 +4,8 @@ closed-form head on the backbone's features, no base training and no gradient st
 The shared within-class covariance comes from the base classes' training features (power
 transformed, L2-normalized, centred on their mean); base and novel classes are their means.
 The shrinkage and the correction are chosen by ``heads.choose`` on simulated episodes of the
-base classes (never the test labels), or given. Related: LDA; FeCAM (Goswami et al., NeurIPS
+base classes (never the test labels), or given. An episode's own examples join the covariance
+(each around its class mean) and the shrinkage falls in proportion to the larger sample. Related: LDA; FeCAM (Goswami et al., NeurIPS
 2023); SimpleShot's centred features (Wang et al., 2019).
 """
 
@@ -28,8 +29,8 @@ class WhitenedMeans(Method):
         self._prepared: dict = {}  # per data set: the feature map and the head (a cache)
 
     def _prepare(self, data: LowShotData):
-        """Once per data set: the feature map, the head, the mapped training features and the
-        base classes' scoring rows (an episode then computes only its novel classes' rows)."""
+        """Once per data set: the feature map, the shrinkage and corrections, the mapped training
+        features and the base classes' within-class scatter."""
         key = id(data.train_feats)
         if key not in self._prepared:
             base = data.base_train_idx.numpy()
@@ -43,22 +44,21 @@ class WhitenedMeans(Method):
                 shrinkage = a if shrinkage is None else shrinkage
                 correction = c if correction is None else correction
             scatter, dof = heads.within_class_scatter(x, y)
-            head = heads.WhitenedMeans(scatter / dof, shrinkage, correction)
-            mapped = fmap(data.train_feats.numpy())
-            means, counts = heads.class_means(x, y, len(data.order))
-            w, b = head.weights(means, counts)
-            self._prepared = {key: (fmap, head, mapped, w, b)}
+            self._prepared = {key: (fmap, shrinkage, correction, fmap(data.train_feats.numpy()), scatter, dof)}
         return self._prepared[key]
 
     def fit(self, data: LowShotData, episode: Episode) -> FitResult:
-        fmap, head, mapped, w, b = self._prepare(data)
-        shots = episode.shots.numpy()
-        y = data.train_y.numpy()[shots]
-        novel = np.unique(y)
-        means, counts = heads.class_means(mapped[shots], y, len(data.order))
-        wn, bn = head.weights(means[novel], counts[novel])
-        w, b = w.copy(), b.copy()
-        w[novel], b[novel] = wn, bn
+        """The covariance pools the base scatter with the episode's own (the novel examples
+        around their class means), as a model made from all its examples at once would; the
+        shrinkage chosen at the base data's size shrinks in proportion to the larger sample
+        (the optimal shrinkage intensity falls as 1/N, Ledoit & Wolf 2004)."""
+        fmap, shrinkage, correction, mapped, scatter, dof = self._prepare(data)
+        idx = torch.cat([data.base_train_idx, episode.shots]).numpy()
+        x, y = mapped[idx], data.train_y.numpy()[idx]
+        extra, extra_dof = heads.within_class_scatter(mapped[episode.shots.numpy()], y[len(data.base_train_idx):])
+        head = heads.WhitenedMeans((scatter + extra) / (dof + extra_dof), shrinkage * dof / (dof + extra_dof),
+                                   correction)
+        w, b = head.weights(*heads.class_means(x, y, len(data.order)))
         w32, b32 = torch.from_numpy(w.astype(np.float32)), torch.from_numpy(b.astype(np.float32))
         return FitResult(lambda feats: torch.from_numpy(fmap(feats.numpy()).astype(np.float32)) @ w32.t() + b32,
                          info={"shrinkage": head.shrinkage, "correction": head.correction})
