@@ -98,16 +98,34 @@ def add_class(model_path, images, name, augment, append):
 @click.option("-k", "--top-k", type=int, default=5, show_default=True, help="How many classes to list per image.")
 @click.option("--unknown-threshold", type=float, default=None, help="Override the model's unknown threshold.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
+              help="Also write the answers as CSV to this file (one row per image and rank; '-': print it instead).")
 @engine_options
-def predict(model_path, images, top_k, unknown_threshold, as_json):
-    """Print the top-k classes of each image in IMAGES (files or folders)."""
+def predict(model_path, images, top_k, unknown_threshold, as_json, csv_path):
+    """Print the top-k classes of each image in IMAGES (files, or folders: every image at any depth below)."""
+    import csv
+    import sys
+
     from imprinting import checkpoint
-    from imprinting.data.images import collect_images
+    from imprinting.evaluate import find_images
 
     model = checkpoint.load(model_path)
-    files = collect_images(images)
+    files = find_images(images)
     embeddings = embed_with_bar(model, files, 1)
     predictions = model.predict_embeddings(embeddings, top_k, unknown_threshold)
+    if csv_path is not None:
+        handle = sys.stdout if str(csv_path) == "-" else open(csv_path, "w", newline="", encoding="utf-8")
+        try:
+            writer = csv.writer(handle)
+            writer.writerow(["image", "unknown", "rank", "class", "probability", "cosine"])
+            for path, p in zip(files, predictions):
+                for rank, (c, prob, cos) in enumerate(zip(p.classes, p.probabilities, p.cosines), 1):
+                    writer.writerow([str(path), p.unknown, rank, c, f"{prob:.6f}", f"{cos:.6f}"])
+        finally:
+            if handle is not sys.stdout:
+                handle.close()
+        if str(csv_path) == "-":
+            return
     for path, p in zip(files, predictions):
         if as_json:
             click.echo(json.dumps({"image": str(path), "unknown": p.unknown, "classes": p.classes,
