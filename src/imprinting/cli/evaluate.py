@@ -52,4 +52,73 @@ def evaluate(model_path, folder, top_k, out, unknown_threshold, as_json):
     click.echo(f"wrote {', '.join(str(p) for p in files.values())}")
 
 
-COMMANDS = [evaluate]
+def describe_calibration(c) -> str:
+    """One line: the scale and the NLL before and after, the threshold and its error rates."""
+    if c.nll_after is None:
+        line = f"scale kept at {c.scale:.2f} (no class has two examples to leave one out)"
+    else:
+        line = (f"scale {c.scale_before:.2f} -> {c.scale:.2f} (NLL {c.nll_before:.3f} -> {c.nll_after:.3f} "
+                f"on {c.scored} {c.method} examples)")
+    if c.unknown_threshold is not None:
+        line += (f"; unknown below cosine {c.unknown_threshold:.3f} (false accept {100 * c.target_false_accept:.0f} %"
+                 + (f", false reject {100 * c.false_reject:.0f} %" if c.false_reject is not None else "") + ")")
+    return line
+
+
+def teach_and_calibrate(model, folder, false_accept: float, set_threshold: bool) -> None:
+    """``create --from-folder``: embed every image of FOLDER's class folders (one progress bar),
+    imprint one class per folder, then calibrate the scale and the unknown threshold by
+    leave-one-out over those examples."""
+    import numpy as np
+
+    from imprinting.calibration import calibrate
+    from imprinting.data.folder import read_folder
+
+    images = read_folder(folder)
+    embeddings = embed_with_bar(model, images.paths, 1)
+    labels = np.asarray(images.labels)
+    for label, name in enumerate(images.class_names):
+        model.imprint_embeddings(name, embeddings[labels == label])
+    names = [images.class_names[y] for y in labels]
+    click.echo(describe_calibration(calibrate(model, embeddings, names, "leave-one-out", false_accept, set_threshold)))
+
+
+@click.command("calibrate")
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--method", type=click.Choice(["auto", "leave-one-out", "held-out"]), default="auto", show_default=True,
+              help="leave-one-out: FOLDER holds exactly the examples the classes were taught from; held-out: "
+                   "images never taught; auto: leave-one-out when FOLDER's images sum to the classes' examples.")
+@click.option("--false-accept", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True,
+              help="Target share of never-taught images accepted as known, for the unknown threshold.")
+@click.option("--keep-threshold", is_flag=True, help="Fit the scale only; keep the model's unknown threshold.")
+@engine_options
+def calibrate_command(model_path, folder, method, false_accept, keep_threshold):
+    """Fit MODEL's scale (so probabilities mean what they say) and its unknown threshold from
+    FOLDER (one sub-folder per class, named as the model's class, images at any depth), and
+    save MODEL (atomically)."""
+    from imprinting import checkpoint
+    from imprinting.calibration import CalibrationError, calibrate
+    from imprinting.data import DatasetError
+    from imprinting.evaluate import read_tree
+
+    model = checkpoint.load(model_path)
+    data = read_tree(folder)
+    missing = [n for n in data.class_names if not model.has_class(n)]
+    if missing:
+        raise DatasetError(f"{folder}: class folder {missing[0]!r} names no class of the model")
+    embeddings = embed_with_bar(model, data.paths, 1)
+    names = [data.class_names[y] for y in data.labels]
+    if method == "auto":
+        try:
+            result = calibrate(model, embeddings, names, "leave-one-out", false_accept, not keep_threshold)
+        except CalibrationError:
+            result = calibrate(model, embeddings, names, "held-out", false_accept, not keep_threshold)
+    else:
+        result = calibrate(model, embeddings, names, method, false_accept, not keep_threshold)
+    checkpoint.save(model, model_path)
+    click.echo(describe_calibration(result))
+    click.echo(f"wrote {model_path}")
+
+
+COMMANDS = [evaluate, calibrate_command]

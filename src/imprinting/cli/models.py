@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from imprinting.cli.common import embed_with_bar, progress_bar
+from imprinting.cli.common import embed_with_bar
 
 ENGINE_CHOICES = ["auto", "torch", "onnxruntime", "openvino"]
 
@@ -42,8 +42,11 @@ def engine_options(command):
 @click.option("--from-folder", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A folder of class folders: imprint one class per sub-folder.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@click.option("--false-accept", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True,
+              help="With --from-folder: the unknown threshold accepts this share of never-taught images "
+                   "(estimated by leave-one-out; --unknown-threshold overrides it).")
 @engine_options
-def create(out, backbone, dim, random_init, image_size, scale, unknown_threshold, from_folder, force):
+def create(out, backbone, dim, random_init, image_size, scale, unknown_threshold, from_folder, force, false_accept):
     """Create a model file OUT from a backbone, with no classes or with the classes of a folder."""
     from imprinting import checkpoint
     from imprinting.model import create_model
@@ -52,12 +55,10 @@ def create(out, backbone, dim, random_init, image_size, scale, unknown_threshold
         raise click.ClickException(f"{out} already exists (use --force to overwrite)")
     model = create_model(backbone, dim=dim or None, pretrained=not random_init, image_size=image_size,
                          scale=scale, unknown_threshold=unknown_threshold)
-    if from_folder is not None:
-        from imprinting.data.folder import read_folder
-        from imprinting.imprint import imprint_folder
+    if from_folder is not None:  # the classes, then the scale and unknown threshold by leave-one-out
+        from imprinting.cli.evaluate import teach_and_calibrate
 
-        with progress_bar(len(read_folder(from_folder).class_names), "imprinting classes") as bar:
-            imprint_folder(model, from_folder, progress=bar.update)
+        teach_and_calibrate(model, from_folder, false_accept, set_threshold=unknown_threshold is None)
     checkpoint.save(model, out)
     click.echo(f"wrote {out}: {model.spec.backbone}, {model.embedder.dim}-d embeddings, {model.num_classes} classes")
 
