@@ -149,6 +149,7 @@ class Service:
         embeddings = self.model.embed_images(images)
         embedded = time.perf_counter()
         body = self._commit(name, embeddings, shas, names)
+        self._save_thumbnails(body["example_ids"], images)
         body["seconds"] = round(time.perf_counter() - start, 4)
         body["embed_seconds"] = round(embedded - start, 4)
         return body
@@ -260,3 +261,104 @@ class Service:
     def _fingerprint(model) -> str:
         """The store's key for ``model``: a store opens only for the model it was made with."""
         return model.store_fingerprint()
+
+    # -- example-level edits (issue 15): list, remove one, rename ------------------
+    THUMBNAIL_PIXELS = 128  # the longer side of the JPEG kept per example for the page
+
+    def examples(self, name: str) -> dict:
+        """Class ``name``'s stored examples, oldest first: id, added (UTC, ISO 8601), SHA-256 of
+        the image bytes, upload name and a JPEG thumbnail as a data URL (None for examples
+        stored before thumbnails were kept). A model file's class has none here."""
+        check_class_name(name)
+        with self.lock:
+            self._require(name)
+            records = [] if name in self.model_classes else self.store.example_records(name)
+        return {"name": name, "source": "model" if name in self.model_classes else "store",
+                "examples": [{"id": r["id"], "added": _iso(r["added"]), "sha256": r["sha256"], "filename": r["filename"],
+                              "thumbnail": _data_url(r["thumbnail"])} for r in records]}
+
+    def remove_example(self, name: str, example_id: int) -> dict:
+        """Remove one example of a class taught here: the store deletes it and recomputes the
+        class's sum and count from the remaining examples in one transaction, then the class
+        in memory takes that state, at its place (the same weights as a batch imprint of the
+        remaining examples). The last example takes the class with it."""
+        check_class_name(name)
+        with self.lock:
+            self._require(name)
+            self._require_taught_here(name)
+            try:
+                state = self.store.remove_example(name, example_id)
+            except KeyError:
+                raise ApiError(404, "unknown_example", f"class {name!r} has no example {example_id}") from None
+            except (sqlite3.Error, StoreError) as exc:
+                raise ApiError(503, "store_error", f"the example was not removed, nothing changed ({exc})") from exc
+            if state is None:
+                self.model.remove_class(name)
+                return {"removed": example_id, "name": name, "examples": 0, "class_deleted": True}
+            self._set_state(name, *state)
+            return {"removed": example_id, **self._describe(name, state[1]), "class_deleted": False}
+
+    def rename(self, name: str, new_name: str) -> dict:
+        """Rename a class taught here, in the store and in memory (examples and place kept)."""
+        check_class_name(name)
+        check_class_name(new_name)
+        with self.lock:
+            self._require(name)
+            self._require_taught_here(name)
+            if self.model.has_class(new_name):
+                raise ApiError(409, "class_exists", f"there is already a class named {new_name!r}")
+            try:
+                self.store.rename_class(name, new_name)
+            except (sqlite3.Error, StoreError) as exc:
+                raise ApiError(503, "store_error", f"the class was not renamed, nothing changed ({exc})") from exc
+            self._rename_in_memory(name, new_name)
+            return {"renamed": name, **self._describe(new_name, self._count(new_name))}
+
+    def _require_taught_here(self, name: str) -> None:
+        if name in self.model_classes:
+            raise ApiError(409, "read_only_class", f"class {name!r} comes from the model file; "
+                                                   "only classes taught through the service can be edited")
+
+    def _save_thumbnails(self, ids: list[int], images: list) -> None:
+        """Keep a small JPEG of each uploaded image with its example (for the page); a failure
+        here leaves the thumbnails empty and the upload as committed."""
+        import io
+
+        blobs = []
+        for img in images:
+            small = img.convert("RGB")
+            small.thumbnail((self.THUMBNAIL_PIXELS, self.THUMBNAIL_PIXELS))
+            buf = io.BytesIO()
+            small.save(buf, "JPEG", quality=80)
+            blobs.append(buf.getvalue())
+        try:
+            with self.lock:
+                self.store.add_thumbnails(ids, blobs)
+        except (sqlite3.Error, StoreError):  # e.g. the class was deleted meanwhile
+            pass
+
+    def _set_state(self, name: str, total: np.ndarray, count: int) -> None:
+        """Class ``name`` becomes the class of this float64 sum and count, at its place."""
+        index = self.model.index_of(name)
+        self.model.remove_class(name)
+        self.model.add_class_from_sum(name, total, count)
+        snap = self.model.snapshot_class(name)
+        self.model.remove_class(name)
+        self.model.restore_class(ClassSnapshot(name, index, snap.fields))
+
+    def _rename_in_memory(self, name: str, new_name: str) -> None:
+        snap = self.model.snapshot_class(name)
+        self.model.remove_class(name)
+        self.model.restore_class(ClassSnapshot(new_name, snap.index, snap.fields))
+
+
+def _iso(t: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def _data_url(jpeg: bytes | None) -> str | None:
+    import base64
+
+    return None if jpeg is None else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
