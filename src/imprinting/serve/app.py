@@ -81,7 +81,9 @@ def create_app(
         yield
         service.close()
 
-    app = FastAPI(
+    from fastapi_offline import FastAPIOffline  # /docs and /redoc from the package's files, no CDN
+
+    app = FastAPIOffline(
         title="imprinting",
         summary="Teach a trained image classifier new classes from a few pictures (imprinted weights).",
         description=(
