@@ -131,3 +131,30 @@ def test_the_routes_over_http(conv4_model, kit, tmp_path, start_server):
     with server.client() as c:  # durable across a restart
         assert c.get("/classes/mug").json()["examples"] == memory["examples"] == 2
         assert [e["id"] for e in c.get("/classes/mug/examples").json()["examples"]] == [x["id"] for x in listed[1:]]
+
+
+def test_the_examples_command(conv4_model, kit, tmp_path):
+    from click.testing import CliRunner
+
+    from imprinting.cli import main
+
+    store = tmp_path / "store.sqlite"
+    with Service.open(conv4_model, store) as service:
+        service.teach("mug", uploads(kit, 1, 2, 3))
+        ids = [e["id"] for e in service.examples("mug")["examples"]]
+
+    def run(*args):
+        return CliRunner().invoke(main, ["examples", *map(str, args)], catch_exceptions=False)
+
+    r = run("list", conv4_model, "mug", "--store", store)
+    assert r.exit_code == 0 and r.output.splitlines()[-1] == "mug: 3 examples", r.output
+    r = run("remove", conv4_model, "mug", ids[0], "--store", store)
+    assert r.exit_code == 0 and "mug now has 2 examples" in r.output
+    r = run("rename", conv4_model, "mug", "cup", "--store", store)
+    assert r.exit_code == 0 and "renamed mug to cup (2 examples)" in r.output
+    r = CliRunner().invoke(main, ["examples", "remove", str(conv4_model), "cup", "12345", "--store", str(store)])
+    assert r.exit_code != 0 and r.output.strip() == "Error: class 'cup' has no example 12345"
+    rows = kit.read_store(store)["classes"]
+    assert list(rows) == ["cup"] and rows["cup"]["ids"] == ids[1:]
+    want = batch_imprint(rows["cup"]["embeddings"], rows["cup"]["embeddings"].shape[1])
+    np.testing.assert_array_equal(rows["cup"]["sum"], want[1])

@@ -5,6 +5,7 @@
   serve.py      serve (the HTTP service)
   export.py     export (ONNX and the classes file for the lite runtime)
   evaluate.py   evaluate (accuracy on a labelled folder), calibrate (scale and unknown threshold)
+  examples.py   examples list/remove/rename (a service's store, without HTTP)
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ def main() -> None:
     keep_freed_memory()  # glibc keeps freed blocks: no page faults per batch (training, extraction)
 
 
-from imprinting.cli import evaluate, export, models, reproduce, serve  # noqa: E402
+from imprinting.cli import evaluate, examples, export, models, reproduce, serve  # noqa: E402
 
-for _module in (models, evaluate, reproduce, serve, export):
+for _module in (models, evaluate, reproduce, serve, examples, export):
     for _command in _module.COMMANDS:
         main.add_command(_command)
