@@ -65,6 +65,8 @@ def test_score_matches_a_count_by_hand():
     for t, p in zip(truth, preds):
         expected[result.labels.index(t), result.labels.index(p.classes[0])] += 1
     np.testing.assert_array_equal(result.confusion, expected)
+    # every top probability is 1/2: bin (0.4, 0.467] holds all 6, 2 right: |2/6 - 0.5|
+    assert result.confidence == pytest.approx(0.5) and result.ece == pytest.approx(abs(2 / 6 - 0.5))
 
 
 def test_read_tree_finds_images_at_any_depth(nested):

@@ -89,11 +89,13 @@ class Evaluation:
     labels: list[str]  # the confusion matrix's rows and columns (the folder's classes, then others predicted)
     confusion: np.ndarray  # (L, L) counts, rows = true class, columns = predicted class
     images: list[dict] = field(repr=False, default_factory=list)  # one row per image
+    confidence: float = 0.0  # mean probability of the best class
+    ece: float = 0.0  # expected calibration error of that probability (imprinting.calibration)
 
     def summary(self) -> dict:
         """JSON-able: everything but the per-image rows."""
         return {"images": len(self.images), "k": self.k, "top1": self.top1, f"top{self.k}": self.topk,
-                "unknown_rate": self.unknown_rate, "recall": self.recall, "support": self.support,
+                "unknown_rate": self.unknown_rate, "mean_confidence": self.confidence, "ece": self.ece, "recall": self.recall, "support": self.support,
                 "most_confused": self.confused, "labels": self.labels, "confusion": self.confusion.tolist()}
 
     def write(self, out: str | os.PathLike) -> dict[str, Path]:
@@ -167,9 +169,14 @@ def score(paths: Sequence, truth: Sequence[str], predictions: Sequence, k: int =
              "probability": round(p.probabilities[0], 6), "cosine": round(p.cosines[0], 6), "unknown": p.unknown,
              f"in_top{k}": hit}
             for path, t, p, hit in zip(paths, truth, predictions, hits)]
+    from imprinting.calibration import expected_calibration_error
+
+    confidence = np.array([p.probabilities[0] for p in predictions])
+    correct = np.array([t == b for t, b in zip(truth, best)])
     return Evaluation(k, float(accuracy_score(truth, best)), float(np.mean(hits)),
                       float(np.mean([p.unknown for p in predictions])),
-                      {n: float(r) for n, r in zip(folder_classes, recall)}, support, confused, labels, matrix, rows)
+                      {n: float(r) for n, r in zip(folder_classes, recall)}, support, confused, labels, matrix, rows,
+                      float(confidence.mean()), expected_calibration_error(confidence, correct))
 
 
 def plot_confusion(matrix: np.ndarray, labels: Sequence[str], path: Path, rows: int) -> None:

@@ -41,6 +41,8 @@ def evaluate(model_path, folder, top_k, out, unknown_threshold, as_json):
     click.echo(f"{n} images, {len(result.recall)} classes")
     click.echo(f"top-1 {100 * result.top1:.2f} %   top-{result.k} {100 * result.topk:.2f} %   "
                f"flagged unknown {100 * result.unknown_rate:.1f} %")
+    click.echo(f"mean probability of the best class {100 * result.confidence:.1f} %   "
+               f"calibration error (ECE) {100 * result.ece:.1f} %")
     worst = sorted(result.recall.items(), key=lambda kv: (kv[1], kv[0]))[:10]
     click.echo("lowest recall:")
     for name, r in worst:
