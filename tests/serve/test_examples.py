@@ -126,11 +126,17 @@ def test_the_routes_over_http(conv4_model, kit, tmp_path, start_server):
         assert c.get("/classes/my mug/examples").status_code == 404
         assert {x["name"]: x["examples"] for x in c.get("/classes").json()["classes"]}["mug"] == 2
         memory = c.get("/classes/mug").json()
+        assert anonymous.post("/calibrate").status_code == 401
+        calibrated = c.post("/calibrate", params={"false_accept": 0.2})
+        assert calibrated.status_code == 200 and calibrated.json()["method"] == "leave-one-out", calibrated.text
+        assert c.post("/calibrate", params={"false_accept": 1.5}).status_code == 422
+        assert c.get("/health").json()["unknown_threshold"] == calibrated.json()["unknown_threshold"]
     server.stop()
     server = start_server(conv4_model, store)
     with server.client() as c:  # durable across a restart
         assert c.get("/classes/mug").json()["examples"] == memory["examples"] == 2
         assert [e["id"] for e in c.get("/classes/mug/examples").json()["examples"]] == [x["id"] for x in listed[1:]]
+        assert c.get("/health").json()["unknown_threshold"] == calibrated.json()["unknown_threshold"]
 
 
 def test_the_examples_command(conv4_model, kit, tmp_path):
@@ -158,3 +164,31 @@ def test_the_examples_command(conv4_model, kit, tmp_path):
     assert list(rows) == ["cup"] and rows["cup"]["ids"] == ids[1:]
     want = batch_imprint(rows["cup"]["embeddings"], rows["cup"]["embeddings"].shape[1])
     np.testing.assert_array_equal(rows["cup"]["sum"], want[1])
+
+
+def test_calibrate_from_the_examples_taught_here_and_after_a_restart(conv4_model, kit, tmp_path):
+    from imprinting import checkpoint
+    from imprinting.calibration import calibrate_table
+
+    store = tmp_path / "store.sqlite"
+    with Service.open(conv4_model, store) as service:
+        raises(409, "no_examples", service.calibrate)
+        service.teach("red", uploads(kit, 1, 2, 3))
+        service.teach("green", uploads(kit, 4, 5, 6, color=(40, 200, 40)))
+        body = service.calibrate(0.1)
+        rows = kit.read_store(store)["classes"]
+        table = checkpoint.load(conv4_model).classes.copy()  # the model file's classes, then the store's
+        for name in ("red", "green"):
+            table.add(name, rows[name]["embeddings"])
+        labels = ["red"] * 3 + ["green"] * 3
+        want = calibrate_table(table, np.concatenate([rows["red"]["embeddings"], rows["green"]["embeddings"]]),
+                               labels, "leave-one-out", 0.1)
+        assert body["scale"] == pytest.approx(want.scale, rel=1e-6) and body["scored"] == 6
+        assert body["unknown_threshold"] == pytest.approx(want.unknown_threshold, abs=1e-6)
+        assert float(service.model.classes.scale[0]) == pytest.approx(want.scale, rel=1e-6)
+        assert service.health()["unknown_threshold"] == body["unknown_threshold"]
+    with Service.open(conv4_model, store) as again:
+        assert float(again.model.classes.scale[0]) == pytest.approx(want.scale, rel=1e-6)
+        assert again.model.unknown_threshold == body["unknown_threshold"]
+    with Service.open(conv4_model, store, unknown_threshold=0.25) as chosen:  # the caller's threshold wins
+        assert chosen.model.unknown_threshold == 0.25

@@ -194,5 +194,10 @@ def _add_example_routes(app: FastAPI, service: Service) -> None:
                      new_name: str = Body(..., embed=True, description="The new name")):
         return service.rename(name, new_name)
 
+    @app.post("/calibrate", summary="Fit the scale and the unknown threshold from the examples taught here")
+    def calibrate(false_accept: float = Query(0.05, ge=0.0, lt=1.0,
+                                              description="Target share of never-taught images accepted as known")):
+        return service.calibrate(false_accept)
+
     added = [r for r in app.router.routes if r not in before]
     app.router.routes[:] = added + before

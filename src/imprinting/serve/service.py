@@ -85,6 +85,7 @@ class Service:
         description = f"{model.spec.backbone}, image size {model.preprocess.image_size}"
         store = Store(store_path, model.embedder.dim, cls._fingerprint(model), description)
         service = cls(model, store, max_images=max_images, max_pixels=max_pixels)
+        service._apply_saved_calibration(keep_threshold=unknown_threshold is not None)
         try:
             size = model.preprocess.image_size
             model.embed_images([Image.new("RGB", (size, size))])  # warm up
@@ -269,13 +270,15 @@ class Service:
         """Class ``name``'s stored examples, oldest first: id, added (UTC, ISO 8601), SHA-256 of
         the image bytes, upload name and a JPEG thumbnail as a data URL (None for examples
         stored before thumbnails were kept). A model file's class has none here."""
+        from imprinting.serve.thumbnails import data_url, iso_time
+
         check_class_name(name)
         with self.lock:
             self._require(name)
             records = [] if name in self.model_classes else self.store.example_records(name)
         return {"name": name, "source": "model" if name in self.model_classes else "store",
-                "examples": [{"id": r["id"], "added": _iso(r["added"]), "sha256": r["sha256"], "filename": r["filename"],
-                              "thumbnail": _data_url(r["thumbnail"])} for r in records]}
+                "examples": [{"id": r["id"], "added": iso_time(r["added"]), "sha256": r["sha256"], "filename": r["filename"],
+                              "thumbnail": data_url(r["thumbnail"])} for r in records]}
 
     def remove_example(self, name: str, example_id: int) -> dict:
         """Remove one example of a class taught here: the store deletes it and recomputes the
@@ -314,6 +317,44 @@ class Service:
             self._rename_in_memory(name, new_name)
             return {"renamed": name, **self._describe(new_name, self._count(new_name))}
 
+    def calibrate(self, target_false_accept: float = 0.05) -> dict:
+        """Fit the scale and the unknown threshold by leave-one-out over the examples taught
+        here (the model file's classes compete; ``imprinting.calibration``), apply them and
+        keep them in the store, so a restart applies them again."""
+        import json
+
+        from imprinting.calibration import CalibrationError, calibrate
+
+        with self.lock:
+            names, embeddings = self.store.labelled_embeddings()
+            if not names:
+                raise ApiError(409, "no_examples", "no class has been taught here yet: nothing to calibrate from")
+            try:
+                result = calibrate(self.model, embeddings, names, "leave-one-out", target_false_accept)
+            except CalibrationError as exc:
+                raise ApiError(409, "cannot_calibrate", str(exc)) from None
+            saved = {"scale": result.scale, "unknown_threshold": result.unknown_threshold}
+            try:
+                self.store.set_setting("calibration", json.dumps(saved))
+            except (sqlite3.Error, StoreError) as exc:
+                raise ApiError(503, "store_error", f"calibrated in memory but not saved ({exc})") from exc
+        return result.to_dict()
+
+    def _apply_saved_calibration(self, keep_threshold: bool) -> None:
+        """The calibration ``calibrate`` kept in the store, if any (``keep_threshold``: the
+        caller chose the threshold)."""
+        import json
+
+        from imprinting.calibration import Calibration, apply
+
+        saved = self.store.setting("calibration")
+        if saved is None:
+            return
+        values = json.loads(saved)
+        scale = float(self.model.classes.scale.mean())
+        apply(self.model, Calibration("saved", scale, float(values["scale"]), None, None, 0,
+                                      values["unknown_threshold"], 0.0, None), set_threshold=not keep_threshold)
+
     def _require_taught_here(self, name: str) -> None:
         if name in self.model_classes:
             raise ApiError(409, "read_only_class", f"class {name!r} comes from the model file; "
@@ -322,15 +363,9 @@ class Service:
     def _save_thumbnails(self, ids: list[int], images: list) -> None:
         """Keep a small JPEG of each uploaded image with its example (for the page); a failure
         here leaves the thumbnails empty and the upload as committed."""
-        import io
+        from imprinting.serve.thumbnails import jpeg_thumbnail
 
-        blobs = []
-        for img in images:
-            small = img.convert("RGB")
-            small.thumbnail((self.THUMBNAIL_PIXELS, self.THUMBNAIL_PIXELS))
-            buf = io.BytesIO()
-            small.save(buf, "JPEG", quality=80)
-            blobs.append(buf.getvalue())
+        blobs = [jpeg_thumbnail(img, self.THUMBNAIL_PIXELS) for img in images]
         try:
             with self.lock:
                 self.store.add_thumbnails(ids, blobs)
@@ -351,14 +386,3 @@ class Service:
         self.model.remove_class(name)
         self.model.restore_class(ClassSnapshot(new_name, snap.index, snap.fields))
 
-
-def _iso(t: float) -> str:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
-
-
-def _data_url(jpeg: bytes | None) -> str | None:
-    import base64
-
-    return None if jpeg is None else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")

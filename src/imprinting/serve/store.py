@@ -266,6 +266,24 @@ class Store:
                                    (new_name, time.time(), name))
         return cur.rowcount > 0
 
+    def labelled_embeddings(self) -> tuple[list[str], np.ndarray]:
+        """Every stored example's class name and float32 embedding, by class then id."""
+        rows = self._db.execute(
+            "SELECT c.name, e.embedding FROM examples e JOIN classes c ON c.id = e.class_id ORDER BY c.id, e.id"
+        ).fetchall()
+        if not rows:
+            return [], np.zeros((0, self.dim), np.float32)
+        return [n for n, _ in rows], np.stack([np.frombuffer(b, dtype="<f4") for _, b in rows])
+
+    def setting(self, key: str) -> str | None:
+        """A value kept in ``meta`` under ``setting:<key>`` (e.g. the calibration), or None."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"setting:{key}",)).fetchone()
+        return row[0] if row else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"setting:{key}", value))
+
 
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""

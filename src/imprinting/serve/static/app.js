@@ -172,6 +172,22 @@ async function renameClass(name, newName) {
   } catch (e) { status(`Could not rename "${name}": ${e.message}`); }
 }
 
+async function calibrateModel() {
+  try {
+    const r = await api("POST", "/calibrate");
+    const thr = r.unknown_threshold === null ? "" : `; "unknown" below cosine ${r.unknown_threshold.toFixed(3)}`;
+    status(`Calibrated: scale ${r.scale_before.toFixed(1)} -> ${r.scale.toFixed(1)}${thr}.`, true);
+    await showModel();
+  } catch (e) { status(`Could not calibrate: ${e.message}`); }
+}
+
+async function showModel() {
+  const h = await api("GET", "/health");
+  $("model-info").textContent = `Model: ${h.backbone}, ${h.embedding_dim}-d embeddings, ${h.image_size} px.`
+    + (h.unknown_threshold === null ? "" : ` "unknown" below cosine ${h.unknown_threshold.toFixed(3)}.`);
+  return h;
+}
+
 // -- teaching -----------------------------------------------------------------
 function renderPending() {
   $("teach-pending").replaceChildren(...pending.map(thumbnail));
@@ -278,6 +294,7 @@ async function start() {
   $("teach-btn").onclick = teach;
   $("predict-btn").onclick = () => predict(Array.from($("predict-files").files));
   $("class-filter").oninput = renderClasses;
+  $("calibrate-btn").onclick = calibrateModel;
   if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
     $("camera-section").hidden = false;
     $("camera-start").onclick = startCamera;
@@ -291,9 +308,7 @@ async function start() {
     };
   }
   try {
-    const h = await api("GET", "/health");
-    $("model-info").textContent = `Model: ${h.backbone}, ${h.embedding_dim}-d embeddings, ${h.image_size} px.`
-      + (h.unknown_threshold === null ? "" : ` "unknown" below cosine ${h.unknown_threshold.toFixed(3)}.`);
+    const h = await showModel();
     if (h.writes_need_token) $("token-section").hidden = false;
     await loadClasses();
     document.body.dataset.ready = "1";
