@@ -1,7 +1,5 @@
 """Flowers-102's published category names in the reader."""
 
-import pytest
-
 from imprinting.data.flowers import CLASS_NAMES, read_flowers102
 from imprinting.serve.validation import check_class_name
 

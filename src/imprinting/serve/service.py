@@ -96,6 +96,8 @@ class Service:
 
     def close(self) -> None:
         """Close the store (once no request holds the lock)."""
+        if getattr(self, "_thumbnailer", None) is not None:
+            self._thumbnailer.shutdown(wait=True)  # the pending thumbnails first
         with self.lock:
             self.store.close()
 
@@ -263,126 +265,39 @@ class Service:
         """The store's key for ``model``: a store opens only for the model it was made with."""
         return model.store_fingerprint()
 
-    # -- example-level edits (issue 15): list, remove one, rename ------------------
+    # -- example-level edits and calibration (issue 15; the work is in serve/edits.py) ----
     THUMBNAIL_PIXELS = 128  # the longer side of the JPEG kept per example for the page
 
     def examples(self, name: str) -> dict:
-        """Class ``name``'s stored examples, oldest first: id, added (UTC, ISO 8601), SHA-256 of
-        the image bytes, upload name and a JPEG thumbnail as a data URL (None for examples
-        stored before thumbnails were kept). A model file's class has none here."""
-        from imprinting.serve.thumbnails import data_url, iso_time
+        """Class ``name``'s stored examples, oldest first, with thumbnails (``edits.examples``)."""
+        from imprinting.serve import edits
 
-        check_class_name(name)
-        with self.lock:
-            self._require(name)
-            records = [] if name in self.model_classes else self.store.example_records(name)
-        return {"name": name, "source": "model" if name in self.model_classes else "store",
-                "examples": [{"id": r["id"], "added": iso_time(r["added"]), "sha256": r["sha256"], "filename": r["filename"],
-                              "thumbnail": data_url(r["thumbnail"])} for r in records]}
+        return edits.examples(self, name)
 
     def remove_example(self, name: str, example_id: int) -> dict:
-        """Remove one example of a class taught here: the store deletes it and recomputes the
-        class's sum and count from the remaining examples in one transaction, then the class
-        in memory takes that state, at its place (the same weights as a batch imprint of the
-        remaining examples). The last example takes the class with it."""
-        check_class_name(name)
-        with self.lock:
-            self._require(name)
-            self._require_taught_here(name)
-            try:
-                state = self.store.remove_example(name, example_id)
-            except KeyError:
-                raise ApiError(404, "unknown_example", f"class {name!r} has no example {example_id}") from None
-            except (sqlite3.Error, StoreError) as exc:
-                raise ApiError(503, "store_error", f"the example was not removed, nothing changed ({exc})") from exc
-            if state is None:
-                self.model.remove_class(name)
-                return {"removed": example_id, "name": name, "examples": 0, "class_deleted": True}
-            self._set_state(name, *state)
-            return {"removed": example_id, **self._describe(name, state[1]), "class_deleted": False}
+        """Remove one example; the class becomes a batch imprint of the others (``edits.remove_example``)."""
+        from imprinting.serve import edits
+
+        return edits.remove_example(self, name, example_id)
 
     def rename(self, name: str, new_name: str) -> dict:
-        """Rename a class taught here, in the store and in memory (examples and place kept)."""
-        check_class_name(name)
-        check_class_name(new_name)
-        with self.lock:
-            self._require(name)
-            self._require_taught_here(name)
-            if self.model.has_class(new_name):
-                raise ApiError(409, "class_exists", f"there is already a class named {new_name!r}")
-            try:
-                self.store.rename_class(name, new_name)
-            except (sqlite3.Error, StoreError) as exc:
-                raise ApiError(503, "store_error", f"the class was not renamed, nothing changed ({exc})") from exc
-            self._rename_in_memory(name, new_name)
-            return {"renamed": name, **self._describe(new_name, self._count(new_name))}
+        """Rename a class taught here, in the store and in memory (``edits.rename``)."""
+        from imprinting.serve import edits
+
+        return edits.rename(self, name, new_name)
 
     def calibrate(self, target_false_accept: float = 0.05) -> dict:
-        """Fit the scale and the unknown threshold by leave-one-out over the examples taught
-        here (the model file's classes compete; ``imprinting.calibration``), apply them and
-        keep them in the store, so a restart applies them again."""
-        import json
+        """Fit the scale and the unknown threshold from the examples taught here (``edits.calibrate``)."""
+        from imprinting.serve import edits
 
-        from imprinting.calibration import CalibrationError, calibrate
-
-        with self.lock:
-            names, embeddings = self.store.labelled_embeddings()
-            if not names:
-                raise ApiError(409, "no_examples", "no class has been taught here yet: nothing to calibrate from")
-            try:
-                result = calibrate(self.model, embeddings, names, "leave-one-out", target_false_accept)
-            except CalibrationError as exc:
-                raise ApiError(409, "cannot_calibrate", str(exc)) from None
-            saved = {"scale": result.scale, "unknown_threshold": result.unknown_threshold}
-            try:
-                self.store.set_setting("calibration", json.dumps(saved))
-            except (sqlite3.Error, StoreError) as exc:
-                raise ApiError(503, "store_error", f"calibrated in memory but not saved ({exc})") from exc
-        return result.to_dict()
+        return edits.calibrate(self, target_false_accept)
 
     def _apply_saved_calibration(self, keep_threshold: bool) -> None:
-        """The calibration ``calibrate`` kept in the store, if any (``keep_threshold``: the
-        caller chose the threshold)."""
-        import json
+        from imprinting.serve import edits
 
-        from imprinting.calibration import Calibration, apply
-
-        saved = self.store.setting("calibration")
-        if saved is None:
-            return
-        values = json.loads(saved)
-        scale = float(self.model.classes.scale.mean())
-        apply(self.model, Calibration("saved", scale, float(values["scale"]), None, None, 0,
-                                      values["unknown_threshold"], 0.0, None), set_threshold=not keep_threshold)
-
-    def _require_taught_here(self, name: str) -> None:
-        if name in self.model_classes:
-            raise ApiError(409, "read_only_class", f"class {name!r} comes from the model file; "
-                                                   "only classes taught through the service can be edited")
+        edits.apply_saved_calibration(self, keep_threshold)
 
     def _save_thumbnails(self, ids: list[int], images: list) -> None:
-        """Keep a small JPEG of each uploaded image with its example (for the page); a failure
-        here leaves the thumbnails empty and the upload as committed."""
-        from imprinting.serve.thumbnails import jpeg_thumbnail
+        from imprinting.serve import edits
 
-        blobs = [jpeg_thumbnail(img, self.THUMBNAIL_PIXELS) for img in images]
-        try:
-            with self.lock:
-                self.store.add_thumbnails(ids, blobs)
-        except (sqlite3.Error, StoreError):  # e.g. the class was deleted meanwhile
-            pass
-
-    def _set_state(self, name: str, total: np.ndarray, count: int) -> None:
-        """Class ``name`` becomes the class of this float64 sum and count, at its place."""
-        index = self.model.index_of(name)
-        self.model.remove_class(name)
-        self.model.add_class_from_sum(name, total, count)
-        snap = self.model.snapshot_class(name)
-        self.model.remove_class(name)
-        self.model.restore_class(ClassSnapshot(name, index, snap.fields))
-
-    def _rename_in_memory(self, name: str, new_name: str) -> None:
-        snap = self.model.snapshot_class(name)
-        self.model.remove_class(name)
-        self.model.restore_class(ClassSnapshot(new_name, snap.index, snap.fields))
-
+        edits.save_thumbnails(self, ids, images)
