@@ -139,3 +139,13 @@ def test_create_from_folder_calibrates_and_calibrate_command(tmp_path, tiny_fold
     assert r.exit_code == 0 and "held-out" in r.output
     info = json.loads(run("info", path, "--json").output)
     assert info["unknown_threshold"] == pytest.approx(checkpoint.load(path).unknown_threshold)
+
+
+def test_a_table_with_a_closed_form_head_keeps_its_scale():
+    rng = np.random.default_rng(6)
+    e, y = _clusters(rng, per_class=(4,) * 6)
+    table = _table(e, y)
+    table.head = object()  # as ClassTable.set_head leaves it: the head, not s * cos, scores the classes
+    result = calibrate_table(table, e, y)
+    assert result.scale == result.scale_before == 10.0 and result.nll_after is None and result.scored == 0
+    assert result.unknown_threshold is not None  # the threshold is on cosines: still fitted

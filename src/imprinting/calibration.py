@@ -16,6 +16,10 @@ Where the labelled embeddings come from:
   example is not scored, its template still competes for the others.
 - **held-out** images (never taught): scored against the templates as they are.
 
+A table with a closed-form head (``table.head``) scores classes with the head's rows, not
+``s * cos``: its scale is kept (only the threshold, on cosines, is fitted) until the head has a
+temperature of its own.
+
 The unknown threshold: every example, scored against the *other* classes only, plays an
 image of a class the model was never taught (its class left out entirely); the threshold is
 the lowest best cosine that accepts at most ``target_false_accept`` of them. ``false_reject``
@@ -135,6 +139,11 @@ def calibrate_table(table, embeddings, labels, method: str = "leave-one-out",
         cos, scored = _cosines(table, e), np.ones(len(e), bool)
     before = float(np.mean(table.scale))
     y = labels[scored]
+    # A closed-form head (``table.head``, imprinting.heads) scores the classes itself, not with
+    # s * cos: its temperature is not the scale, so only the threshold (on cosines) is fitted.
+    if getattr(table, "head", None) is not None:
+        scored = np.zeros(len(e), bool)
+        y = labels[scored]
     scale = fit_scale(cos[scored], y) if scored.any() else before
     threshold = false_reject = None
     if len(table) >= 2:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from imprinting.cli.common import embed_with_bar
+from imprinting.cli.common import embed_with_bar, progress_bar
 
 ENGINE_CHOICES = ["auto", "torch", "onnxruntime", "openvino"]
 
