@@ -85,19 +85,17 @@ class Service:
         description = f"{model.spec.backbone}, image size {model.preprocess.image_size}"
         store = Store(store_path, model.embedder.dim, cls._fingerprint(model), description)
         service = cls(model, store, max_images=max_images, max_pixels=max_pixels)
-        service._apply_saved_calibration(keep_threshold=unknown_threshold is not None)
         try:
             size = model.preprocess.image_size
             model.embed_images([Image.new("RGB", (size, size))])  # warm up
         except BaseException:
             service.close()
             raise
+        service._apply_saved_calibration(keep_threshold=unknown_threshold is not None)  # POST /calibrate's
         return service
 
     def close(self) -> None:
         """Close the store (once no request holds the lock)."""
-        if getattr(self, "_thumbnailer", None) is not None:
-            self._thumbnailer.shutdown(wait=True)  # the pending thumbnails first
         with self.lock:
             self.store.close()
 
