@@ -105,3 +105,70 @@ def test_page_teach_predict_delete(page, shared_server, kit):
 
     # no script errors and no content-security-policy violations (failed 401 fetches aside)
     assert [e for e in page.errors if "Failed to load resource" not in e] == []
+
+
+def test_page_examples_remove_one_and_rename(page, shared_server, kit):
+    """The examples panel: thumbnails, removing one (the API then has the class of the others)
+    and renaming; the verdict line shows the calibrated probability or "unknown"."""
+    from playwright.sync_api import expect
+
+    status = page.locator("#status")
+    page.fill("#token", kit.TOKEN)
+    page.fill("#class-name", "edit teal")
+    page.set_input_files("#teach-files", [picture(kit, s) for s in (400, 401, 402)])
+    page.click("#teach-btn")
+    expect(status).to_contain_text('"edit teal" created: 3 examples')
+
+    page.click("tr[data-name='edit teal'] button.examples")
+    panel = page.locator("tr.examples-row[data-for='edit teal']")
+    expect(panel.locator("figure.example img")).to_have_count(3)
+    ids = shared_server.client().get("/classes/edit teal/examples").json()["examples"]
+    panel.locator(f"figure.example[data-id='{ids[0]['id']}'] button.remove-example").click()
+    expect(status).to_contain_text('"edit teal" has 2 examples')
+    expect(panel.locator("figure.example")).to_have_count(2)
+    expect(page.locator("tr[data-name='edit teal'] td").nth(2)).to_have_text("2")
+    left = shared_server.client().get("/classes/edit teal/examples").json()["examples"]
+    assert [e["id"] for e in left] == [e["id"] for e in ids[1:]]
+
+    panel.locator("input.rename-input").fill("edit teal 2")
+    panel.locator("button.rename").click()
+    expect(status).to_contain_text('Renamed "edit teal" to "edit teal 2"')
+    expect(page.locator("tr[data-name='edit teal 2'] td").nth(2)).to_have_text("2")
+    expect(page.locator("tr.examples-row[data-for='edit teal 2'] figure.example")).to_have_count(2)
+
+    page.set_input_files("#predict-files", [picture(kit, 401)])
+    page.click("#predict-btn")
+    verdict = page.locator("#predictions .verdict")
+    expect(verdict).to_have_count(1)
+    api = shared_server.client().post("/predict", params={"k": 1}, files=kit.files(("p.png", picture(kit, 401)["buffer"])))
+    p = api.json()["predictions"][0]
+    best = p["top"][0]
+    text = f"{best['class']}: {100 * best['probability']:.1f}%"
+    expect(verdict).to_have_text(f"unknown (closest: {best['class']}, {100 * best['probability']:.1f}%)"
+                                 if p["unknown"] else text)
+
+    page.click("tr[data-name='edit teal 2'] button.delete")
+    expect(page.locator("tr[data-name='edit teal 2']")).to_have_count(0)
+    assert [e for e in page.errors if "Failed to load resource" not in e] == []
+
+
+def test_docs_render_with_no_network(page, shared_server):
+    """Swagger UI at /docs renders the endpoints while every request to another host fails."""
+    from playwright.sync_api import expect
+
+    outside = []
+
+    def block(route):
+        if not route.request.url.startswith(shared_server.url):
+            outside.append(route.request.url)
+            return route.abort()
+        return route.continue_()
+
+    page.route("**/*", block)
+    try:
+        page.goto(shared_server.url + "/docs")
+        expect(page.locator(".swagger-ui .opblock").first).to_be_visible(timeout=20000)
+        expect(page.locator(".swagger-ui")).to_contain_text("/classes/{name}/examples")
+    finally:
+        page.unroute("**/*")
+    assert outside == []

@@ -4,6 +4,8 @@
   reproduce.py  transfer and ``imprint reproduce`` (the paper's tables and figures)
   serve.py      serve (the HTTP service)
   export.py     export (ONNX and the classes file for the lite runtime)
+  evaluate.py   evaluate (accuracy on a labelled folder), calibrate (scale and unknown threshold)
+  examples.py   examples list/remove/rename (a service's store, without HTTP)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ def main() -> None:
     imprint create model.safetensors                   an ImageNet-pretrained model, no classes
     imprint add-class model.safetensors --name cat cats/   imprint a class from a few images
     imprint predict model.safetensors photo.jpg        top-k classes with scores
+    imprint evaluate model.safetensors test/           accuracy on a folder of class folders
     imprint info model.safetensors                     what the model knows
     imprint transfer --data-root ../shared/data        the paper's Table 3 on Flowers-102
     """
@@ -30,8 +33,8 @@ def main() -> None:
     keep_freed_memory()  # glibc keeps freed blocks: no page faults per batch (training, extraction)
 
 
-from imprinting.cli import export, models, reproduce, serve  # noqa: E402
+from imprinting.cli import evaluate, examples, export, models, reproduce, serve  # noqa: E402
 
-for _module in (models, reproduce, serve, export):
+for _module in (models, evaluate, reproduce, serve, examples, export):
     for _command in _module.COMMANDS:
         main.add_command(_command)

@@ -47,26 +47,29 @@ def engine_options(command):
                    "whichever scores better on simulated low-shot episodes of the folder's classes (the paper's "
                    "head when there are too few to tell).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@click.option("--false-accept", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True,
+              help="With --from-folder: the unknown threshold accepts this share of never-taught images "
+                   "(estimated by leave-one-out; --unknown-threshold overrides it).")
 @engine_options
-def create(out, backbone, dim, random_init, image_size, scale, unknown_threshold, from_folder, head, force):
+def create(out, backbone, dim, random_init, image_size, scale, unknown_threshold, from_folder, head, force,
+           false_accept):
     """Create a model file OUT from a backbone, with no classes or with the classes of a folder."""
     from imprinting import checkpoint
     from imprinting.model import create_model
 
     if out.exists() and not force:
         raise click.ClickException(f"{out} already exists (use --force to overwrite)")
+    if head == "whitened" and from_folder is None:
+        raise click.ClickException("--head whitened is fitted on the classes of --from-folder; give one")
     power = None if head == "normalized-mean" or (head == "auto" and from_folder is None) else 0.5
     model = create_model(backbone, dim=dim or None, pretrained=not random_init, image_size=image_size,
                          scale=scale, unknown_threshold=unknown_threshold, power=power)
     report = None
-    if from_folder is not None:
-        from imprinting.data.folder import read_folder
-        from imprinting.imprint import imprint_folder
+    if from_folder is not None:  # the classes, the head, then the scale and unknown threshold by leave-one-out
+        from imprinting.cli.evaluate import teach_and_calibrate
 
-        with progress_bar(len(read_folder(from_folder).class_names), "imprinting classes") as bar:
-            report = imprint_folder(model, from_folder, progress=bar.update, head=head)["head"]
-    elif head == "whitened":
-        raise click.ClickException("--head whitened is fitted on the classes of --from-folder; give one")
+        report = teach_and_calibrate(model, from_folder, false_accept, set_threshold=unknown_threshold is None,
+                                     head=head)
     checkpoint.save(model, out)
     chosen = model.classes.head.kind if model.classes.head is not None else "normalized-mean"
     why = f" ({report['reason']})" if report and "reason" in report else ""
@@ -110,16 +113,34 @@ def add_class(model_path, images, name, augment, append):
 @click.option("-k", "--top-k", type=int, default=5, show_default=True, help="How many classes to list per image.")
 @click.option("--unknown-threshold", type=float, default=None, help="Override the model's unknown threshold.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
+              help="Also write the answers as CSV to this file (one row per image and rank; '-': print it instead).")
 @engine_options
-def predict(model_path, images, top_k, unknown_threshold, as_json):
-    """Print the top-k classes of each image in IMAGES (files or folders)."""
+def predict(model_path, images, top_k, unknown_threshold, as_json, csv_path):
+    """Print the top-k classes of each image in IMAGES (files, or folders: every image at any depth below)."""
+    import csv
+    import sys
+
     from imprinting import checkpoint
-    from imprinting.data.images import collect_images
+    from imprinting.evaluate import find_images
 
     model = checkpoint.load(model_path)
-    files = collect_images(images)
+    files = find_images(images)
     embeddings = embed_with_bar(model, files, 1)
     predictions = model.predict_embeddings(embeddings, top_k, unknown_threshold)
+    if csv_path is not None:
+        handle = sys.stdout if str(csv_path) == "-" else open(csv_path, "w", newline="", encoding="utf-8")
+        try:
+            writer = csv.writer(handle)
+            writer.writerow(["image", "unknown", "rank", "class", "probability", "cosine"])
+            for path, p in zip(files, predictions):
+                for rank, (c, prob, cos) in enumerate(zip(p.classes, p.probabilities, p.cosines), 1):
+                    writer.writerow([str(path), p.unknown, rank, c, f"{prob:.6f}", f"{cos:.6f}"])
+        finally:
+            if handle is not sys.stdout:
+                handle.close()
+        if str(csv_path) == "-":
+            return
     for path, p in zip(files, predictions):
         if as_json:
             click.echo(json.dumps({"image": str(path), "unknown": p.unknown, "classes": p.classes,

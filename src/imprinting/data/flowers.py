@@ -2,7 +2,8 @@
 
 Layout: ``<root>/flowers102/flowers-102/{jpg/, imagelabels.mat, setid.mat}``. When it is not
 there, torchvision's official downloader fetches it; offline, a ``DatasetError`` says where
-to put the files.
+to put the files. Classes carry the data set's published category names (``flowers102_names.txt``,
+``CLASS_NAMES``), in label order.
 """
 
 from __future__ import annotations
@@ -14,6 +15,18 @@ from imprinting.data import DatasetError, ImageSet, data_root
 
 NUM_CLASSES = 102
 SPLITS = ("train", "val", "test")
+
+
+def _class_names() -> list[str]:
+    """The 102 category names from the package's ``flowers102_names.txt`` (comments skipped)."""
+    text = (Path(__file__).with_name("flowers102_names.txt")).read_text(encoding="utf-8")
+    names = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if len(names) != NUM_CLASSES or len(set(names)) != NUM_CLASSES:
+        raise DatasetError(f"flowers102_names.txt: expected {NUM_CLASSES} distinct names, found {len(names)}")
+    return names
+
+
+CLASS_NAMES = tuple(_class_names())  # class k + 1 of the data set (label k)
 
 
 def _open(folder: Path, split: str, download: bool):
@@ -43,7 +56,7 @@ def read_flowers102(root: str | os.PathLike | None = None, split: str = "train",
         raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
     folder = data_root(root) / "flowers102"
     ds = _open(folder, split, download)
-    names = [f"flower_{i + 1:03d}" for i in range(NUM_CLASSES)]
+    names = list(CLASS_NAMES)
     paths = [Path(p) for p in ds._image_files]
     missing = [p for p in paths if not p.is_file()]
     if missing:

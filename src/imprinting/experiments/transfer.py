@@ -109,6 +109,9 @@ def save_model(r) -> str:
     labels, emb = torch.tensor(data.train.labels), F.normalize(data.train_feats, dim=-1)
     for c, name in enumerate(data.train.class_names):  # the cached embeddings: no forward pass again
         full.add_class(name, emb[labels == c])
+    from imprinting.calibration import calibrate  # the scale and unknown threshold, by leave-one-out
+
+    calibrate(full, emb, [data.train.class_names[y] for y in labels.tolist()])
     checkpoint.save(full, o.save_model)
     return (f"wrote {o.save_model}: {full.num_classes} classes; try: imprint serve {o.save_model} --store "
             f"{o.save_model.with_suffix('.sqlite')}")

@@ -81,7 +81,9 @@ def create_app(
         yield
         service.close()
 
-    app = FastAPI(
+    from fastapi_offline import FastAPIOffline  # /docs and /redoc from the package's files, no CDN
+
+    app = FastAPIOffline(
         title="imprinting",
         summary="Teach a trained image classifier new classes from a few pictures (imprinted weights).",
         description=(
@@ -164,4 +166,38 @@ def create_app(
     ):
         return service.predict(_uploads(files), k, unknown_threshold)
 
+    _add_example_routes(app, service)
     return app
+
+
+def _add_example_routes(app: FastAPI, service: Service) -> None:
+    """Example-level edits (issue 15): list a class's examples, remove one, rename a class.
+
+    ``/classes/{name:anytext}`` above matches any path below ``/classes/``, so these routes
+    are moved in front of the others: the more specific path is tried first."""
+    from fastapi import Body
+
+    before = list(app.router.routes)
+
+    @app.get("/classes/{name:anytext}/examples", summary="A class's stored examples, with thumbnails")
+    def list_examples(name: str = PathParam(description="Class name")):
+        return service.examples(name)
+
+    @app.delete("/classes/{name:anytext}/examples/{example_id:int}",
+                summary="Remove one example; the class is recomputed from the others (deleted with its last)")
+    def remove_example(name: str = PathParam(description="Class name"),
+                       example_id: int = PathParam(description="The example's id (from the list of examples)")):
+        return service.remove_example(name, example_id)
+
+    @app.post("/classes/{name:anytext}/rename", summary="Rename a class taught through the service")
+    def rename_class(name: str = PathParam(description="Class name"),
+                     new_name: str = Body(..., embed=True, description="The new name")):
+        return service.rename(name, new_name)
+
+    @app.post("/calibrate", summary="Fit the scale and the unknown threshold from the examples taught here")
+    def calibrate(false_accept: float = Query(0.05, ge=0.0, lt=1.0,
+                                              description="Target share of never-taught images accepted as known")):
+        return service.calibrate(false_accept)
+
+    added = [r for r in app.router.routes if r not in before]
+    app.router.routes[:] = added + before

@@ -91,6 +91,7 @@ class Service:
         except BaseException:
             service.close()
             raise
+        service._apply_saved_calibration(keep_threshold=unknown_threshold is not None)  # POST /calibrate's
         return service
 
     def close(self) -> None:
@@ -149,6 +150,7 @@ class Service:
         embeddings = self.model.embed_images(images)
         embedded = time.perf_counter()
         body = self._commit(name, embeddings, shas, names)
+        self._save_thumbnails(body["example_ids"], images)
         body["seconds"] = round(time.perf_counter() - start, 4)
         body["embed_seconds"] = round(embedded - start, 4)
         return body
@@ -260,3 +262,40 @@ class Service:
     def _fingerprint(model) -> str:
         """The store's key for ``model``: a store opens only for the model it was made with."""
         return model.store_fingerprint()
+
+    # -- example-level edits and calibration (issue 15; the work is in serve/edits.py) ----
+    THUMBNAIL_PIXELS = 128  # the longer side of the JPEG kept per example for the page
+
+    def examples(self, name: str) -> dict:
+        """Class ``name``'s stored examples, oldest first, with thumbnails (``edits.examples``)."""
+        from imprinting.serve import edits
+
+        return edits.examples(self, name)
+
+    def remove_example(self, name: str, example_id: int) -> dict:
+        """Remove one example; the class becomes a batch imprint of the others (``edits.remove_example``)."""
+        from imprinting.serve import edits
+
+        return edits.remove_example(self, name, example_id)
+
+    def rename(self, name: str, new_name: str) -> dict:
+        """Rename a class taught here, in the store and in memory (``edits.rename``)."""
+        from imprinting.serve import edits
+
+        return edits.rename(self, name, new_name)
+
+    def calibrate(self, target_false_accept: float = 0.05) -> dict:
+        """Fit the scale and the unknown threshold from the examples taught here (``edits.calibrate``)."""
+        from imprinting.serve import edits
+
+        return edits.calibrate(self, target_false_accept)
+
+    def _apply_saved_calibration(self, keep_threshold: bool) -> None:
+        from imprinting.serve import edits
+
+        edits.apply_saved_calibration(self, keep_threshold)
+
+    def _save_thumbnails(self, ids: list[int], images: list) -> None:
+        from imprinting.serve import edits
+
+        edits.save_thumbnails(self, ids, images)

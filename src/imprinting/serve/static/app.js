@@ -63,14 +63,18 @@ function renderClasses() {
     row.append(element("td", c.name), element("td", c.kind), element("td", String(c.examples)));
     const cell = element("td");
     if (c.source === "store") {
+      const ex = element("button", openExamples === c.name ? "Hide examples" : "Examples", "examples");
+      ex.type = "button";
+      ex.onclick = () => toggleExamples(c.name);
       const del = element("button", "Delete");
       del.type = "button";
       del.className = "delete";
       del.onclick = () => deleteClass(c.name);
-      cell.append(del);
+      cell.append(ex, del);
     }
     row.append(cell);
     body.append(row);
+    if (openExamples === c.name) body.append(examplesRow(c.name));
   }
   $("class-count").textContent = shown.length > MAX_ROWS
     ? `showing ${MAX_ROWS} of ${shown.length} (filter to find others)`
@@ -87,6 +91,101 @@ async function deleteClass(name) {
     status(`Deleted "${name}".`, true);
     await loadClasses();
   } catch (e) { status(`Could not delete "${name}": ${e.message}`); }
+}
+
+// -- a class's examples: thumbnails, remove one, rename the class ---------------
+let openExamples = null; // the class whose examples are shown
+let exampleList = [];
+
+async function toggleExamples(name) {
+  if (openExamples === name) { openExamples = null; renderClasses(); return; }
+  try {
+    exampleList = (await api("GET", "/classes/" + encodeURIComponent(name) + "/examples")).examples;
+    openExamples = name;
+    renderClasses();
+  } catch (e) { status(`Could not list the examples of "${name}": ${e.message}`); }
+}
+
+function examplesRow(name) {
+  const row = element("tr", undefined, "examples-row");
+  row.dataset.for = name;
+  const cell = element("td");
+  cell.colSpan = 4;
+  const rename = element("p");
+  const input = element("input", undefined, "rename-input");
+  input.value = name;
+  input.maxLength = 100;
+  input.setAttribute("aria-label", "New name");
+  const save = element("button", "Rename", "rename");
+  save.type = "button";
+  save.onclick = () => renameClass(name, input.value.trim());
+  rename.append("New name ", input, " ", save);
+  const grid = element("div", undefined, "thumbs examples");
+  for (const ex of exampleList) {
+    const fig = element("figure", undefined, "example");
+    fig.dataset.id = String(ex.id);
+    if (ex.thumbnail) {
+      const img = element("img");
+      img.src = ex.thumbnail;
+      img.alt = ex.filename;
+      fig.append(img);
+    } else fig.append(element("span", "(no thumbnail)", "muted"));
+    const cap = element("figcaption", `${ex.filename} · ${ex.added.replace("T", " ").slice(0, 16)}`);
+    const rm = element("button", "Remove", "remove-example");
+    rm.type = "button";
+    rm.onclick = () => removeExample(name, ex);
+    fig.append(cap, rm);
+    grid.append(fig);
+  }
+  cell.append(rename, grid);
+  row.append(cell);
+  return row;
+}
+
+async function removeExample(name, ex) {
+  if (!confirm(`Remove ${ex.filename} from "${name}"?`)) return;
+  try {
+    const r = await api("DELETE", `/classes/${encodeURIComponent(name)}/examples/${ex.id}`);
+    if (r.class_deleted) { openExamples = null; status(`Removed the last example: "${name}" is gone.`, true); }
+    else {
+      exampleList = exampleList.filter((e) => e.id !== ex.id);
+      status(`Removed ${ex.filename}: "${name}" has ${r.examples} examples.`, true);
+    }
+    await loadClasses();
+  } catch (e) { status(`Could not remove the example: ${e.message}`); }
+}
+
+async function renameClass(name, newName) {
+  if (!newName || newName === name) { status("Type a new name first."); return; }
+  const form = JSON.stringify({ new_name: newName });
+  try {
+    const res = await fetch("/classes/" + encodeURIComponent(name) + "/rename", {
+      method: "POST", body: form, headers: { ...authHeaders(), "Content-Type": "application/json" } });
+    const data = await res.json().catch(() => null);
+    if (!res.ok) {
+      if (res.status === 401) { $("token-section").hidden = false; $("token").focus(); }
+      throw new Error((data && data.detail) || `${res.status} ${res.statusText}`);
+    }
+    openExamples = newName;
+    status(`Renamed "${name}" to "${newName}".`, true);
+    await loadClasses();
+  } catch (e) { status(`Could not rename "${name}": ${e.message}`); }
+}
+
+async function calibrateModel() {
+  try {
+    const r = await api("POST", "/calibrate");
+    const thr = r.unknown_threshold === null ? "" : `; "unknown" below cosine ${r.unknown_threshold.toFixed(3)}`;
+    status(`Calibrated: scale ${r.scale_before.toFixed(1)} -> ${r.scale.toFixed(1)}${thr}.`, true);
+    await showModel();
+  } catch (e) { status(`Could not calibrate: ${e.message}`); }
+}
+
+async function showModel() {
+  const h = await api("GET", "/health");
+  $("model-info").textContent = `Model: ${h.backbone}, ${h.embedding_dim}-d embeddings, ${h.image_size} px.`
+    + (h.unknown_threshold === null ? "" : ` "unknown" below cosine ${h.unknown_threshold.toFixed(3)}.`);
+  return h;
 }
 
 // -- teaching -----------------------------------------------------------------
@@ -125,6 +224,11 @@ async function predict(files) {
     r.predictions.forEach((p, i) => {
       const box = element("div", undefined, "result");
       box.append(thumbnail(files[i]));
+      const best = p.top[0];
+      const pct = (100 * best.probability).toFixed(1) + "%";
+      const verdict = p.unknown
+        ? element("p", `unknown (closest: ${best.class}, ${pct})`, "verdict unknown")
+        : element("p", `${best.class}: ${pct}`, "verdict");
       const table = element("table");
       table.createCaption().textContent = p.file;
       if (p.unknown) table.caption.append(" ", element("span", "unknown", "unknown"));
@@ -136,7 +240,9 @@ async function predict(files) {
         row.append(element("td", String(rank + 1)), element("td", t.class, "class"),
           element("td", (100 * t.probability).toFixed(1) + "%"), element("td", t.cosine.toFixed(3)));
       });
-      box.append(table);
+      const right = element("div");
+      right.append(verdict, table);
+      box.append(right);
       out.append(box);
     });
     status(`Predicted ${r.predictions.length} picture(s) in ${r.seconds.toFixed(2)} s.`, true);
@@ -188,6 +294,7 @@ async function start() {
   $("teach-btn").onclick = teach;
   $("predict-btn").onclick = () => predict(Array.from($("predict-files").files));
   $("class-filter").oninput = renderClasses;
+  $("calibrate-btn").onclick = calibrateModel;
   if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
     $("camera-section").hidden = false;
     $("camera-start").onclick = startCamera;
@@ -201,8 +308,7 @@ async function start() {
     };
   }
   try {
-    const h = await api("GET", "/health");
-    $("model-info").textContent = `Model: ${h.backbone}, ${h.embedding_dim}-d embeddings, ${h.image_size} px.`;
+    const h = await showModel();
     if (h.writes_need_token) $("token-section").hidden = false;
     await loadClasses();
     document.body.dataset.ready = "1";

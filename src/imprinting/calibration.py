@@ -1,0 +1,212 @@
+"""Calibrated confidence: the classifier's temperature (the scale s) and an automatic unknown
+threshold, fitted from labelled embeddings (numpy and scipy; torch only to apply them).
+
+Probabilities are ``softmax(s * cos)``: with the default s = 10 and 100 classes they are nearly
+flat, so the number a user sees means nothing. ``fit_scale`` chooses s by minimizing the
+negative log-likelihood (NLL) of the true classes (temperature scaling, Guo et al. 2017) with
+``scipy.optimize.minimize_scalar`` over log s.
+
+Where the labelled embeddings come from:
+
+- **leave-one-out** over the examples the classes were taught from (``imprint create
+  --from-folder`` has them): each example is scored against its own class's template
+  recomputed without it, ``normalize(sum - e)`` (the class sum holds ``count`` normalized
+  embeddings, so that is the template of the other ``count - 1``), and against every other
+  class's template as it is. A class taught from one example has no template without it: its
+  example is not scored, its template still competes for the others.
+- **held-out** images (never taught): scored against the templates as they are.
+
+A table with a closed-form head (``table.head``) scores classes with the head's rows, not
+``s * cos``: its scale is kept (only the threshold, on cosines, is fitted) until the head has a
+temperature of its own.
+
+The unknown threshold: every example, scored against the *other* classes only, plays an
+image of a class the model was never taught (its class left out entirely); the threshold is
+the lowest best cosine that accepts at most ``target_false_accept`` of them. ``false_reject``
+is the share of known examples (scored as above) that the threshold would call unknown.
+The best cosine is the rejection score the project's measurements favour
+(``results/cub/unknown_96px.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from imprinting.classes import normalize_rows
+from imprinting.errors import UserError
+
+SCALE_BOUNDS = (0.5, 1000.0)
+
+
+class CalibrationError(UserError):
+    """Not enough labelled examples to calibrate, or examples that do not fit the classes."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What ``calibrate`` found (and ``apply`` sets)."""
+
+    method: str  # "leave-one-out" or "held-out"
+    scale_before: float
+    scale: float  # the fitted s (scale_before when it could not be fitted)
+    nll_before: float | None  # mean NLL of the scored examples at scale_before (None: none scored)
+    nll_after: float | None
+    scored: int  # examples in the NLL
+    unknown_threshold: float | None  # None: fewer than two classes
+    target_false_accept: float
+    false_reject: float | None  # share of known scored examples below the threshold
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def nll(scale: float, cosines: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of ``labels`` under ``softmax(scale * cosines)``."""
+    from scipy.special import logsumexp
+
+    z = scale * np.asarray(cosines, np.float64)
+    return float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(z)), labels]))
+
+
+def fit_scale(cosines: np.ndarray, labels: np.ndarray) -> float:
+    """The scale s minimizing ``nll`` (searched over log s within ``SCALE_BOUNDS``)."""
+    from scipy.optimize import minimize_scalar
+
+    if len(labels) == 0:
+        raise CalibrationError("no labelled examples to fit the scale on")
+    lo, hi = np.log(SCALE_BOUNDS)
+    res = minimize_scalar(lambda t: nll(np.exp(t), cosines, labels), bounds=(lo, hi), method="bounded",
+                          options={"xatol": 1e-4})
+    return float(np.exp(res.x))
+
+
+def leave_one_out(table, embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cosines (N, C), scored (N,) bool): each example against its class's template without it.
+
+    ``embeddings`` must be exactly the examples the labelled classes were taught from (all of
+    them: their normalized sum is the class's sum), else a ``CalibrationError``."""
+    cos = _cosines(table, embeddings)
+    e = normalize_rows(np.asarray(embeddings, np.float64))
+    sums, counts = np.asarray(table.sums), np.asarray(table.counts)
+    for c in np.unique(labels):
+        mine = labels == c
+        if counts[c] != mine.sum() or not np.allclose(e[mine].sum(axis=0), sums[c], atol=1e-4 * max(1, counts[c])):
+            raise CalibrationError(
+                f"class {table.name_at(int(c))!r}: these {int(mine.sum())} images are not the {int(counts[c])} "
+                "examples it was taught from (leave-one-out needs exactly those; use held-out images instead)")
+    dot = np.einsum("nd,nd->n", e, sums[labels])
+    norm2 = np.einsum("nd,nd->n", sums[labels], sums[labels]) - 2 * dot + 1
+    scored = counts[labels] >= 2
+    own = np.where(scored, (dot - 1) / np.sqrt(np.maximum(norm2, 1e-12)), -1.0)
+    cos[np.arange(len(e)), labels] = own
+    return cos, scored
+
+
+def _cosines(table, embeddings) -> np.ndarray:
+    """The cosines exactly as a prediction computes them (float32, ``ClassTable.cosines``), so a
+    threshold found on them flags the same images; float64 for the fit."""
+    e = normalize_rows(np.asarray(embeddings, np.float32))
+    return table.cosines(e).astype(np.float64)
+
+
+def threshold_for(unknown_scores: np.ndarray, target_false_accept: float) -> float:
+    """The lowest best-cosine threshold accepting at most ``target_false_accept`` of these
+    never-taught scores (accepted: score >= threshold, as the prediction's ``unknown`` flag)."""
+    s = np.sort(np.asarray(unknown_scores, np.float32))[::-1]
+    k = int(np.floor(target_false_accept * len(s)))
+    if k >= len(s):
+        return float(s[-1])
+    return float(np.nextafter(s[k], np.float32(np.inf)))
+
+
+def calibrate_table(table, embeddings, labels, method: str = "leave-one-out",
+                    target_false_accept: float = 0.05) -> Calibration:
+    """Fit the scale and the unknown threshold of ``table``'s classes (a ``ClassTable``) from
+    ``embeddings`` (N, D) labelled with class indices or names (see the module)."""
+    if not 0 <= target_false_accept < 1:
+        raise CalibrationError(f"the target false-accept rate must be in [0, 1), got {target_false_accept}")
+    if method not in ("leave-one-out", "held-out"):
+        raise CalibrationError(f"method must be 'leave-one-out' or 'held-out', got {method!r}")
+    labels = np.array([table.index_of(y) if isinstance(y, str) else int(y) for y in labels], np.int64)
+    e = np.asarray(embeddings, np.float64)
+    if e.ndim != 2 or e.shape[0] != len(labels) or e.shape[0] == 0 or e.shape[1] != table.dim:
+        raise CalibrationError(f"expected (n >= 1, {table.dim}) embeddings with one label each, got {e.shape}")
+    if method == "leave-one-out":
+        cos, scored = leave_one_out(table, e, labels)
+    else:
+        cos, scored = _cosines(table, e), np.ones(len(e), bool)
+    before = float(np.mean(table.scale))
+    y = labels[scored]
+    scores = cos  # what the softmax multiplies: cosines, or a closed-form head's scores
+    if getattr(table, "head", None) is not None:
+        before = float(table.head.temperature)
+        scores = head_scores(table, e, labels, method == "leave-one-out")
+    scale = fit_scale(scores[scored], y) if scored.any() else before
+    threshold = false_reject = None
+    if len(table) >= 2:
+        others = cos.copy()
+        others[np.arange(len(e)), labels] = -np.inf  # its class never taught: the best of the others
+        threshold = threshold_for(others.max(axis=1), target_false_accept)
+        if scored.any():
+            false_reject = float(np.mean(cos[scored].max(axis=1) < threshold))
+    return Calibration(method, before, scale, nll(before, scores[scored], y) if scored.any() else None,
+                       nll(scale, scores[scored], y) if scored.any() else None, int(scored.sum()), threshold,
+                       target_false_accept, false_reject)
+
+
+def head_scores(table, embeddings: np.ndarray, labels: np.ndarray, leave_out: bool) -> np.ndarray:
+    """A closed-form head's scores at temperature 1 (``imprinting.heads.WhitenedHead``), (N, C);
+    with ``leave_out``, each example's own class scored by the row its class would have without
+    it (its sum less the example, one example fewer: ``head.rows`` of those), as for cosines."""
+    head = table.head
+    e = normalize_rows(np.asarray(embeddings, np.float32))
+    w, b = table.head_rows()
+    scores = ((e - head.centre.astype(np.float32)) @ w.T + b).astype(np.float64)
+    if leave_out:
+        counts = np.asarray(table.counts)[labels]
+        own = counts >= 2
+        sums = np.asarray(table.sums)[labels][own] - e[own].astype(np.float64)
+        w1, b1 = head.rows(sums, counts[own] - 1, np.asarray(table.templates)[labels][own])
+        idx = np.flatnonzero(own)
+        scores[idx, labels[own]] = np.einsum("nd,nd->n", e[own] - head.centre, w1.astype(np.float64)) + b1
+    return scores
+
+
+def calibrate(model, embeddings, labels, method: str = "leave-one-out", target_false_accept: float = 0.05,
+              set_threshold: bool = True) -> Calibration:
+    """``calibrate_table`` on ``model.classes`` and ``apply`` the result to ``model``."""
+    if getattr(model.classifier, "scale_rows", None) is None:
+        raise CalibrationError("only a cosine classifier has a scale to calibrate")
+    emb = embeddings.detach().cpu().numpy() if hasattr(embeddings, "detach") else embeddings
+    result = calibrate_table(model.classes, emb, labels, method, target_false_accept)
+    apply(model, result, set_threshold)
+    return result
+
+
+def apply(model, result: Calibration, set_threshold: bool = True) -> None:
+    """Set the model's scale (every class's, with per-class scales) and, with
+    ``set_threshold``, its unknown threshold."""
+    import torch
+
+    if model.classes.head is not None:  # a closed-form head: the scale is its temperature
+        model.classes.head.temperature = float(result.scale)
+    else:
+        with torch.no_grad():
+            model.classifier.scale.fill_(result.scale)
+    if set_threshold and result.unknown_threshold is not None:
+        model.unknown_threshold = result.unknown_threshold
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """ECE: the mean, weighted by how many predictions fall in each of ``bins`` equal-width
+    confidence bins, of |accuracy - mean confidence| in the bin."""
+    confidence, correct = np.asarray(confidence, np.float64), np.asarray(correct, np.float64)
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            total += mask.sum() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(total / max(len(confidence), 1))

@@ -1,0 +1,130 @@
+"""``imprint evaluate`` (accuracy on a labelled folder) and ``imprint calibrate`` (the scale
+and the unknown threshold from labelled images)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from imprinting.cli.common import embed_with_bar
+from imprinting.cli.models import engine_options
+
+
+@click.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("-k", "--top-k", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="Also report top-k accuracy for this k.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for summary.json, per_class.csv, predictions.csv and confusion.png "
+                   "[default: evaluation-<FOLDER name>].")
+@click.option("--unknown-threshold", type=float, default=None, help="Override the model's unknown threshold.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
+@engine_options
+def evaluate(model_path, folder, top_k, out, unknown_threshold, as_json):
+    """Score MODEL on FOLDER: one sub-folder per class (named as the model's class), images
+    at any depth below each. Prints top-1, top-k, the worst classes and the most confused
+    pairs; writes the CSV, JSON and a confusion-matrix PNG."""
+    from imprinting import checkpoint
+    from imprinting.evaluate import evaluate as run
+
+    model = checkpoint.load(model_path)
+    result = run(model, folder, top_k, unknown_threshold, embed=lambda files: embed_with_bar(model, files, 1))
+    out = out or Path(f"evaluation-{Path(folder).resolve().name}")
+    files = result.write(out)
+    if as_json:
+        click.echo(json.dumps({**result.summary(), "files": {k: str(v) for k, v in files.items()}}, indent=2))
+        return
+    n = len(result.images)
+    click.echo(f"{n} images, {len(result.recall)} classes")
+    click.echo(f"top-1 {100 * result.top1:.2f} %   top-{result.k} {100 * result.topk:.2f} %   "
+               f"flagged unknown {100 * result.unknown_rate:.1f} %")
+    click.echo(f"mean probability of the best class {100 * result.confidence:.1f} %   "
+               f"calibration error (ECE) {100 * result.ece:.1f} %")
+    worst = sorted(result.recall.items(), key=lambda kv: (kv[1], kv[0]))[:10]
+    click.echo("lowest recall:")
+    for name, r in worst:
+        click.echo(f"  {name:<30} {100 * r:6.1f} %  ({result.support[name]} images)")
+    if result.confused:
+        click.echo("most confused (true -> predicted):")
+        for c in result.confused:
+            click.echo(f"  {c['true']} -> {c['predicted']}: {c['count']} ({100 * c['share']:.0f} % of {c['true']})")
+    click.echo(f"wrote {', '.join(str(p) for p in files.values())}")
+
+
+def describe_calibration(c) -> str:
+    """One line: the scale and the NLL before and after, the threshold and its error rates."""
+    if c.nll_after is None:
+        line = f"scale kept at {c.scale:.2f} (no class has two examples to leave one out)"
+    else:
+        line = (f"scale {c.scale_before:.2f} -> {c.scale:.2f} (NLL {c.nll_before:.3f} -> {c.nll_after:.3f} "
+                f"on {c.scored} {c.method} examples)")
+    if c.unknown_threshold is not None:
+        line += (f"; unknown below cosine {c.unknown_threshold:.3f} (false accept {100 * c.target_false_accept:.0f} %"
+                 + (f", false reject {100 * c.false_reject:.0f} %" if c.false_reject is not None else "") + ")")
+    return line
+
+
+def teach_and_calibrate(model, folder, false_accept: float, set_threshold: bool, head: str | None = None):
+    """``create --from-folder``: embed every image of FOLDER's class folders (one progress bar),
+    imprint one class per folder, fit the ``head`` (``imprinting.imprint.fit_model_head``; None:
+    the paper's), then calibrate the scale (a head's temperature) and the unknown threshold by
+    leave-one-out over those examples. Returns what the head choice measured (or None)."""
+    import numpy as np
+
+    from imprinting.calibration import calibrate
+    from imprinting.data.folder import read_folder
+    from imprinting.imprint import fit_model_head
+
+    images = read_folder(folder)
+    embeddings = embed_with_bar(model, images.paths, 1)
+    labels = np.asarray(images.labels)
+    for label, name in enumerate(images.class_names):
+        model.imprint_embeddings(name, embeddings[labels == label])
+    report = fit_model_head(model, embeddings.numpy(), labels, head) if head is not None else None
+    names = [images.class_names[y] for y in labels]
+    click.echo(describe_calibration(calibrate(model, embeddings, names, "leave-one-out", false_accept, set_threshold)))
+    return report
+
+
+@click.command("calibrate")
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--method", type=click.Choice(["auto", "leave-one-out", "held-out"]), default="auto", show_default=True,
+              help="leave-one-out: FOLDER holds exactly the examples the classes were taught from; held-out: "
+                   "images never taught; auto: leave-one-out when FOLDER's images sum to the classes' examples.")
+@click.option("--false-accept", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True,
+              help="Target share of never-taught images accepted as known, for the unknown threshold.")
+@click.option("--keep-threshold", is_flag=True, help="Fit the scale only; keep the model's unknown threshold.")
+@engine_options
+def calibrate_command(model_path, folder, method, false_accept, keep_threshold):
+    """Fit MODEL's scale (so probabilities mean what they say) and its unknown threshold from
+    FOLDER (one sub-folder per class, named as the model's class, images at any depth), and
+    save MODEL (atomically)."""
+    from imprinting import checkpoint
+    from imprinting.calibration import CalibrationError, calibrate
+    from imprinting.data import DatasetError
+    from imprinting.evaluate import read_tree
+
+    model = checkpoint.load(model_path)
+    data = read_tree(folder)
+    missing = [n for n in data.class_names if not model.has_class(n)]
+    if missing:
+        raise DatasetError(f"{folder}: class folder {missing[0]!r} names no class of the model")
+    embeddings = embed_with_bar(model, data.paths, 1)
+    names = [data.class_names[y] for y in data.labels]
+    if method == "auto":
+        try:
+            result = calibrate(model, embeddings, names, "leave-one-out", false_accept, not keep_threshold)
+        except CalibrationError:
+            result = calibrate(model, embeddings, names, "held-out", false_accept, not keep_threshold)
+    else:
+        result = calibrate(model, embeddings, names, method, false_accept, not keep_threshold)
+    checkpoint.save(model, model_path)
+    click.echo(describe_calibration(result))
+    click.echo(f"wrote {model_path}")
+
+
+COMMANDS = [evaluate, calibrate_command]

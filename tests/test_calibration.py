@@ -1,0 +1,151 @@
+"""Calibrated confidence: the scale by leave-one-out or held-out NLL, the automatic unknown
+threshold, ECE, and ``imprint create --from-folder`` / ``imprint calibrate``."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from imprinting import checkpoint
+from imprinting.calibration import (CalibrationError, calibrate, calibrate_table, expected_calibration_error,
+                                    fit_scale, leave_one_out, nll, threshold_for)
+from imprinting.classes import ClassTable
+from imprinting.cli import main
+from imprinting.model import create_head
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _clusters(rng, classes=6, per_class=(1, 3, 4, 5, 5, 6), dim=12, spread=0.6):
+    centres = rng.normal(size=(classes, dim))
+    e, y = [], []
+    for c, n in enumerate(per_class[:classes]):
+        e.append(centres[c] + spread * rng.normal(size=(n, dim)))
+        y += [c] * n
+    e = np.concatenate(e)
+    return (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32), np.array(y)
+
+
+def _table(e, y):
+    table = ClassTable(e.shape[1])
+    for c in np.unique(y):
+        table.add(f"c{c}", e[y == c])
+    return table
+
+
+def test_leave_one_out_cosines_match_a_table_rebuilt_without_each_example():
+    rng = np.random.default_rng(0)
+    e, y = _clusters(rng)
+    table = _table(e, y)
+    cos, scored = leave_one_out(table, e, y)
+    assert scored.tolist() == (y != 0).tolist()  # class 0 has one example: not scored
+    for i in range(len(e)):
+        if not scored[i]:
+            np.testing.assert_allclose(np.delete(cos[i], y[i]), np.delete(table.cosines(e[i:i + 1])[0], y[i]), atol=1e-6)
+            continue
+        rest = np.delete(np.arange(len(e)), i)
+        without = _table(e[rest], y[rest])  # every class imprinted again, example i left out
+        np.testing.assert_allclose(cos[i], without.cosines(e[i:i + 1])[0], atol=1e-5)
+
+
+def test_fit_scale_minimizes_the_nll():
+    rng = np.random.default_rng(1)
+    e, y = _clusters(rng, per_class=(5,) * 6, spread=1.5)  # overlapping classes: a finite best scale
+    cos = e @ _table(e, y).templates.T
+    s = fit_scale(cos, y)
+    grid = np.exp(np.linspace(np.log(0.5), np.log(1000), 2000))
+    values = [nll(g, cos, y) for g in grid]
+    assert 1 < s < 100 and nll(s, cos, y) <= min(values) + 1e-6
+    assert nll(s, cos, y) <= min(nll(s * 0.9, cos, y), nll(s * 1.1, cos, y))
+
+
+def test_threshold_accepts_at_most_the_target_share():
+    scores = np.random.default_rng(2).uniform(-0.2, 0.9, 1000).astype(np.float32)
+    for far in (0.0, 0.01, 0.05, 0.2):
+        t = threshold_for(scores, far)
+        assert np.mean(scores >= t) <= far
+        assert np.mean(scores >= np.float32(t) - np.float32(1e-3)) > far or far == 0  # the lowest such threshold
+
+
+def test_calibrate_table_threshold_and_false_reject_by_hand():
+    rng = np.random.default_rng(3)
+    e, y = _clusters(rng)
+    table = _table(e, y)
+    result = calibrate_table(table, e, [f"c{c}" for c in y], target_false_accept=0.1)
+    cos, scored = leave_one_out(table, e, y)
+    unknown = np.array([np.max(np.delete(table.cosines(e[i:i + 1])[0], y[i])) for i in range(len(e))])
+    assert np.mean(unknown >= result.unknown_threshold) <= 0.1
+    assert result.false_reject == pytest.approx(np.mean(cos[scored].max(axis=1) < result.unknown_threshold))
+    assert result.scored == int(scored.sum()) and result.nll_after <= result.nll_before
+
+
+def test_leave_one_out_refuses_images_that_were_not_taught():
+    rng = np.random.default_rng(4)
+    e, y = _clusters(rng)
+    table = _table(e, y)
+    keep = np.ones(len(y), bool)
+    keep[np.flatnonzero(y == 2)[0]] = False  # class c2 (4 examples) given 3 of them
+    with pytest.raises(CalibrationError, match="'c2': these 3 images are not the 4 examples"):
+        calibrate_table(table, e[keep], y[keep])
+    other = e[y == 3] + 0.01  # as many images as class c3 has, but others
+    with pytest.raises(CalibrationError, match="'c3'"):
+        calibrate_table(table, other, y[y == 3])
+
+
+def test_calibrate_sets_the_model_scale_and_threshold_and_they_are_saved(tmp_path):
+    rng = np.random.default_rng(5)
+    e, y = _clusters(rng, per_class=(4,) * 6)
+    model = create_head(12, None, [], scale=10.0)
+    for c in range(6):
+        model.add_class(f"c{c}", torch.from_numpy(e[y == c]))
+    result = calibrate(model, torch.from_numpy(e), y)
+    assert float(model.classes.scale[0]) == pytest.approx(result.scale, rel=1e-6)
+    assert model.unknown_threshold == result.unknown_threshold
+    p = model.predict_embeddings(torch.from_numpy(e[:1]), k=6)[0]
+    logits = result.scale * model.classes.cosines(e[:1])[0]
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert p.probabilities[0] == pytest.approx(expected.max(), rel=1e-5)
+    checkpoint.save(model, tmp_path / "m.safetensors")
+    back = checkpoint.load(tmp_path / "m.safetensors")
+    assert float(back.classes.scale[0]) == pytest.approx(result.scale, rel=1e-6)
+    assert back.unknown_threshold == result.unknown_threshold
+
+
+def test_ece_by_hand():
+    conf = np.array([0.95, 0.95, 0.55, 0.55, 0.15])
+    correct = np.array([1, 0, 1, 1, 0])
+    # bins (of 15): 0.95 -> |0.5 - 0.95| * 2; 0.55 -> |1 - 0.55| * 2; 0.15 -> |0 - 0.15|
+    assert expected_calibration_error(conf, correct) == pytest.approx((0.9 + 0.9 + 0.15) / 5)
+
+
+def test_create_from_folder_calibrates_and_calibrate_command(tmp_path, tiny_folder):
+    path = tmp_path / "m.safetensors"
+    r = run("create", path, "--backbone", "conv4", "--random-init", "--dim", "16", "--from-folder", tiny_folder)
+    assert r.exit_code == 0, r.output
+    assert "scale 10.00 ->" in r.output and "unknown below cosine" in r.output
+    model = checkpoint.load(path)
+    assert float(model.classes.scale[0]) != 10.0 and model.unknown_threshold is not None
+    r = run("create", tmp_path / "t.safetensors", "--backbone", "conv4", "--random-init", "--dim", "16",
+            "--from-folder", tiny_folder, "--unknown-threshold", "0.3")
+    assert r.exit_code == 0 and checkpoint.load(tmp_path / "t.safetensors").unknown_threshold == 0.3
+    r = run("calibrate", path, tiny_folder)  # the taught images: leave-one-out, found automatically
+    assert r.exit_code == 0 and "leave-one-out" in r.output, r.output
+    assert float(checkpoint.load(path).classes.scale[0]) == pytest.approx(float(model.classes.scale[0]), rel=1e-3)
+    r = run("calibrate", path, tiny_folder, "--method", "held-out", "--false-accept", "0.2")
+    assert r.exit_code == 0 and "held-out" in r.output
+    info = json.loads(run("info", path, "--json").output)
+    assert info["unknown_threshold"] == pytest.approx(checkpoint.load(path).unknown_threshold)
+
+
+def test_a_table_with_a_closed_form_head_keeps_its_scale():
+    rng = np.random.default_rng(6)
+    e, y = _clusters(rng, per_class=(4,) * 6)
+    table = _table(e, y)
+    table.head = object()  # as ClassTable.set_head leaves it: the head, not s * cos, scores the classes
+    result = calibrate_table(table, e, y)
+    assert result.scale == result.scale_before == 10.0 and result.nll_after is None and result.scored == 0
+    assert result.unknown_threshold is not None  # the threshold is on cosines: still fitted
