@@ -124,13 +124,14 @@ def test_ece_by_hand():
 
 def test_create_from_folder_calibrates_and_calibrate_command(tmp_path, tiny_folder):
     path = tmp_path / "m.safetensors"
-    r = run("create", path, "--backbone", "conv4", "--random-init", "--dim", "16", "--from-folder", tiny_folder)
+    r = run("create", path, "--backbone", "conv4", "--random-init", "--dim", "16", "--from-folder", tiny_folder,
+            "--head", "normalized-mean")
     assert r.exit_code == 0, r.output
     assert "scale 10.00 ->" in r.output and "unknown below cosine" in r.output
     model = checkpoint.load(path)
     assert float(model.classes.scale[0]) != 10.0 and model.unknown_threshold is not None
     r = run("create", tmp_path / "t.safetensors", "--backbone", "conv4", "--random-init", "--dim", "16",
-            "--from-folder", tiny_folder, "--unknown-threshold", "0.3")
+            "--from-folder", tiny_folder, "--unknown-threshold", "0.3", "--head", "normalized-mean")
     assert r.exit_code == 0 and checkpoint.load(tmp_path / "t.safetensors").unknown_threshold == 0.3
     r = run("calibrate", path, tiny_folder)  # the taught images: leave-one-out, found automatically
     assert r.exit_code == 0 and "leave-one-out" in r.output, r.output
@@ -141,11 +142,29 @@ def test_create_from_folder_calibrates_and_calibrate_command(tmp_path, tiny_fold
     assert info["unknown_threshold"] == pytest.approx(checkpoint.load(path).unknown_threshold)
 
 
-def test_a_table_with_a_closed_form_head_keeps_its_scale():
+def test_a_closed_form_head_gets_its_temperature_from_leave_one_out_over_its_own_rows():
+    from imprinting import heads
+    from imprinting.calibration import head_scores, nll
+
     rng = np.random.default_rng(6)
-    e, y = _clusters(rng, per_class=(4,) * 6)
+    e, y = _clusters(rng, per_class=(1, 4, 4, 5, 6, 6), spread=0.9)
+    cov = np.cov(e.T) + 0.1 * np.eye(e.shape[1])
+    head = heads.WhitenedHead(e.mean(axis=0), cov, 0.5, {1: 0.5, 4: 1.0})
     table = _table(e, y)
-    table.head = object()  # as ClassTable.set_head leaves it: the head, not s * cos, scores the classes
+    table.set_head(head)
+    got = head_scores(table, e, y, leave_out=True)
+    for i in range(len(e)):  # by hand: the table rebuilt without example i, the same head
+        keep = np.arange(len(e)) != i
+        if (y[keep] == y[i]).sum() == 0:
+            continue  # a one-example class has no row without it: its plain score is kept
+        without = _table(e[keep], y[keep])
+        without.set_head(head)
+        want = without.logits(None, e[i : i + 1])[0]
+        assert got[i, y[i]] == pytest.approx(want[list(without.names).index(f"c{y[i]}")], rel=1e-4, abs=1e-4)
     result = calibrate_table(table, e, y)
-    assert result.scale == result.scale_before == 10.0 and result.nll_after is None and result.scored == 0
-    assert result.unknown_threshold is not None  # the threshold is on cosines: still fitted
+    assert result.scale_before == 1.0 and result.scored == len(e) - 1  # the one-example class is not scored
+    scored = np.array([(y == c).sum() >= 2 for c in y])
+    grid = np.exp(np.linspace(np.log(0.5), np.log(1000), 400))
+    best = grid[np.argmin([nll(t, got[scored], y[scored]) for t in grid])]
+    assert result.scale == pytest.approx(best, rel=0.03)
+    assert result.nll_after <= result.nll_before + 1e-9
