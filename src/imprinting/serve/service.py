@@ -31,6 +31,7 @@ from imprinting import checkpoint
 from imprinting.data.images import MAX_PIXELS
 from imprinting.classes import ClassSnapshot
 from imprinting.errors import UserError
+from imprinting.serve.integrity import MAX_COUNT
 from imprinting.serve.store import Store, StoredClass, StoreError
 from imprinting.serve.validation import ApiError, Upload, check_class_name, read_images
 
@@ -131,7 +132,10 @@ class Service:
         with self.lock:
             self._require(name)
             out = self._describe(name, self._count(name))
-            examples = self.store.examples(name) if out["source"] == "store" else []
+            try:
+                examples = self.store.examples(name) if out["source"] == "store" else []
+            except (sqlite3.Error, StoreError) as exc:
+                raise ApiError(503, "store_error", f"the store could not be read ({exc})") from exc
         out["stored_examples"] = [{"id": e.id, "sha256": e.sha256, "filename": e.filename} for e in examples]
         return out
 
@@ -146,7 +150,7 @@ class Service:
             raise ApiError(409, "read_only_class", f"class {name!r} comes from the model file; "
                                                    "the service adds examples only to classes it created")
         images, shas, names = read_images(uploads, self.max_images, self.max_pixels)
-        embeddings = self.model.embed_images(images)
+        embeddings = self._embed(images, names)
         embedded = time.perf_counter()
         body = self._commit(name, embeddings, shas, names)
         body["seconds"] = round(time.perf_counter() - start, 4)
@@ -158,7 +162,7 @@ class Service:
         best cosine is below the threshold (this call's, or the model's)."""
         start = time.perf_counter()
         images, _, names = read_images(uploads, self.max_images, self.max_pixels)
-        embeddings = self.model.embed_images(images)
+        embeddings = self._embed(images, names)
         with self.lock:
             if self.model.num_classes == 0:
                 raise ApiError(409, "no_classes", "the model has no classes yet: teach one first")
@@ -184,18 +188,34 @@ class Service:
             if name in self.model_classes:
                 kind = "an imprinted class of the model file" if self.model.is_imprinted(name) else "a base class"
                 raise ApiError(409, "protected_class", f"class {name!r} is {kind} and cannot be deleted here")
-            self.store.remove_class(name)
+            try:
+                self.store.remove_class(name)
+            except (sqlite3.Error, StoreError) as exc:
+                raise ApiError(503, "store_error", f"class {name!r} was not deleted, nothing changed ({exc})") from exc
             self.model.remove_class(name)
             left = self.model.num_classes
         return {"deleted": name, "classes": left}
 
     # -- helpers ---------------------------------------------------------------
+    def _embed(self, images: list, names: list[str]) -> torch.Tensor:
+        """The images' embeddings; one that is NaN or infinite (a damaged model, or an image
+        the model cannot embed) refuses the request before anything is taught or answered."""
+        embeddings = self.model.embed_images(images)
+        bad = ~torch.isfinite(embeddings).all(dim=1)
+        if bad.any():
+            raise ApiError(422, "unembeddable_image",
+                           f"{names[int(bad.nonzero()[0])]}: the model gives it a NaN or infinite embedding")
+        return embeddings
+
     def _commit(self, name: str, embeddings: torch.Tensor, shas: list[str], names: list[str]) -> dict:
         """Teach ``name`` in memory and commit the upload, undoing the memory on any store
         error. Returns the class as it is after this upload, with ``created`` and ``example_ids``."""
         model = self.model
         with self.lock:
             created = not model.has_class(name)
+            count = 0 if created else self._count(name)
+            if count + len(embeddings) > MAX_COUNT:
+                raise ApiError(409, "class_full", f"class {name!r} has {count} examples; the limit is {MAX_COUNT}")
             before = None if created else self.model.snapshot_class(name)
             if created:
                 model.add_class(name, embeddings)
