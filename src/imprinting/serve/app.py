@@ -20,6 +20,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 
 from imprinting.data.images import MAX_PIXELS
+from imprinting.serve.admission import DEFAULT_MEMORY_LIMIT_MB, Admission
 from imprinting.serve.middleware import Guard
 from imprinting.serve.service import Service
 from imprinting.serve.validation import ApiError, Upload
@@ -51,8 +52,9 @@ register_url_convertor("anytext", _AnyText())
 
 
 def _uploads(files: list[UploadFile]) -> list[Upload]:
-    """The multipart files as (file name, bytes) pairs, as the service takes them."""
-    return [(f.filename, f.file.read()) for f in files]
+    """The multipart files as (file name, file) pairs: the service reads the bytes only once
+    it has admitted the request (``serve.admission``)."""
+    return [(f.filename, f.file) for f in files]
 
 
 def create_app(
@@ -64,17 +66,27 @@ def create_app(
     max_images: int = 16,
     max_pixels: int = MAX_PIXELS,
     unknown_threshold: float | None = None,
+    memory_limit_mb: float = DEFAULT_MEMORY_LIMIT_MB,
+    max_images_in_flight: int | None = None,
+    busy_wait_seconds: float = 2.0,
+    body_timeout: float = 30.0,
 ) -> FastAPI:
     """Load the model, open (or create) the store, restore its classes, and build the app.
 
     ``token``: when set, every write (adding examples, deleting a class) needs
     ``Authorization: Bearer <token>``. ``unknown_threshold`` overrides the model's.
+    ``memory_limit_mb``, ``max_images_in_flight`` (default: two full requests) and
+    ``busy_wait_seconds``: the bounds across all requests (``serve.admission``); over them a
+    request is answered 503 with ``Retry-After``. ``body_timeout``: seconds a client may
+    pause while sending a body (408 after).
     Raises ``CheckpointError`` for a bad model file and ``StoreError`` for a store that
     belongs to another model, is damaged, or is in use by another process.
     The ``Service`` is ``app.state.service``.
     """
+    admission = Admission(max_images_in_flight=max_images_in_flight or 2 * max_images,
+                          memory_limit_mb=memory_limit_mb, wait_seconds=busy_wait_seconds)
     service = Service.open(model_path, store_path, unknown_threshold=unknown_threshold,
-                           max_images=max_images, max_pixels=max_pixels)
+                           max_images=max_images, max_pixels=max_pixels, admission=admission)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -92,15 +104,16 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
-    app.add_middleware(Guard, max_body_bytes=max_request_bytes, token=token)
+    app.add_middleware(Guard, max_body_bytes=max_request_bytes, token=token, body_timeout=body_timeout)
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
-        return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status)
+        return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request, exc: HTTPException):
-        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code, "bad_request")
+        code = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
+                413: "request_too_large"}.get(exc.status_code, "bad_request")
         detail = str(exc.detail)
         if exc.status_code in (404, 405):
             detail = f"{detail}: {request.method} {request.url.path!r} (see /docs for the endpoints)"
@@ -121,8 +134,8 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/health", summary="Liveness and a summary of the model")
-    def health():
+    @app.get("/health", summary="Liveness, a summary of the model, the limits and the load now")
+    async def health():  # async: answered on the event loop, never queued behind inference
         body = service.health()
         limits = body.pop("limits")
         body["writes_need_token"] = token is not None

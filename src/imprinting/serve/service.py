@@ -33,22 +33,31 @@ from imprinting.classes import ClassSnapshot
 from imprinting.errors import UserError
 from imprinting.serve.integrity import MAX_COUNT
 from imprinting.serve.store import Store, StoredClass, StoreError
-from imprinting.serve.validation import ApiError, Upload, check_class_name, read_images
+from imprinting.serve.admission import Admission
+from imprinting.serve.validation import ApiError, Upload, check_class_name, check_uploads, read_images
 
 
 class Service:
     """The classes of one model, taught through the service and kept in one store."""
 
-    def __init__(self, model, store: Store, *, max_images: int = 16, max_pixels: int = MAX_PIXELS):
+    def __init__(self, model, store: Store, *, max_images: int = 16, max_pixels: int = MAX_PIXELS,
+                 admission: Admission | None = None):
         """Take ``model`` (a cosine ``ImprintModel``) and ``store`` (opened for this model) and
         restore the store's classes into the model. The service owns the store from here:
         it is closed if restoring fails, and by ``close``. The classes the model has now are
-        the model file's: read-only here."""
+        the model file's: read-only here. ``admission``: the bounds across all requests
+        (``serve.admission``; default: its defaults, two full requests in flight)."""
+        from imprinting.data.transforms import eval_crop, image_mode
+
         self.model = model
         self.store = store
         self.model_classes = frozenset(model.class_names)
         self.max_images = max_images
         self.max_pixels = max_pixels
+        self.admission = admission or Admission(max_images_in_flight=2 * max_images)
+        pre = model.preprocess
+        # decode straight to what the model's resize makes of an image (a no-op for it after)
+        self._decoding = {"mode": image_mode(pre), "reduce_to": pre.resize_size, "shrink": eval_crop(pre).resize}
         self.lock = threading.Lock()
         try:
             stored = store.classes()
@@ -69,6 +78,7 @@ class Service:
         unknown_threshold: float | None = None,
         max_images: int = 16,
         max_pixels: int = MAX_PIXELS,
+        admission: Admission | None = None,
     ) -> Service:
         """Load the model file, open (or create) its store, restore the stored classes, and
         run one forward so that the first request is not slow.
@@ -85,7 +95,7 @@ class Service:
             model.unknown_threshold = unknown_threshold
         description = f"{model.spec.backbone}, image size {model.preprocess.image_size}"
         store = Store(store_path, model.embedder.dim, cls._fingerprint(model), description)
-        service = cls(model, store, max_images=max_images, max_pixels=max_pixels)
+        service = cls(model, store, max_images=max_images, max_pixels=max_pixels, admission=admission)
         try:
             size = model.preprocess.image_size
             model.embed_images([Image.new("RGB", (size, size))])  # warm up
@@ -109,8 +119,7 @@ class Service:
     def health(self) -> dict:
         """Liveness and the model's summary. The app adds what only HTTP knows (whether
         writes need a token, the request size limit)."""
-        with self.lock:
-            n = self.model.num_classes
+        n = self.model.num_classes  # one read, without the lock: health never waits for a request
         return {
             "status": "ok",
             "classes": n,
@@ -118,7 +127,8 @@ class Service:
             "embedding_dim": self.model.embedder.dim,
             "image_size": self.model.preprocess.image_size,
             "unknown_threshold": self.model.unknown_threshold,
-            "limits": {"max_images": self.max_images, "max_pixels": self.max_pixels},
+            "limits": {"max_images": self.max_images, "max_pixels": self.max_pixels, **self.admission.limits()},
+            "load": self.admission.state(),
         }
 
     def classes(self) -> dict:
@@ -149,8 +159,9 @@ class Service:
         if name in self.model_classes:
             raise ApiError(409, "read_only_class", f"class {name!r} comes from the model file; "
                                                    "the service adds examples only to classes it created")
-        images, shas, names = read_images(uploads, self.max_images, self.max_pixels)
-        embeddings = self._embed(images, names)
+        check_uploads(uploads, self.max_images)
+        with self.admission.admit(len(uploads)):
+            embeddings, shas, names = self._read_and_embed(uploads)
         embedded = time.perf_counter()
         body = self._commit(name, embeddings, shas, names)
         body["seconds"] = round(time.perf_counter() - start, 4)
@@ -161,8 +172,9 @@ class Service:
         """The top-k classes of each upload with probabilities and cosines, and whether its
         best cosine is below the threshold (this call's, or the model's)."""
         start = time.perf_counter()
-        images, _, names = read_images(uploads, self.max_images, self.max_pixels)
-        embeddings = self._embed(images, names)
+        check_uploads(uploads, self.max_images)
+        with self.admission.admit(len(uploads)):
+            embeddings, _, names = self._read_and_embed(uploads)
         with self.lock:
             if self.model.num_classes == 0:
                 raise ApiError(409, "no_classes", "the model has no classes yet: teach one first")
@@ -197,6 +209,13 @@ class Service:
         return {"deleted": name, "classes": left}
 
     # -- helpers ---------------------------------------------------------------
+    def _read_and_embed(self, uploads: Sequence[Upload]) -> tuple[torch.Tensor, list[str], list[str]]:
+        """Decode the uploads (shrunk at once, within the decoding bound) and embed them:
+        (embeddings, SHA-256 of each file, display names). The caller holds the admission."""
+        images, shas, names = read_images(uploads, self.max_images, self.max_pixels, admission=self.admission,
+                                          **self._decoding)
+        return self._embed(images, names), shas, names
+
     def _embed(self, images: list, names: list[str]) -> torch.Tensor:
         """The images' embeddings; one that is NaN or infinite (a damaged model, or an image
         the model cannot embed) refuses the request before anything is taught or answered."""

@@ -114,11 +114,9 @@ class Store:
 
     def _check_tables(self) -> None:
         """Refuse another application's SQLite file rather than add tables to it."""
-        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        tables = {t for t in tables if not t.startswith("sqlite_")}
-        if tables and not ({"meta", "classes", "examples"} >= tables and "meta" in tables):
-            raise StoreError(f"{self.path}: not a class store of imprinting (another application's SQLite file? "
-                             f"its tables: {', '.join(sorted(tables))})")
+        problem = _foreign(self.path, self._db)
+        if problem:
+            raise StoreError(problem)
 
     def _check_meta(self, dim: int, fingerprint: str, description: str) -> None:
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
@@ -264,6 +262,32 @@ class _Transaction:
                 self.db.execute("ROLLBACK")
             except sqlite3.Error:  # the original error is the one to report
                 pass
+
+
+def _foreign(path, db: sqlite3.Connection) -> str | None:
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = {t for t in tables if not t.startswith("sqlite_")}
+    if tables and not ({"meta", "classes", "examples"} >= tables and "meta" in tables):
+        return (f"{path}: not a class store of imprinting (another application's SQLite file? "
+                f"its tables: {', '.join(sorted(tables))})")
+    return None
+
+
+def foreign_tables(path: str | os.PathLike) -> str | None:
+    """Why the existing SQLite file ``path`` is not a class store (its tables are another
+    application's), or None (a store, an empty file, or not SQLite at all: ``Store`` says
+    more). Opened read-only: nothing is written."""
+    with open(path, "rb") as f:
+        if f.read(16) != b"SQLite format 3\0":
+            return None
+    try:
+        db = sqlite3.connect(f"file:{os.path.realpath(path)}?mode=ro", uri=True)
+        try:
+            return _foreign(path, db)
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
 
 
 def _statements(script: str) -> list[str]:
