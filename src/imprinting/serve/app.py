@@ -16,14 +16,15 @@ from fastapi import FastAPI, File, Path as PathParam, Query, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 
 from imprinting.data.images import MAX_PIXELS
 from imprinting.serve.admission import DEFAULT_MEMORY_LIMIT_MB, Admission
-from imprinting.serve.middleware import Guard
+from imprinting.serve.middleware import Guard, Options, allowed_methods
 from imprinting.serve.service import Service
-from imprinting.serve.validation import ApiError, Upload
+from imprinting.serve.validation import MAX_NAME_LENGTH, ApiError, Upload
 
 STATIC = Path(__file__).parent / "static"
 
@@ -49,6 +50,42 @@ class _AnyText(Convertor):
 
 
 register_url_convertor("anytext", _AnyText())
+
+
+class ErrorBody(BaseModel):
+    """The body of every error the service sends."""
+
+    error: str
+    detail: str
+
+
+_WHEN = {
+    401: "No token, or a wrong one, for a write (when the server has a token)",
+    404: "No such class, or no such endpoint",
+    409: "A class of the model file (read-only here), a class at its example limit, or no classes yet",
+    413: "The body, the number of images, or an image's pixels over the server's limits",
+    422: "A bad class name, an upload that is not a readable image, or a bad query or form field",
+    503: "The server is at its bounds (busy: retry after Retry-After seconds), or the disk refused a write",
+}
+
+
+# What check_class_name accepts, for the documentation only (the route checks it itself, so
+# that a bad name gets its own error, invalid_class_name): letters, digits or _ first, then
+# also spaces and . , ' ( ) + & -, no trailing space, at most 100 characters.
+NAME_SCHEMA = {"pattern": r"^\w(?:[\w .,'()+&-]*[\w.,'()+&-])?$", "maxLength": MAX_NAME_LENGTH, "minLength": 1}
+
+
+def _name(description: str):
+    return PathParam(description=description, json_schema_extra=NAME_SCHEMA)
+
+
+def errors(*codes: int) -> dict:
+    """OpenAPI ``responses`` for the error statuses a route sends, with their JSON body."""
+    out = {code: {"model": ErrorBody, "description": _WHEN[code]} for code in codes}
+    if 503 in out:
+        out[503]["headers"] = {"Retry-After": {"description": "Seconds to wait before retrying",
+                                               "schema": {"type": "integer"}}}
+    return out
 
 
 def _uploads(files: list[UploadFile]) -> list[Upload]:
@@ -105,6 +142,8 @@ def create_app(
     )
     app.state.service = service
     app.add_middleware(Guard, max_body_bytes=max_request_bytes, token=token, body_timeout=body_timeout)
+    app.add_middleware(Options, routes=lambda: app.routes)
+    writes = (401,) if token else ()
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
@@ -114,10 +153,12 @@ def create_app(
     async def _http_error(request, exc: HTTPException):
         code = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
                 413: "request_too_large"}.get(exc.status_code, "bad_request")
-        detail = str(exc.detail)
+        detail, headers = str(exc.detail), dict(exc.headers or {})
         if exc.status_code in (404, 405):
             detail = f"{detail}: {request.method} {request.url.path!r} (see /docs for the endpoints)"
-        return JSONResponse({"error": code, "detail": detail}, status_code=exc.status_code, headers=exc.headers)
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(app.routes, request.scope))
+        return JSONResponse({"error": code, "detail": detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
@@ -146,30 +187,34 @@ def create_app(
     def list_classes():
         return service.classes()
 
-    @app.get("/classes/{name:anytext}", summary="One class, with its stored examples")
-    def get_class(name: str = PathParam(description="Class name")):
+    @app.get("/classes/{name:anytext}", summary="One class, with its stored examples", responses=errors(404, 422, 503))
+    def get_class(name: str = _name("Class name")):
         return service.get_class(name)
 
     @app.post(
         "/classes/{name:anytext}/examples",
         summary="Teach a class from one or more images (creates it, or adds to it)",
         status_code=200,
-        responses={201: {"description": "The class was created"}},
+        responses={201: {"description": "The class was created"}, **errors(*writes, 409, 413, 422, 503)},
     )
     def add_examples(
-        name: str = PathParam(description="Class name: 1-100 letters, digits, spaces, _ . , ' ( ) + & -"),
-        files: list[UploadFile] = File(description="One or more images (JPEG, PNG, WebP, GIF, BMP, TIFF)"),
+        name: str = _name("Class name: 1-100 letters, digits, spaces, _ . , ' ( ) + & -"),
+        files: list[UploadFile] = File(description="One or more images (JPEG, PNG, WebP, GIF, BMP, TIFF)",
+                                       json_schema_extra={"minItems": 1, "maxItems": max_images}),
     ):
         body = service.teach(name, _uploads(files))
         return JSONResponse(body, status_code=201 if body["created"] else 200)
 
-    @app.delete("/classes/{name:anytext}", summary="Delete a class taught through the service")
-    def delete_class(name: str = PathParam(description="Class name")):
+    @app.delete("/classes/{name:anytext}", summary="Delete a class taught through the service",
+                responses=errors(*writes, 404, 409, 422, 503))
+    def delete_class(name: str = _name("Class name")):
         return service.delete(name)
 
-    @app.post("/predict", summary="Top-k classes of one or more images, with probabilities and cosines")
+    @app.post("/predict", summary="Top-k classes of one or more images, with probabilities and cosines",
+              responses=errors(409, 413, 422, 503))
     def predict(
-        files: list[UploadFile] = File(description="One or more images"),
+        files: list[UploadFile] = File(description="One or more images",
+                                       json_schema_extra={"minItems": 1, "maxItems": max_images}),
         k: int = Query(5, ge=1, le=100, description="How many classes to return per image"),
         unknown_threshold: float | None = Query(
             None, ge=-1.0, le=1.0, description="Flag 'unknown' when the best cosine is below this (default: the model's)"

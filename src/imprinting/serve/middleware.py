@@ -114,3 +114,41 @@ def header_timeout_protocol(seconds: float):
                 self.transport.close()
 
     return HeaderTimeoutProtocol
+
+
+def allowed_methods(routes, scope) -> list[str]:
+    """Every method the app's routes take at ``scope``'s path (for Allow), OPTIONS included;
+    empty when no route has the path."""
+    from starlette.routing import Match, Mount
+
+    # the path as the app's routes see it (inside a Mount, root_path has grown: undo that)
+    probe = {"type": "http", "method": "GET", "path": scope["path"],
+             "root_path": scope.get("app_root_path", scope.get("root_path", ""))}
+    methods: set[str] = set()
+    for route in routes:
+        match, _ = route.matches(probe)
+        if match == Match.NONE:
+            continue
+        if isinstance(route, Mount):
+            methods |= {"GET", "HEAD"}
+        else:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods | {"OPTIONS"}) if methods else []
+
+
+class Options:
+    """ASGI middleware: answers OPTIONS for every path with 204 and the methods its routes
+    really take in ``Allow`` (all routes of the path, not only the first that matches)."""
+
+    def __init__(self, app, routes):
+        self.app, self.routes = app, routes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "OPTIONS":
+            return await self.app(scope, receive, send)
+        methods = allowed_methods(self.routes(), scope)
+        if not methods:
+            return await send_error(send, 404, "not_found", f"no endpoint at {scope['path']!r} (see /docs)")
+        await send({"type": "http.response.start", "status": 204,
+                    "headers": [(b"allow", ", ".join(methods).encode()), (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})

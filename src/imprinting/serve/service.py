@@ -37,6 +37,11 @@ from imprinting.serve.admission import Admission
 from imprinting.serve.validation import ApiError, Upload, check_class_name, check_uploads, read_images
 
 
+def _store_error(detail: str) -> ApiError:
+    """503 for a write the disk refused (full, read-only, I/O error): nothing was changed."""
+    return ApiError(503, "store_error", detail, headers={"Retry-After": "10"})
+
+
 class Service:
     """The classes of one model, taught through the service and kept in one store."""
 
@@ -145,7 +150,7 @@ class Service:
             try:
                 examples = self.store.examples(name) if out["source"] == "store" else []
             except (sqlite3.Error, StoreError) as exc:
-                raise ApiError(503, "store_error", f"the store could not be read ({exc})") from exc
+                raise _store_error(f"the store could not be read ({exc})") from exc
         out["stored_examples"] = [{"id": e.id, "sha256": e.sha256, "filename": e.filename} for e in examples]
         return out
 
@@ -203,7 +208,7 @@ class Service:
             try:
                 self.store.remove_class(name)
             except (sqlite3.Error, StoreError) as exc:
-                raise ApiError(503, "store_error", f"class {name!r} was not deleted, nothing changed ({exc})") from exc
+                raise _store_error(f"class {name!r} was not deleted, nothing changed ({exc})") from exc
             self.model.remove_class(name)
             left = self.model.num_classes
         return {"deleted": name, "classes": left}
@@ -246,7 +251,7 @@ class Service:
             except BaseException as exc:
                 self._undo(name, before)
                 if isinstance(exc, (sqlite3.Error, StoreError)):
-                    raise ApiError(503, "store_error", f"the upload was not saved, nothing changed ({exc})") from exc
+                    raise _store_error(f"the upload was not saved, nothing changed ({exc})") from exc
                 raise
             return {**self._describe(name, new_count), "created": created, "added": len(ids), "example_ids": ids}
 
