@@ -155,3 +155,22 @@ def test_a_store_or_model_on_a_read_only_mount(tmp_path, model):
         refused(run("create", where / "m.safetensors", "--backbone", "conv4"), "Read-only file system")
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_model_with_random_bytes_in_the_middle_is_refused_by_every_command(tmp_path, model, image):
+    """4 KB of random bytes in the middle of the file (the tensors): caught by the checksum."""
+    import os
+
+    bad = tmp_path / "bad.safetensors"
+    data = bytearray(model.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = os.urandom(len(data[middle:middle + 4096]))
+    bad.write_bytes(bytes(data))
+    for args in (["info", bad], ["predict", bad, image], ["add-class", bad, "--name", "x", image],
+                 ["serve", bad, "--store", tmp_path / "s.sqlite"]):
+        result = run(*args)
+        message = result.output.strip()
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (args, message)
+        assert message.startswith("Error:") and len(message.splitlines()) == 1, message
+        assert "bad.safetensors: corrupt model file" in message and "checksum" in message, message
+    assert bad.read_bytes() == bytes(data)

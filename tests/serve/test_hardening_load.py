@@ -156,3 +156,27 @@ def test_half_sent_headers_are_disconnected(conv4_model, tmp_path, start_server)
         s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.1 200")
     assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_a_full_server_refuses_uploads_before_reading_them(conv4_model, tmp_path, kit):
+    """Every image slot taken and a queue waiting: an upload is a 503 busy with Retry-After at
+    once (its body is not parsed), /health still answers, and once the slots free the same
+    upload is a 200."""
+    from fastapi.testclient import TestClient
+
+    from imprinting.serve.app import create_app
+
+    app = create_app(conv4_model, tmp_path / "store.sqlite", max_images=2, busy_wait_seconds=0)
+    admission = app.state.service.admission
+    upload = kit.files(("a.png", kit.image_bytes()))
+    with TestClient(app) as c:
+        with admission.admit(admission.max_images):
+            admission.waiting = admission.max_waiting + 1  # as if that many requests were queued
+            for path in ("/predict", "/classes/new/examples"):
+                r = c.post(path, files=upload)
+                assert r.status_code == 503 and r.json()["error"] == "busy" and r.headers["retry-after"] == "1"
+            health = c.get("/health").json()
+            assert health["load"]["images_in_flight"] == 4 and health["limits"]["max_images_in_flight"] == 4
+            admission.waiting = 0
+        assert c.post("/predict", files=upload).status_code == 200
+        assert c.post("/classes/new/examples", files=upload).status_code == 201

@@ -48,28 +48,43 @@ def resident_bytes() -> int | None:
 class Admission:
     """The shared bounds (see the module). Thread-safe; one per service."""
 
-    def __init__(self, *, max_images_in_flight: int = 32, memory_limit_mb: float = DEFAULT_MEMORY_LIMIT_MB,
+    def __init__(self, *, max_images_in_flight: int = 32, memory_limit_mb: float | None = DEFAULT_MEMORY_LIMIT_MB,
                  max_decode_mb: float | None = None, wait_seconds: float = 2.0):
-        if max_images_in_flight < 1 or memory_limit_mb <= 0 or wait_seconds < 0:
+        """``memory_limit_mb=None``: no ceiling on the process (a library user's process is
+        not the service's alone); decoding is then bounded by the default ceiling's quarter."""
+        if max_images_in_flight < 1 or (memory_limit_mb is not None and memory_limit_mb <= 0) or wait_seconds < 0:
             raise ValueError("admission bounds must be positive")
         self.max_images = int(max_images_in_flight)
-        self.memory_limit = int(memory_limit_mb * 2**20)
+        self.memory_limit = None if memory_limit_mb is None else int(memory_limit_mb * 2**20)
         # a quarter of the ceiling for decoding: one 64 M-pixel RGBA image fits in the default
-        self.max_decode = int((max_decode_mb if max_decode_mb is not None else memory_limit_mb / 4) * 2**20)
+        quarter = (memory_limit_mb or DEFAULT_MEMORY_LIMIT_MB) / 4
+        self.max_decode = int((max_decode_mb if max_decode_mb is not None else quarter) * 2**20)
         self.wait_seconds = wait_seconds
         self._cond = threading.Condition()
         self.images = 0
         self.decode_bytes = 0
+        self.waiting = 0  # requests waiting for image slots
+        self.max_waiting = max(4, self.max_images // 4)
 
     def limits(self) -> dict:
-        return {"max_images_in_flight": self.max_images, "memory_limit_mb": round(self.memory_limit / 2**20),
+        ceiling = None if self.memory_limit is None else round(self.memory_limit / 2**20)
+        return {"max_images_in_flight": self.max_images, "memory_limit_mb": ceiling,
                 "max_decode_mb": round(self.max_decode / 2**20)}
 
     def state(self) -> dict:
         """What is in flight now (read without waiting: for /health)."""
         rss = resident_bytes()
-        return {"images_in_flight": self.images, "decode_mb": round(self.decode_bytes / 2**20, 1),
+        return {"images_in_flight": self.images, "requests_waiting": self.waiting, "decode_mb": round(self.decode_bytes / 2**20, 1),
                 "resident_mb": None if rss is None else round(rss / 2**20)}
+
+    def full(self) -> tuple[str, int] | None:
+        """(why, retry-after) when every image slot is taken and more than ``max_waiting``
+        requests wait for one already, else None: a request arriving now would only join
+        that queue, so it may be refused before its body is even read."""
+        if self.images >= self.max_images and self.waiting > self.max_waiting:
+            return (f"the server is busy: {self.max_images} images are being processed and {self.waiting} requests "
+                    "wait; retry shortly", self._retry_after())
+        return None
 
     def _retry_after(self) -> int:
         return max(1, math.ceil(self.wait_seconds))
@@ -77,7 +92,7 @@ class Admission:
     @contextmanager
     def admit(self, n: int):
         """Hold ``n`` image slots (the request's images) for the ``with`` block."""
-        rss = resident_bytes()
+        rss = resident_bytes() if self.memory_limit is not None else None
         if rss is not None and rss > self.memory_limit:
             raise Busy(f"the server is using {rss / 2**20:.0f} MiB, over its ceiling of "
                        f"{self.memory_limit / 2**20:.0f} MiB; retry shortly", self._retry_after())
@@ -105,12 +120,17 @@ class Admission:
     def _take(self, what: str, amount: int, limit: int, why: str) -> None:
         deadline = time.monotonic() + self.wait_seconds
         with self._cond:
-            while getattr(self, what) + amount > limit:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._cond.wait(left):
-                    if getattr(self, what) + amount > limit:
-                        raise Busy(f"the server is busy: {why}; retry shortly", self._retry_after())
-            setattr(self, what, getattr(self, what) + amount)
+            queued = what == "images" and getattr(self, what) + amount > limit
+            self.waiting += queued
+            try:
+                while getattr(self, what) + amount > limit:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._cond.wait(left):
+                        if getattr(self, what) + amount > limit:
+                            raise Busy(f"the server is busy: {why}; retry shortly", self._retry_after())
+                setattr(self, what, getattr(self, what) + amount)
+            finally:
+                self.waiting -= queued
 
     def _give(self, what: str, amount: int) -> None:
         with self._cond:

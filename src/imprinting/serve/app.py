@@ -21,7 +21,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 
 from imprinting.data.images import MAX_PIXELS
-from imprinting.serve.admission import DEFAULT_MEMORY_LIMIT_MB, Admission
+from imprinting.serve.admission import Admission
 from imprinting.serve.middleware import Guard, Options, allowed_methods
 from imprinting.serve.service import Service
 from imprinting.serve.validation import MAX_NAME_LENGTH, ApiError, Upload
@@ -103,7 +103,7 @@ def create_app(
     max_images: int = 16,
     max_pixels: int = MAX_PIXELS,
     unknown_threshold: float | None = None,
-    memory_limit_mb: float = DEFAULT_MEMORY_LIMIT_MB,
+    memory_limit_mb: float | None = None,
     max_images_in_flight: int | None = None,
     busy_wait_seconds: float = 2.0,
     body_timeout: float = 30.0,
@@ -112,7 +112,8 @@ def create_app(
 
     ``token``: when set, every write (adding examples, deleting a class) needs
     ``Authorization: Bearer <token>``. ``unknown_threshold`` overrides the model's.
-    ``memory_limit_mb``, ``max_images_in_flight`` (default: two full requests) and
+    ``memory_limit_mb`` (the process's ceiling; ``imprint serve`` sets 3072, ``None``: none),
+    ``max_images_in_flight`` (default: two full requests) and
     ``busy_wait_seconds``: the bounds across all requests (``serve.admission``); over them a
     request is answered 503 with ``Retry-After``. ``body_timeout``: seconds a client may
     pause while sending a body (408 after).
@@ -141,7 +142,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
-    app.add_middleware(Guard, max_body_bytes=max_request_bytes, token=token, body_timeout=body_timeout)
+    app.add_middleware(Guard, max_body_bytes=max_request_bytes, token=token, body_timeout=body_timeout,
+                       busy=admission.full)
     app.add_middleware(Options, routes=lambda: app.routes)
     writes = (401,) if token else ()
 

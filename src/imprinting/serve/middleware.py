@@ -21,11 +21,14 @@ class Guard:
     /predict) needs ``Authorization: Bearer <token>``. ``max_body_bytes``: checked against
     Content-Length when there is one, and counted while reading when there is not.
     ``body_timeout``: the longest pause while the body arrives (408 after; the headers'
-    own timeout is the server's, ``cli.serve``).
+    own timeout is the server's, ``cli.serve``). ``busy()``: (detail, retry-after seconds)
+    when the service has no room at all for an upload, which is then refused with a 503
+    before its body is read or parsed; else None.
     """
 
-    def __init__(self, app, max_body_bytes: int, token: str | None, body_timeout: float = 30.0):
+    def __init__(self, app, max_body_bytes: int, token: str | None, body_timeout: float = 30.0, busy=None):
         self.app, self.max_body_bytes, self.token, self.body_timeout = app, max_body_bytes, token, body_timeout
+        self.busy = busy
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -41,6 +44,10 @@ class Guard:
                 send, 413, "request_too_large",
                 f"the request body is {length} bytes; the limit is {self.max_body_bytes} bytes",
             )
+        if self.busy is not None and scope["method"] == "POST":
+            refusal = self.busy()  # every image slot taken: refuse before parsing the body
+            if refusal is not None:
+                return await send_error(send, 503, "busy", refusal[0], {"Retry-After": str(refusal[1])})
         received = 0
 
         async def limited_receive():

@@ -51,7 +51,7 @@ class Service:
         restore the store's classes into the model. The service owns the store from here:
         it is closed if restoring fails, and by ``close``. The classes the model has now are
         the model file's: read-only here. ``admission``: the bounds across all requests
-        (``serve.admission``; default: its defaults, two full requests in flight)."""
+        (``serve.admission``; default: two full requests in flight, no ceiling on the process)."""
         from imprinting.data.transforms import eval_crop, image_mode
 
         self.model = model
@@ -59,7 +59,7 @@ class Service:
         self.model_classes = frozenset(model.class_names)
         self.max_images = max_images
         self.max_pixels = max_pixels
-        self.admission = admission or Admission(max_images_in_flight=2 * max_images)
+        self.admission = admission or Admission(max_images_in_flight=2 * max_images, memory_limit_mb=None)
         pre = model.preprocess
         # decode straight to what the model's resize makes of an image (a no-op for it after)
         self._decoding = {"mode": image_mode(pre), "reduce_to": pre.resize_size, "shrink": eval_crop(pre).resize}
