@@ -64,6 +64,9 @@ class Service:
         # decode straight to what the model's resize makes of an image (a no-op for it after)
         self._decoding = {"mode": image_mode(pre), "reduce_to": pre.resize_size, "shrink": eval_crop(pre).resize}
         self.lock = threading.Lock()
+        # one forward pass at a time: it already uses every core, and more at once only add
+        # runnable threads (the event loop, /health, would wait for the CPU behind them)
+        self._forward = threading.Lock()
         try:
             stored = store.classes()
             for c in stored:
@@ -224,7 +227,8 @@ class Service:
     def _embed(self, images: list, names: list[str]) -> torch.Tensor:
         """The images' embeddings; one that is NaN or infinite (a damaged model, or an image
         the model cannot embed) refuses the request before anything is taught or answered."""
-        embeddings = self.model.embed_images(images)
+        with self._forward:
+            embeddings = self.model.embed_images(images)
         bad = ~torch.isfinite(embeddings).all(dim=1)
         if bad.any():
             raise ApiError(422, "unembeddable_image",
