@@ -214,3 +214,22 @@ def test_full_disk_and_read_only_mount_give_503_and_change_nothing(small_disk, c
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)  # (not while a file is open)
     with pytest.raises(StoreError, match="cannot open the store.*Read-only file system"):
         Service.open(conv4_model, store)
+
+
+def test_a_second_server_through_a_hard_link_or_symlink_stops_naming_the_first(conv4_model, tmp_path, start_server,
+                                                                               kit):
+    """The attack of issue 14: two `imprint serve` on one store file by other names."""
+    store = tmp_path / "store.sqlite"
+    first = start_server(conv4_model, store)
+    with first.client() as c:
+        assert c.post("/classes/one/examples", files=kit.files(("a.png", kit.image_bytes()))).status_code == 201
+    os.link(store, tmp_path / "hard.sqlite")
+    (tmp_path / "soft.sqlite").symlink_to(store)
+    for other in ("hard.sqlite", "soft.sqlite"):
+        result = subprocess.run([sys.executable, "-m", "imprinting.cli", "serve", str(conv4_model), "--store",
+                                 str(tmp_path / other), "--port", "0"], capture_output=True, text=True, timeout=120)
+        message = result.stderr.strip()
+        assert result.returncode == 1 and message.startswith("Error:") and len(message.splitlines()) == 1, message
+        assert "in use by another imprint serve process" in message and f"process {first.proc.pid}" in message
+    with first.client() as c:  # the first one is unharmed
+        assert [k["name"] for k in c.get("/classes").json()["classes"]][-1] == "one"
