@@ -29,6 +29,8 @@ MODULES = (
     "files.py",
     "classes.py",
     "classes_file.py",
+    "rows.py",
+    "heads.py",
     "prediction.py",
     "data/__init__.py",
     "data/images.py",

@@ -100,3 +100,112 @@ def test_loading_never_unpickles(tmp_path):
     with pytest.raises(CheckpointError):
         checkpoint.load(evil)
     assert not _Boom.marker.exists()
+
+
+def _flip(path, offset: int, n: int = 1) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        old = f.read(n)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in old))
+
+
+def test_a_flipped_byte_anywhere_in_the_tensors_is_a_clear_error(tmp_path):
+    path = tmp_path / "m.safetensors"
+    checkpoint.save(_model(), path)
+    data = path.read_bytes()
+    header = 8 + int.from_bytes(data[:8], "little")
+    for offset in (header, (header + len(data)) // 2, len(data) - 1):
+        path.write_bytes(data)
+        _flip(path, offset)
+        with pytest.raises(CheckpointError, match="m.safetensors: corrupt model file.*checksum"):
+            checkpoint.load(path)
+    path.write_bytes(data)
+    with open(path, "r+b") as f:  # 4 KB of random bytes in the middle, as found in the attack
+        f.seek(len(data) // 2)
+        f.write(os.urandom(min(4096, len(data) - len(data) // 2)))
+    with pytest.raises(CheckpointError, match="corrupt model file"):
+        checkpoint.load(path)
+
+
+def test_files_without_a_checksum_still_load(tmp_path):
+    """A file as versions before the checksum wrote it: the same header without 'sha256'."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    m = _model()
+    path = tmp_path / "m.safetensors"
+    checkpoint.save(m, path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    assert len(meta.pop("sha256")) == 64
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(path)), str(old), metadata=meta)
+    r = checkpoint.load(old)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(m(x), r(x))
+
+
+def test_nan_or_infinite_weights_are_refused_at_save_and_load(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    m = _model()
+    path = tmp_path / "m.safetensors"
+    checkpoint.save(m, path)
+    with torch.no_grad():
+        next(p for p in m.parameters() if p.is_floating_point()).view(-1)[0] = float("nan")
+    with pytest.raises(CheckpointError, match="not saved.*NaN or infinite"):
+        checkpoint.save(m, tmp_path / "nan.safetensors")
+    assert not (tmp_path / "nan.safetensors").exists()
+    tensors = load_file(str(path))
+    tensors["sums"][0, 0] = float("inf")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    meta.pop("sha256")  # a file without a checksum: the NaN check still refuses it
+    save_file(tensors, str(tmp_path / "inf.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="'sums' has NaN or infinite"):
+        checkpoint.load(tmp_path / "inf.safetensors")
+
+
+@pytest.mark.parametrize("config", ["{}", "[]", '{"backbone": 5}', "null"])
+def test_a_damaged_config_is_a_clear_error(tmp_path, config):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = tmp_path / "m.safetensors"
+    checkpoint.save(_model(), path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    meta["config"] = config
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match="m.safetensors: "):
+        checkpoint.load(path)
+
+
+def test_temporary_files_of_an_interrupted_save_are_removed_by_the_next(tmp_path):
+    import fcntl
+    import time
+
+    from imprinting.files import STALE_SECONDS
+
+    path = tmp_path / "m.safetensors"
+    old = time.time() - 2 * STALE_SECONDS
+    litter = tmp_path / ".m.safetensors.abc123.tmp"  # what kill -9 during a save leaves
+    litter.write_bytes(b"partial")
+    os.utime(litter, (old, old))
+    busy = tmp_path / ".m.safetensors.busy.tmp"  # another live writer, still writing
+    busy.write_bytes(b"partial")
+    os.utime(busy, (old, old))
+    fresh = tmp_path / ".m.safetensors.fresh.tmp"  # too new to judge
+    fresh.write_bytes(b"partial")
+    other = tmp_path / ".other.safetensors.x.tmp"  # another file's: not ours to remove
+    other.write_bytes(b"partial")
+    os.utime(other, (old, old))
+    with open(busy, "rb") as holder:
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
+        checkpoint.save(_model(), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".m.safetensors.busy.tmp", ".m.safetensors.fresh.tmp", ".other.safetensors.x.tmp", "m.safetensors"])
+    checkpoint.load(path)

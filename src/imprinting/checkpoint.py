@@ -7,12 +7,17 @@ and renamed over it, so a crash mid-save leaves the old file intact.
 Layout (format 1, unchanged since the first release): header ``format``, ``version``,
 ``config`` (``ModelSpec.to_config``), ``class_names``, ``unknown_threshold``; tensors
 ``model.<state_dict key>`` (the classifier's rows are the class vectors), ``sums`` (C, D)
-float64 and ``counts`` (C,) int64. A model with a closed-form head (``imprinting.heads``) adds
-header ``head`` (its JSON) and tensors ``head.centre``, ``head.covariance`` (float64).
+float64 and ``counts`` (C,) int64. Since 0.1 the header also has ``sha256``: a SHA-256 of the
+other header entries and every tensor's name, dtype, shape and bytes (``digest``), checked at
+load, so a flipped byte anywhere is a clear error; files without it (older ones) still load.
+NaN or infinite weights are refused at save and at load. A model with a closed-form head
+(``imprinting.heads``) adds header ``head`` (its JSON) and tensors ``head.centre``,
+``head.covariance`` (float64).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -53,7 +58,35 @@ def save(model: ImprintModel, path: str | os.PathLike) -> None:
     if table.head is not None:
         metadata["head"] = json.dumps(table.head.header())
         tensors.update({f"head.{k}": torch.from_numpy(np.array(v, np.float64)) for k, v in table.head.arrays().items()})
+    bad = non_finite(tensors)
+    if bad:
+        raise CheckpointError(f"{path}: not saved: tensor {bad!r} has NaN or infinite values")
+    metadata["sha256"] = digest(metadata, tensors)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def digest(metadata: dict, tensors: dict) -> str:
+    """SHA-256 of the header entries (but ``sha256``) and of each tensor's name, dtype,
+    shape and bytes, in name order."""
+    import torch
+
+    h = hashlib.sha256(json.dumps({k: v for k, v in metadata.items() if k != "sha256"}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def non_finite(tensors: dict) -> str | None:
+    """The name of the first floating-point tensor with a NaN or infinite value, or None."""
+    import torch
+
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -87,11 +120,15 @@ def read_metadata(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: damaged header (class_names is not a list of names)")
     if threshold is not None and not isinstance(threshold, (int, float)):
         raise CheckpointError(f"{path}: damaged header (unknown_threshold {threshold!r})")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: damaged header (config is not an object)")
     try:
         spec = ModelSpec.from_config(config)
     except UserError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    return {"spec": spec, "config": config, "class_names": names, "unknown_threshold": threshold, "head": head}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: damaged header (config {exc.__class__.__name__}: {exc})") from None
+    return {"spec": spec, "config": config, "class_names": names, "unknown_threshold": threshold, "raw": meta, "head": head}
 
 
 def load(path: str | os.PathLike) -> ImprintModel:
@@ -101,6 +138,13 @@ def load(path: str | os.PathLike) -> ImprintModel:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: truncated or corrupt model file ({exc})") from None
+    expected = meta["raw"].get("sha256")
+    if expected is not None and digest(meta["raw"], tensors) != expected:
+        raise CheckpointError(f"{path}: corrupt model file (its checksum does not match its contents: "
+                              "damaged on disk or in transfer)")
+    bad = non_finite(tensors)
+    if bad:
+        raise CheckpointError(f"{path}: corrupt model file (tensor {bad!r} has NaN or infinite values)")
     names = meta["class_names"]
     try:
         head = None
@@ -117,6 +161,6 @@ def load(path: str | os.PathLike) -> ImprintModel:
             names, clf.rows.detach().numpy(), tensors["sums"].numpy(), tensors["counts"].numpy(),
             scale.detach().numpy() if scale is not None else np.array([meta["spec"].scale]),
             bool(getattr(clf, "per_class_scale", False)), meta["spec"].scale, head), copy=False)
-    except (RuntimeError, KeyError, ValueError, UserError) as exc:
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # UserError is a ValueError
         raise CheckpointError(f"{path}: weights do not fit the recorded configuration ({exc})") from None
     return model.eval()

@@ -56,11 +56,15 @@ def raises(status: int, error: str, call, *args) -> ApiError:
 
 
 def test_health_and_the_model_files_classes(service, conv4):
-    assert service.health() == {
+    health = service.health()
+    load = health.pop("load")
+    assert health == {
         "status": "ok", "classes": 3, "backbone": "conv4", "embedding_dim": conv4.embedder.dim,
         "image_size": conv4.preprocess.image_size, "unknown_threshold": None,
-        "limits": {"max_images": 4, "max_pixels": MAX_PIXELS},
+        "limits": {"max_images": 4, "max_pixels": MAX_PIXELS, "max_images_in_flight": 8, "memory_limit_mb": None,
+                   "max_decode_mb": 768},
     }
+    assert load["images_in_flight"] == 0 and load["decode_mb"] == 0 and load["resident_mb"] > 0
     assert service.classes() == {"classes": [
         {"name": "base_a", "kind": "base", "examples": 0, "source": "model"},
         {"name": "base_b", "kind": "base", "examples": 0, "source": "model"},

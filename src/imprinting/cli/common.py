@@ -1,9 +1,15 @@
 """What every ``imprint`` command shares: the group that turns the library's user-facing
-errors into one line, and progress bars."""
+errors into one line, the parameter types that check every input at the edge (a bad value
+is click's one-line ``Error:`` and exit status 2, before any work), and progress bars."""
 
 from __future__ import annotations
 
+import math
+import os
 import sys
+import tempfile
+import unicodedata
+from pathlib import Path
 
 import click
 
@@ -13,8 +19,15 @@ from imprinting.errors import UserError
 USER_ERRORS = (UserError,)
 
 
+class OneLineUsageError(click.ClickException):
+    """A bad command line as one ``Error:`` line (no usage block), exit status 2."""
+
+    exit_code = 2
+
+
 class Group(click.Group):
-    """Turns the library's user-facing errors into one line and exit status 1, and records the
+    """Turns the library's user-facing errors into one line and exit status 1, a bad command
+    line (a value out of range, a bad file) into one line and exit status 2, and records the
     command line for the provenance of result tables."""
 
     def main(self, args=None, *a, **kw):
@@ -28,6 +41,10 @@ class Group(click.Group):
             return super().invoke(ctx)
         except USER_ERRORS as exc:
             raise click.ClickException(str(exc)) from None
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "imprint"
+            message = " ".join(exc.format_message().split())  # one line, whatever the value held
+            raise OneLineUsageError(f"{message} (see '{where} --help')") from None
 
 
 
@@ -44,4 +61,113 @@ def progress_bar(total, desc):
 
     return tqdm(total=total, desc=desc, unit="img" if "images" in desc else "class",
                 disable=total < 2 or not sys.stderr.isatty())
+
+
+# -- parameter types: every input checked before the command runs (exit 2) ------------
+class Finite(click.ParamType):
+    """A finite float (never NaN or infinite), optionally within [min, max]."""
+
+    name = "number"
+
+    def __init__(self, min: float | None = None, max: float | None = None, min_open: bool = False):
+        self.min, self.max, self.min_open = min, max, min_open
+
+    def convert(self, value, param, ctx):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        low = self.min is not None and (x <= self.min if self.min_open else x < self.min)
+        if low or (self.max is not None and x > self.max):
+            lo = "-inf" if self.min is None else f"{self.min:g}"
+            hi = "inf" if self.max is None else f"{self.max:g}"
+            self.fail(f"{x:g} is not in the range {'(' if self.min_open else '['}{lo}, {hi}]", param, ctx)
+        return x
+
+
+MAX_CLASS_NAME = 200
+
+
+class ClassName(click.ParamType):
+    """A class name: 1-200 printable characters, not only spaces (no newlines or other
+    control characters, which would break every table and file that lists classes)."""
+
+    name = "name"
+
+    def convert(self, value, param, ctx):
+        value = str(value)
+        if not value.strip():
+            self.fail("the class name is empty", param, ctx)
+        if len(value) > MAX_CLASS_NAME:
+            self.fail(f"the class name is {len(value)} characters long (limit {MAX_CLASS_NAME})", param, ctx)
+        bad = next((ch for ch in value if unicodedata.category(ch)[0] == "C"), None)
+        if bad is not None:
+            self.fail(f"the class name has the control character {bad!r}", param, ctx)
+        return value
+
+
+class ModelFile(click.Path):
+    """An existing imprinting model file whose header reads (the weights are checked when
+    the command loads them)."""
+
+    def __init__(self):
+        super().__init__(dir_okay=False, path_type=Path)
+
+    def convert(self, value, param, ctx):
+        from imprinting.checkpoint import CheckpointError, read_metadata
+
+        path = super().convert(value, param, ctx)
+        try:
+            read_metadata(path)
+        except CheckpointError as exc:
+            self.fail(str(exc), param, ctx)
+        return path
+
+
+def check_writable_folder(folder: Path) -> str | None:
+    """Why a new file cannot be written in ``folder`` (tried with a temporary file), or None."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        return f"cannot write in {existing} ({exc.strerror or exc})"
+    return None
+
+
+class OutputFile(click.Path):
+    """A file to write: not a folder, in a folder where files can be created."""
+
+    def __init__(self):
+        super().__init__(dir_okay=False, path_type=Path)
+
+    def convert(self, value, param, ctx):
+        path = super().convert(value, param, ctx)
+        problem = check_writable_folder(path.absolute().parent)
+        if problem is None and path.exists() and not os.access(path, os.W_OK):
+            problem = f"{path} is not writable"
+        if problem:
+            self.fail(f"{path}: {problem}", param, ctx)
+        return path
+
+
+class StoreFile(OutputFile):
+    """The service's class store: writable, and if it exists, not another application's
+    SQLite file (``serve.store.foreign_tables``)."""
+
+    def convert(self, value, param, ctx):
+        path = super().convert(value, param, ctx)
+        if path.is_file():
+            from imprinting.serve.store import foreign_tables
+
+            problem = foreign_tables(path)
+            if problem:
+                self.fail(problem, param, ctx)
+        return path
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
-from imprinting.cli.common import embed_with_bar, progress_bar
+from imprinting.cli.common import ClassName, Finite, ModelFile, OutputFile, embed_with_bar, progress_bar
 
 ENGINE_CHOICES = ["auto", "torch", "onnxruntime", "openvino"]
+IMAGE_SIZE = click.IntRange(8, 4096)  # pixels of the square crop
 
 
 def engine_options(command):
@@ -28,16 +29,17 @@ def engine_options(command):
 
 
 @click.command()
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", type=OutputFile())
 @click.option("--backbone", default="efficientnet_lite0", show_default=True,
               help="Backbone name: efficientnet_lite0/1/2, googlenet, resnet18, resnet50, conv4, timm:<name>.")
-@click.option("--dim", type=int, default=0, show_default=True,
+@click.option("--dim", type=click.IntRange(0, 65536), default=0, show_default=True,
               help="Add a fully connected layer to DIM dims before normalizing (untrained until you train it). "
                    "0 normalizes the pretrained backbone features directly, the right choice for a model you will not train.")
 @click.option("--random-init", is_flag=True, help="Random backbone weights instead of pretrained ones.")
-@click.option("--image-size", type=int, default=None, help="Crop size in pixels (default: the backbone's own).")
-@click.option("--scale", type=float, default=10.0, show_default=True, help="Initial scale s of the cosine classifier.")
-@click.option("--unknown-threshold", type=float, default=None,
+@click.option("--image-size", type=IMAGE_SIZE, default=None, help="Crop size in pixels (default: the backbone's own).")
+@click.option("--scale", type=Finite(0, 1000, min_open=True), default=10.0, show_default=True,
+              help="Initial scale s of the cosine classifier.")
+@click.option("--unknown-threshold", type=Finite(-1, 1), default=None,
               help="Predictions whose best cosine is below this are flagged unknown.")
 @click.option("--from-folder", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A folder of class folders: imprint one class per sub-folder.")
@@ -78,10 +80,10 @@ def create(out, backbone, dim, random_init, image_size, scale, unknown_threshold
 
 
 @click.command("add-class")
-@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.argument("model_path", metavar="MODEL", type=ModelFile())
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--name", required=True, help="The class name.")
-@click.option("--augment", type=int, default=1, show_default=True,
+@click.option("--name", required=True, type=ClassName(), help="The class name (1-200 printable characters).")
+@click.option("--augment", type=click.IntRange(1, 100), default=1, show_default=True,
               help="Imprint from K random crop + flip versions of each image (the paper uses 5); 1 = centre crop.")
 @click.option("--append", is_flag=True, help="Add the images to an existing imprinted class instead of failing.")
 @engine_options
@@ -95,8 +97,6 @@ def add_class(model_path, images, name, augment, append):
     from imprinting.data.images import collect_images
 
     model = checkpoint.load(model_path)
-    if not name.strip():
-        raise click.ClickException("the class name is empty")
     if model.has_class(name) and not append:
         raise click.ClickException(f"class {name!r} already exists in {model_path} (use --append to add examples)")
     files = collect_images(images)
@@ -108,10 +108,11 @@ def add_class(model_path, images, name, augment, append):
 
 
 @click.command()
-@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.argument("model_path", metavar="MODEL", type=ModelFile())
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-k", "--top-k", type=int, default=5, show_default=True, help="How many classes to list per image.")
-@click.option("--unknown-threshold", type=float, default=None, help="Override the model's unknown threshold.")
+@click.option("-k", "--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="How many classes to list per image.")
+@click.option("--unknown-threshold", type=Finite(-1, 1), default=None, help="Override the model's unknown threshold.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
               help="Also write the answers as CSV to this file (one row per image and rank; '-': print it instead).")
@@ -152,7 +153,7 @@ def predict(model_path, images, top_k, unknown_threshold, as_json, csv_path):
 
 
 @click.command()
-@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
+@click.argument("model_path", metavar="MODEL", type=ModelFile())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @engine_options
 def info(model_path, as_json):
@@ -175,18 +176,20 @@ def info(model_path, as_json):
 
 @click.command("train")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", type=OutputFile())
 @click.option("--backbone", default="efficientnet_lite0", show_default=True, help="Pretrained backbone to start from.")
 @click.option("--random-init", is_flag=True, help="Start the backbone from random weights (e.g. conv4).")
-@click.option("--dim", type=int, default=64, show_default=True, help="Embedding size D (0: no FC layer).")
+@click.option("--dim", type=click.IntRange(0, 65536), default=64, show_default=True,
+              help="Embedding size D (0: no FC layer).")
 @click.option("--mode", type=click.Choice(["frozen", "end-to-end"]), default="frozen", show_default=True,
               help="frozen: train FC + classifier on cached backbone features (fast); end-to-end: the whole network.")
-@click.option("--epochs", type=int, default=20, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, default=1e-4, show_default=True, help="Backbone learning rate; new layers get 10x.")
+@click.option("--epochs", type=click.IntRange(0, 100000), default=20, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=64, show_default=True)
+@click.option("--lr", type=Finite(0, 10, min_open=True), default=1e-4, show_default=True,
+              help="Backbone learning rate; new layers get 10x.")
 @click.option("--optimizer", type=click.Choice(["rmsprop", "sgd", "adam"]), default="rmsprop", show_default=True)
-@click.option("--image-size", type=int, default=None, help="Crop size (default: the backbone's).")
-@click.option("--augment", type=int, default=5, show_default=True,
+@click.option("--image-size", type=IMAGE_SIZE, default=None, help="Crop size (default: the backbone's).")
+@click.option("--augment", type=click.IntRange(0, 100), default=5, show_default=True,
               help="frozen mode: cached random crop + flip views per image used as augmentation (0: none).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Training state after each epoch; an interrupted run given the same file resumes.")

@@ -8,29 +8,42 @@ from pathlib import Path
 
 import click
 
+from imprinting.cli.common import Finite, ModelFile, StoreFile
 from imprinting.data.images import MAX_PIXELS
+from imprinting.serve.admission import DEFAULT_MEMORY_LIMIT_MB
 
 
 @click.command()
-@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--store", "store_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.argument("model_path", metavar="MODEL", type=ModelFile())
+@click.option("--store", "store_path", required=True, type=StoreFile(),
               help="SQLite file holding the classes taught through the service (created when missing).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--token", envvar="IMPRINT_TOKEN", default=None,
               help="Require 'Authorization: Bearer TOKEN' for every write (env IMPRINT_TOKEN).")
-@click.option("--unknown-threshold", type=click.FloatRange(-1, 1), default=None,
+@click.option("--unknown-threshold", type=Finite(-1, 1), default=None,
               help="Flag predictions whose best cosine is below this (default: the model's own).")
-@click.option("--max-request-mb", type=click.FloatRange(min=0.001), default=32.0, show_default=True,
+@click.option("--max-request-mb", type=Finite(0.001, 4096), default=32.0, show_default=True,
               help="Largest request body, in MiB.")
 @click.option("--max-images", type=click.IntRange(min=1), default=16, show_default=True,
               help="Most images in one request.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_PIXELS, show_default=True,
               help="Most pixels in one image (decompression bombs are refused).")
+@click.option("--memory-limit-mb", type=Finite(256, 2**24), default=DEFAULT_MEMORY_LIMIT_MB,
+              show_default=True, help="Memory ceiling: over it new requests get 503 + Retry-After; a quarter of it "
+                                      "bounds the images being decoded at once.")
+@click.option("--max-images-in-flight", type=click.IntRange(min=1), default=None,
+              help="Most images decoded and embedded at once, across all requests [default: 2 x --max-images].")
+@click.option("--busy-wait", type=Finite(0, 60), default=2.0, show_default=True,
+              help="Seconds a request may wait for room before it is answered 503 (Retry-After).")
+@click.option("--header-timeout", type=Finite(0.1, 600), default=10.0, show_default=True,
+              help="Seconds a client has to send a request's headers (slow clients are disconnected).")
+@click.option("--max-connections", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Most open connections; more are answered 503.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="info", show_default=True)
 def serve(model_path, store_path, host, port, token, unknown_threshold, max_request_mb, max_images, max_pixels,
-          log_level):
+          memory_limit_mb, max_images_in_flight, busy_wait, header_timeout, max_connections, log_level):
     """Serve MODEL over HTTP: teach classes from uploads, predict, and a web page at /.
 
     \b
@@ -42,29 +55,54 @@ def serve(model_path, store_path, host, port, token, unknown_threshold, max_requ
     GET    /docs                        the OpenAPI documentation
 
     Classes taught here are kept in the --store file; an upload is acknowledged only once
-    it is on disk, and they are all back after a restart.
+    it is on disk, and they are all back after a restart. Memory stays under
+    --memory-limit-mb: over the bounds a request is answered 503 with Retry-After.
     """
     try:
         import uvicorn
 
         from imprinting.serve.app import create_app
+        from imprinting.serve.middleware import header_timeout_protocol
         from imprinting.serve.store import StoreError
     except ImportError as exc:
         raise click.ClickException(f"the service needs its extra dependencies ({exc}): pip install 'imprinting[serve]'")
-    if token is not None and not token.strip():
-        raise click.ClickException("--token is empty")
+    if token is not None and (not token.strip() or not token.isprintable()):
+        raise click.UsageError("--token is empty or has control characters")
     if not _is_loopback(host) and token is None:
         click.echo(f"warning: listening on {host} without --token: anyone who can reach it can add and delete classes",
                    err=True)
+    return_freed_memory()
     try:
         app = create_app(model_path, store_path, token, max_request_bytes=int(max_request_mb * 1024 * 1024),
-                         max_images=max_images, max_pixels=max_pixels, unknown_threshold=unknown_threshold)
+                         max_images=max_images, max_pixels=max_pixels, unknown_threshold=unknown_threshold,
+                         memory_limit_mb=memory_limit_mb, max_images_in_flight=max_images_in_flight,
+                         busy_wait_seconds=busy_wait)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     service = app.state.service
     click.echo(f"{model_path}: {service.model.num_classes} classes; store {store_path}; "
                f"http://{host}:{port}/ (API docs at /docs)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, http=header_timeout_protocol(header_timeout),
+                limit_concurrency=max_connections, timeout_keep_alive=5)
+
+
+def return_freed_memory() -> None:
+    """Undo ``imprint``'s ``keep_freed_memory`` for the server: a long-lived process must give
+    the memory of a large request back (big blocks from mmap, the heap top trimmed, few
+    malloc arenas for the request threads), or its resident size only ever grows."""
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: blocks over 1 MiB are mapped and unmapped
+        libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD
+        libc.mallopt(-8, 4)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
 
 
 def _is_loopback(host: str) -> bool:

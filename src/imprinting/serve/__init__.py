@@ -3,7 +3,9 @@
 ``create_app(model_path, store_path, token=None)`` builds the FastAPI app; the classes
 taught through it live in a SQLite store (``imprinting.serve.store``). The app's routes
 are thin over ``imprinting.serve.service.Service``, which does the same without HTTP;
-``serve.validation`` checks what clients send and ``serve.middleware`` guards the requests.
+``serve.validation`` checks what clients send, ``serve.admission`` bounds what is let in at
+once (memory), ``serve.middleware`` guards the requests, and ``serve.integrity`` holds the
+checks a store makes of itself at start.
 Importing this package is cheap: FastAPI is imported only when the app is built.
 """
 

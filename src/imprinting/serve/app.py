@@ -16,13 +16,15 @@ from fastapi import FastAPI, File, Path as PathParam, Query, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 
 from imprinting.data.images import MAX_PIXELS
-from imprinting.serve.middleware import Guard
+from imprinting.serve.admission import Admission
+from imprinting.serve.middleware import Guard, Options, allowed_methods
 from imprinting.serve.service import Service
-from imprinting.serve.validation import ApiError, Upload
+from imprinting.serve.validation import MAX_NAME_LENGTH, ApiError, Upload
 
 STATIC = Path(__file__).parent / "static"
 
@@ -50,9 +52,46 @@ class _AnyText(Convertor):
 register_url_convertor("anytext", _AnyText())
 
 
+class ErrorBody(BaseModel):
+    """The body of every error the service sends."""
+
+    error: str
+    detail: str
+
+
+_WHEN = {
+    401: "No token, or a wrong one, for a write (when the server has a token)",
+    404: "No such class, or no such endpoint",
+    409: "A class of the model file (read-only here), a class at its example limit, or no classes yet",
+    413: "The body, the number of images, or an image's pixels over the server's limits",
+    422: "A bad class name, an upload that is not a readable image, or a bad query or form field",
+    503: "The server is at its bounds (busy: retry after Retry-After seconds), or the disk refused a write",
+}
+
+
+# What check_class_name accepts, for the documentation only (the route checks it itself, so
+# that a bad name gets its own error, invalid_class_name): letters, digits or _ first, then
+# also spaces and . , ' ( ) + & -, no trailing space, at most 100 characters.
+NAME_SCHEMA = {"pattern": r"^\w(?:[\w .,'()+&-]*[\w.,'()+&-])?$", "maxLength": MAX_NAME_LENGTH, "minLength": 1}
+
+
+def _name(description: str):
+    return PathParam(description=description, json_schema_extra=NAME_SCHEMA)
+
+
+def errors(*codes: int) -> dict:
+    """OpenAPI ``responses`` for the error statuses a route sends, with their JSON body."""
+    out = {code: {"model": ErrorBody, "description": _WHEN[code]} for code in codes}
+    if 503 in out:
+        out[503]["headers"] = {"Retry-After": {"description": "Seconds to wait before retrying",
+                                               "schema": {"type": "integer"}}}
+    return out
+
+
 def _uploads(files: list[UploadFile]) -> list[Upload]:
-    """The multipart files as (file name, bytes) pairs, as the service takes them."""
-    return [(f.filename, f.file.read()) for f in files]
+    """The multipart files as (file name, file) pairs: the service reads the bytes only once
+    it has admitted the request (``serve.admission``)."""
+    return [(f.filename, f.file) for f in files]
 
 
 def create_app(
@@ -64,17 +103,28 @@ def create_app(
     max_images: int = 16,
     max_pixels: int = MAX_PIXELS,
     unknown_threshold: float | None = None,
+    memory_limit_mb: float | None = None,
+    max_images_in_flight: int | None = None,
+    busy_wait_seconds: float = 2.0,
+    body_timeout: float = 30.0,
 ) -> FastAPI:
     """Load the model, open (or create) the store, restore its classes, and build the app.
 
     ``token``: when set, every write (adding examples, deleting a class) needs
     ``Authorization: Bearer <token>``. ``unknown_threshold`` overrides the model's.
+    ``memory_limit_mb`` (the process's ceiling; ``imprint serve`` sets 3072, ``None``: none),
+    ``max_images_in_flight`` (default: two full requests) and
+    ``busy_wait_seconds``: the bounds across all requests (``serve.admission``); over them a
+    request is answered 503 with ``Retry-After``. ``body_timeout``: seconds a client may
+    pause while sending a body (408 after).
     Raises ``CheckpointError`` for a bad model file and ``StoreError`` for a store that
     belongs to another model, is damaged, or is in use by another process.
     The ``Service`` is ``app.state.service``.
     """
+    admission = Admission(max_images_in_flight=max_images_in_flight or 2 * max_images,
+                          memory_limit_mb=memory_limit_mb, wait_seconds=busy_wait_seconds)
     service = Service.open(model_path, store_path, unknown_threshold=unknown_threshold,
-                           max_images=max_images, max_pixels=max_pixels)
+                           max_images=max_images, max_pixels=max_pixels, admission=admission)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -94,19 +144,25 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
-    app.add_middleware(Guard, max_body_bytes=max_request_bytes, token=token)
+    app.add_middleware(Guard, max_body_bytes=max_request_bytes, token=token, body_timeout=body_timeout,
+                       busy=admission.full)
+    app.add_middleware(Options, routes=lambda: app.routes)
+    writes = (401,) if token else ()
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
-        return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status)
+        return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request, exc: HTTPException):
-        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code, "bad_request")
-        detail = str(exc.detail)
+        code = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
+                413: "request_too_large"}.get(exc.status_code, "bad_request")
+        detail, headers = str(exc.detail), dict(exc.headers or {})
         if exc.status_code in (404, 405):
             detail = f"{detail}: {request.method} {request.url.path!r} (see /docs for the endpoints)"
-        return JSONResponse({"error": code, "detail": detail}, status_code=exc.status_code, headers=exc.headers)
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(app.routes, request.scope))
+        return JSONResponse({"error": code, "detail": detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
@@ -123,8 +179,8 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/health", summary="Liveness and a summary of the model")
-    def health():
+    @app.get("/health", summary="Liveness, a summary of the model, the limits and the load now")
+    async def health():  # async: answered on the event loop, never queued behind inference
         body = service.health()
         limits = body.pop("limits")
         body["writes_need_token"] = token is not None
@@ -135,30 +191,34 @@ def create_app(
     def list_classes():
         return service.classes()
 
-    @app.get("/classes/{name:anytext}", summary="One class, with its stored examples")
-    def get_class(name: str = PathParam(description="Class name")):
+    @app.get("/classes/{name:anytext}", summary="One class, with its stored examples", responses=errors(404, 422, 503))
+    def get_class(name: str = _name("Class name")):
         return service.get_class(name)
 
     @app.post(
         "/classes/{name:anytext}/examples",
         summary="Teach a class from one or more images (creates it, or adds to it)",
         status_code=200,
-        responses={201: {"description": "The class was created"}},
+        responses={201: {"description": "The class was created"}, **errors(*writes, 409, 413, 422, 503)},
     )
     def add_examples(
-        name: str = PathParam(description="Class name: 1-100 letters, digits, spaces, _ . , ' ( ) + & -"),
-        files: list[UploadFile] = File(description="One or more images (JPEG, PNG, WebP, GIF, BMP, TIFF)"),
+        name: str = _name("Class name: 1-100 letters, digits, spaces, _ . , ' ( ) + & -"),
+        files: list[UploadFile] = File(description="One or more images (JPEG, PNG, WebP, GIF, BMP, TIFF)",
+                                       json_schema_extra={"minItems": 1, "maxItems": max_images}),
     ):
         body = service.teach(name, _uploads(files))
         return JSONResponse(body, status_code=201 if body["created"] else 200)
 
-    @app.delete("/classes/{name:anytext}", summary="Delete a class taught through the service")
-    def delete_class(name: str = PathParam(description="Class name")):
+    @app.delete("/classes/{name:anytext}", summary="Delete a class taught through the service",
+                responses=errors(*writes, 404, 409, 422, 503))
+    def delete_class(name: str = _name("Class name")):
         return service.delete(name)
 
-    @app.post("/predict", summary="Top-k classes of one or more images, with probabilities and cosines")
+    @app.post("/predict", summary="Top-k classes of one or more images, with probabilities and cosines",
+              responses=errors(409, 413, 422, 503))
     def predict(
-        files: list[UploadFile] = File(description="One or more images"),
+        files: list[UploadFile] = File(description="One or more images",
+                                       json_schema_extra={"minItems": 1, "maxItems": max_images}),
         k: int = Query(5, ge=1, le=100, description="How many classes to return per image"),
         unknown_threshold: float | None = Query(
             None, ge=-1.0, le=1.0, description="Flag 'unknown' when the best cosine is below this (default: the model's)"

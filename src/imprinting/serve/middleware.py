@@ -7,6 +7,7 @@ as every other error of the service.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 
 from fastapi.responses import JSONResponse
@@ -19,10 +20,15 @@ class Guard:
     ``token``: when set, every write (any method but GET, HEAD and OPTIONS, except POST
     /predict) needs ``Authorization: Bearer <token>``. ``max_body_bytes``: checked against
     Content-Length when there is one, and counted while reading when there is not.
+    ``body_timeout``: the longest pause while the body arrives (408 after; the headers'
+    own timeout is the server's, ``cli.serve``). ``busy()``: (detail, retry-after seconds)
+    when the service has no room at all for an upload, which is then refused with a 503
+    before its body is read or parsed; else None.
     """
 
-    def __init__(self, app, max_body_bytes: int, token: str | None):
-        self.app, self.max_body_bytes, self.token = app, max_body_bytes, token
+    def __init__(self, app, max_body_bytes: int, token: str | None, body_timeout: float = 30.0, busy=None):
+        self.app, self.max_body_bytes, self.token, self.body_timeout = app, max_body_bytes, token, body_timeout
+        self.busy = busy
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -38,11 +44,18 @@ class Guard:
                 send, 413, "request_too_large",
                 f"the request body is {length} bytes; the limit is {self.max_body_bytes} bytes",
             )
+        if self.busy is not None and scope["method"] == "POST":
+            refusal = self.busy()  # every image slot taken: refuse before parsing the body
+            if refusal is not None:
+                return await send_error(send, 503, "busy", refusal[0], {"Retry-After": str(refusal[1])})
         received = 0
 
         async def limited_receive():
             nonlocal received
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout)
+            except asyncio.TimeoutError:  # a client that stopped sending mid-body
+                raise HTTPException(408, f"the request body stalled for {self.body_timeout:g} s") from None
             received += len(message.get("body", b""))
             if received > self.max_body_bytes:  # a body sent without Content-Length
                 raise HTTPException(413, f"the request body is over the limit of {self.max_body_bytes} bytes")
@@ -74,3 +87,75 @@ async def send_error(send, status: int, error: str, detail: str, headers: dict |
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+def header_timeout_protocol(seconds: float):
+    """uvicorn's h11 protocol with a timeout on the request line and headers: a connection
+    that has not sent a whole request head within ``seconds`` of connecting (or of its last
+    answer) is closed, so half-sent requests cannot hold connections open forever.
+    (uvicorn's own ``timeout_keep_alive`` covers only idle connections between requests.)"""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
+                self._arm()  # the first bytes of a next request on a kept-alive connection
+            super().data_received(data)
+
+        def connection_lost(self, exc) -> None:
+            if getattr(self, "_head_timer", None) is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._head_timer = self.loop.call_later(seconds, self._head_late, self.cycle)
+
+        def _head_late(self, cycle) -> None:
+            self._head_timer = None
+            if self.cycle is cycle and not self.transport.is_closing():  # no new request began
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
+
+
+def allowed_methods(routes, scope) -> list[str]:
+    """Every method the app's routes take at ``scope``'s path (for Allow), OPTIONS included;
+    empty when no route has the path."""
+    from starlette.routing import Match, Mount
+
+    # the path as the app's routes see it (inside a Mount, root_path has grown: undo that)
+    probe = {"type": "http", "method": "GET", "path": scope["path"],
+             "root_path": scope.get("app_root_path", scope.get("root_path", ""))}
+    methods: set[str] = set()
+    for route in routes:
+        match, _ = route.matches(probe)
+        if match == Match.NONE:
+            continue
+        if isinstance(route, Mount):
+            methods |= {"GET", "HEAD"}
+        else:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods | {"OPTIONS"}) if methods else []
+
+
+class Options:
+    """ASGI middleware: answers OPTIONS for every path with 204 and the methods its routes
+    really take in ``Allow`` (all routes of the path, not only the first that matches)."""
+
+    def __init__(self, app, routes):
+        self.app, self.routes = app, routes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "OPTIONS":
+            return await self.app(scope, receive, send)
+        methods = allowed_methods(self.routes(), scope)
+        if not methods:
+            return await send_error(send, 404, "not_found", f"no endpoint at {scope['path']!r} (see /docs)")
+        await send({"type": "http.response.start", "status": 204,
+                    "headers": [(b"allow", ", ".join(methods).encode()), (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})

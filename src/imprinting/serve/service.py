@@ -31,24 +31,42 @@ from imprinting import checkpoint
 from imprinting.data.images import MAX_PIXELS
 from imprinting.classes import ClassSnapshot
 from imprinting.errors import UserError
+from imprinting.serve.integrity import MAX_COUNT
 from imprinting.serve.store import Store, StoredClass, StoreError
-from imprinting.serve.validation import ApiError, Upload, check_class_name, read_images
+from imprinting.serve.admission import Admission
+from imprinting.serve.validation import ApiError, Upload, check_class_name, check_uploads, read_images
+
+
+def _store_error(detail: str) -> ApiError:
+    """503 for a write the disk refused (full, read-only, I/O error): nothing was changed."""
+    return ApiError(503, "store_error", detail, headers={"Retry-After": "10"})
 
 
 class Service:
     """The classes of one model, taught through the service and kept in one store."""
 
-    def __init__(self, model, store: Store, *, max_images: int = 16, max_pixels: int = MAX_PIXELS):
+    def __init__(self, model, store: Store, *, max_images: int = 16, max_pixels: int = MAX_PIXELS,
+                 admission: Admission | None = None):
         """Take ``model`` (a cosine ``ImprintModel``) and ``store`` (opened for this model) and
         restore the store's classes into the model. The service owns the store from here:
         it is closed if restoring fails, and by ``close``. The classes the model has now are
-        the model file's: read-only here."""
+        the model file's: read-only here. ``admission``: the bounds across all requests
+        (``serve.admission``; default: two full requests in flight, no ceiling on the process)."""
+        from imprinting.data.transforms import eval_crop, image_mode
+
         self.model = model
         self.store = store
         self.model_classes = frozenset(model.class_names)
         self.max_images = max_images
         self.max_pixels = max_pixels
+        self.admission = admission or Admission(max_images_in_flight=2 * max_images, memory_limit_mb=None)
+        pre = model.preprocess
+        # decode straight to what the model's resize makes of an image (a no-op for it after)
+        self._decoding = {"mode": image_mode(pre), "reduce_to": pre.resize_size, "shrink": eval_crop(pre).resize}
         self.lock = threading.Lock()
+        # one forward pass at a time: it already uses every core, and more at once only add
+        # runnable threads (the event loop, /health, would wait for the CPU behind them)
+        self._forward = threading.Lock()
         try:
             stored = store.classes()
             for c in stored:
@@ -68,6 +86,7 @@ class Service:
         unknown_threshold: float | None = None,
         max_images: int = 16,
         max_pixels: int = MAX_PIXELS,
+        admission: Admission | None = None,
     ) -> Service:
         """Load the model file, open (or create) its store, restore the stored classes, and
         run one forward so that the first request is not slow.
@@ -84,7 +103,7 @@ class Service:
             model.unknown_threshold = unknown_threshold
         description = f"{model.spec.backbone}, image size {model.preprocess.image_size}"
         store = Store(store_path, model.embedder.dim, cls._fingerprint(model), description)
-        service = cls(model, store, max_images=max_images, max_pixels=max_pixels)
+        service = cls(model, store, max_images=max_images, max_pixels=max_pixels, admission=admission)
         try:
             size = model.preprocess.image_size
             model.embed_images([Image.new("RGB", (size, size))])  # warm up
@@ -109,8 +128,7 @@ class Service:
     def health(self) -> dict:
         """Liveness and the model's summary. The app adds what only HTTP knows (whether
         writes need a token, the request size limit)."""
-        with self.lock:
-            n = self.model.num_classes
+        n = self.model.num_classes  # one read, without the lock: health never waits for a request
         return {
             "status": "ok",
             "classes": n,
@@ -118,7 +136,8 @@ class Service:
             "embedding_dim": self.model.embedder.dim,
             "image_size": self.model.preprocess.image_size,
             "unknown_threshold": self.model.unknown_threshold,
-            "limits": {"max_images": self.max_images, "max_pixels": self.max_pixels},
+            "limits": {"max_images": self.max_images, "max_pixels": self.max_pixels, **self.admission.limits()},
+            "load": self.admission.state(),
         }
 
     def classes(self) -> dict:
@@ -132,7 +151,10 @@ class Service:
         with self.lock:
             self._require(name)
             out = self._describe(name, self._count(name))
-            examples = self.store.examples(name) if out["source"] == "store" else []
+            try:
+                examples = self.store.examples(name) if out["source"] == "store" else []
+            except (sqlite3.Error, StoreError) as exc:
+                raise _store_error(f"the store could not be read ({exc})") from exc
         out["stored_examples"] = [{"id": e.id, "sha256": e.sha256, "filename": e.filename} for e in examples]
         return out
 
@@ -146,8 +168,9 @@ class Service:
         if name in self.model_classes:
             raise ApiError(409, "read_only_class", f"class {name!r} comes from the model file; "
                                                    "the service adds examples only to classes it created")
-        images, shas, names = read_images(uploads, self.max_images, self.max_pixels)
-        embeddings = self.model.embed_images(images)
+        check_uploads(uploads, self.max_images)
+        with self.admission.admit(len(uploads)):
+            embeddings, shas, names = self._read_and_embed(uploads)
         embedded = time.perf_counter()
         body = self._commit(name, embeddings, shas, names)
         self._save_thumbnails(body["example_ids"], images)
@@ -159,8 +182,9 @@ class Service:
         """The top-k classes of each upload with probabilities and cosines, and whether its
         best cosine is below the threshold (this call's, or the model's)."""
         start = time.perf_counter()
-        images, _, names = read_images(uploads, self.max_images, self.max_pixels)
-        embeddings = self.model.embed_images(images)
+        check_uploads(uploads, self.max_images)
+        with self.admission.admit(len(uploads)):
+            embeddings, _, names = self._read_and_embed(uploads)
         with self.lock:
             if self.model.num_classes == 0:
                 raise ApiError(409, "no_classes", "the model has no classes yet: teach one first")
@@ -186,18 +210,42 @@ class Service:
             if name in self.model_classes:
                 kind = "an imprinted class of the model file" if self.model.is_imprinted(name) else "a base class"
                 raise ApiError(409, "protected_class", f"class {name!r} is {kind} and cannot be deleted here")
-            self.store.remove_class(name)
+            try:
+                self.store.remove_class(name)
+            except (sqlite3.Error, StoreError) as exc:
+                raise _store_error(f"class {name!r} was not deleted, nothing changed ({exc})") from exc
             self.model.remove_class(name)
             left = self.model.num_classes
         return {"deleted": name, "classes": left}
 
     # -- helpers ---------------------------------------------------------------
+    def _read_and_embed(self, uploads: Sequence[Upload]) -> tuple[torch.Tensor, list[str], list[str]]:
+        """Decode the uploads (shrunk at once, within the decoding bound) and embed them:
+        (embeddings, SHA-256 of each file, display names). The caller holds the admission."""
+        images, shas, names = read_images(uploads, self.max_images, self.max_pixels, admission=self.admission,
+                                          **self._decoding)
+        return self._embed(images, names), shas, names
+
+    def _embed(self, images: list, names: list[str]) -> torch.Tensor:
+        """The images' embeddings; one that is NaN or infinite (a damaged model, or an image
+        the model cannot embed) refuses the request before anything is taught or answered."""
+        with self._forward:
+            embeddings = self.model.embed_images(images)
+        bad = ~torch.isfinite(embeddings).all(dim=1)
+        if bad.any():
+            raise ApiError(422, "unembeddable_image",
+                           f"{names[int(bad.nonzero()[0])]}: the model gives it a NaN or infinite embedding")
+        return embeddings
+
     def _commit(self, name: str, embeddings: torch.Tensor, shas: list[str], names: list[str]) -> dict:
         """Teach ``name`` in memory and commit the upload, undoing the memory on any store
         error. Returns the class as it is after this upload, with ``created`` and ``example_ids``."""
         model = self.model
         with self.lock:
             created = not model.has_class(name)
+            count = 0 if created else self._count(name)
+            if count + len(embeddings) > MAX_COUNT:
+                raise ApiError(409, "class_full", f"class {name!r} has {count} examples; the limit is {MAX_COUNT}")
             before = None if created else self.model.snapshot_class(name)
             if created:
                 model.add_class(name, embeddings)
@@ -209,7 +257,7 @@ class Service:
             except BaseException as exc:
                 self._undo(name, before)
                 if isinstance(exc, (sqlite3.Error, StoreError)):
-                    raise ApiError(503, "store_error", f"the upload was not saved, nothing changed ({exc})") from exc
+                    raise _store_error(f"the upload was not saved, nothing changed ({exc})") from exc
                 raise
             return {**self._describe(name, new_count), "created": created, "added": len(ids), "example_ids": ids}
 

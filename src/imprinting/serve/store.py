@@ -12,9 +12,15 @@ Every upload is one ``BEGIN IMMEDIATE ... COMMIT`` transaction: after a crash (k
 power loss) a class has either all of an upload's examples, with the sum and count that
 include them, or none of them. ``commit`` returns only once SQLite has synced the WAL.
 
-One service process owns a store: ``Store`` takes an exclusive lock on ``PATH.lock`` (the
-kernel drops it when the process dies, even by kill -9), because the service keeps the
-classes in memory and a second writer would make the two disagree.
+One service process owns a store: ``Store`` holds an exclusive advisory lock (``flock``) on
+the database file itself, so a hard link, a symlink or any other path to the same file finds
+it taken (the kernel drops the lock when the process dies, even by kill -9), because the
+service keeps the classes in memory and a second writer would make the two disagree.
+
+At open the store checks itself (``PRAGMA quick_check``, the model fingerprint, every class's
+count and sum against its examples: ``serve.integrity``) and refuses damage with a
+``StoreError`` naming it. Every write maps what the disk refuses (full, read-only, I/O
+error) to a ``StoreError`` with nothing written.
 """
 
 from __future__ import annotations
@@ -22,10 +28,15 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from imprinting.serve.integrity import ExampleSums, StoreError, check_count, check_meta, check_rows
+
+__all__ = ["Store", "StoreError", "StoredClass", "StoredExample", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 
@@ -51,10 +62,6 @@ CREATE INDEX IF NOT EXISTS examples_by_class ON examples(class_id);
 """
 
 
-class StoreError(RuntimeError):
-    """A store that cannot be used: another model's, in use by another process, damaged."""
-
-
 @dataclass
 class StoredClass:
     name: str
@@ -76,10 +83,17 @@ class Store:
     def __init__(self, path: str | os.PathLike, dim: int, fingerprint: str, description: str = ""):
         self.path = Path(path)
         self.dim = dim
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_file = _lock_exclusive(self.path.with_name(self.path.name + ".lock"))
+        self._db = self._lock_file = None
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_file = lock_file(self.path)
+            # the resolved path: every name of the file shares one -wal file
+            self._db = sqlite3.connect(os.path.realpath(self.path), isolation_level=None, check_same_thread=False,
+                                       timeout=30)
+            problems = [r[0] for r in self._db.execute("PRAGMA quick_check(5)").fetchall()]
+            if problems != ["ok"]:
+                raise StoreError(f"{self.path}: damaged store (SQLite quick_check: {'; '.join(problems)})")
+            self._check_tables()
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -87,29 +101,39 @@ class Store:
                 for statement in _statements(SCHEMA):  # not executescript: it would commit
                     self._db.execute(statement)
                 self._check_meta(dim, fingerprint, description)
+            self._check_rows()
         except sqlite3.DatabaseError as exc:
             self.close()
-            raise StoreError(f"{self.path}: not a usable class store ({exc})") from None
+            raise StoreError(f"{self.path}: not a usable class store: damaged, or not a SQLite file ({exc})") from None
+        except OSError as exc:
+            self.close()
+            raise StoreError(f"{self.path}: cannot open the store ({exc.strerror or exc})") from None
         except BaseException:
             self.close()
             raise
 
+    def _check_tables(self) -> None:
+        """Refuse another application's SQLite file rather than add tables to it."""
+        problem = _foreign(self.path, self._db)
+        if problem:
+            raise StoreError(problem)
+
     def _check_meta(self, dim: int, fingerprint: str, description: str) -> None:
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-        if not meta:
+        holds = self._db.execute("SELECT EXISTS (SELECT 1 FROM classes) OR EXISTS (SELECT 1 FROM examples)").fetchone()[0]
+        if check_meta(str(self.path), meta, bool(holds), dim, fingerprint, SCHEMA_VERSION):
             now = str(time.time())
             rows = {"schema": str(SCHEMA_VERSION), "dim": str(dim), "model": fingerprint,
                     "model_description": description, "created": now}
             self._db.executemany("INSERT INTO meta VALUES (?, ?)", rows.items())
-            return
-        if int(meta.get("schema", 0)) > SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: written by a newer version of imprinting (schema {meta['schema']})")
-        if meta.get("model") != fingerprint or int(meta.get("dim", -1)) != dim:
-            raise StoreError(
-                f"{self.path}: this store holds classes of another model "
-                f"({meta.get('model_description') or 'unknown'}, {meta.get('dim')}-d embeddings); its embeddings "
-                "mean nothing to this one. Use the model it was made with, or a new --store file."
-            )
+
+    def _check_rows(self) -> None:
+        """Every class's count and sum against its stored examples (``integrity.check_rows``)."""
+        sums = ExampleSums(str(self.path), self.dim)
+        for class_id, blob in self._db.execute("SELECT class_id, embedding FROM examples"):
+            sums.add(class_id, blob)
+        rows = self._db.execute("SELECT id, name, sum, count FROM classes ORDER BY id")
+        check_rows(str(self.path), self.dim, rows, sums)
 
     # -- reading ---------------------------------------------------------------
     def classes(self) -> list[StoredClass]:
@@ -231,9 +255,13 @@ class Store:
             raise ValueError(f"expected (n >= 1, {self.dim}) embeddings, got {embeddings.shape}")
         if not (len(embeddings) == len(sha256s) == len(filenames)):
             raise ValueError("one sha256 and one file name per embedding")
-        sum_blob = np.ascontiguousarray(new_sum, dtype="<f8").tobytes()
+        check_count(str(self.path), name, new_count)
+        new_sum = np.ascontiguousarray(new_sum, dtype="<f8")
+        if new_sum.shape != (self.dim,) or not np.isfinite(new_sum).all() or not np.isfinite(embeddings).all():
+            raise ValueError(f"class {name!r}: the sum and the embeddings must be finite, (dim,) and (n, dim)")
+        sum_blob = new_sum.tobytes()
         now = time.time()
-        with self._transaction():
+        with self._writing(f"the upload to class {name!r}"):
             row = self._db.execute("SELECT id, count FROM classes WHERE name = ?", (name,)).fetchone()
             old_count = row[1] if row else 0
             if old_count != new_count - len(embeddings):
@@ -263,21 +291,34 @@ class Store:
 
     def remove_class(self, name: str) -> bool:
         """Delete a class and its examples in one transaction; False if there was none."""
-        with self._transaction():
+        with self._writing(f"deleting class {name!r}"):
             cur = self._db.execute("DELETE FROM classes WHERE name = ?", (name,))
         return cur.rowcount > 0
 
     def close(self) -> None:
-        db = getattr(self, "_db", None)
-        if db is not None:
-            db.close()
+        """Close the database, then release the lock (in this order: closing another
+        descriptor of the file first would drop SQLite's own POSIX locks)."""
+        if self._db is not None:
+            self._db.close()
             self._db = None
         if self._lock_file is not None:
-            self._lock_file.close()
+            os.close(self._lock_file)
             self._lock_file = None
 
     def _transaction(self):
         return _Transaction(self._db)
+
+    @contextmanager
+    def _writing(self, what: str):
+        """One write transaction; what the disk refuses (full, read-only, I/O error, a
+        damaged page) becomes a ``StoreError`` naming it, with nothing written."""
+        if self._db is None:
+            raise StoreError(f"{self.path}: the store is closed")
+        try:
+            with self._transaction():
+                yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: the disk refused {what} ({exc})") from exc
 
 
 class _Transaction:
@@ -291,26 +332,90 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            self.db.execute("COMMIT")
-        elif self.db.in_transaction:  # SQLite may have rolled back already (e.g. disk full)
-            self.db.execute("ROLLBACK")
+            try:
+                self.db.execute("COMMIT")
+                return False
+            except BaseException:
+                self._rollback()
+                raise
+        self._rollback()
         return False
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:  # SQLite may have rolled back already (e.g. disk full)
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:  # the original error is the one to report
+                pass
+
+
+def _foreign(path, db: sqlite3.Connection) -> str | None:
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = {t for t in tables if not t.startswith("sqlite_")}
+    if tables and not ({"meta", "classes", "examples"} >= tables and "meta" in tables):
+        return (f"{path}: not a class store of imprinting (another application's SQLite file? "
+                f"its tables: {', '.join(sorted(tables))})")
+    return None
+
+
+def foreign_tables(path: str | os.PathLike) -> str | None:
+    """Why the existing SQLite file ``path`` is not a class store (its tables are another
+    application's), or None (a store, an empty file, or not SQLite at all: ``Store`` says
+    more). Opened read-only: nothing is written."""
+    with open(path, "rb") as f:
+        if f.read(16) != b"SQLite format 3\0":
+            return None
+    try:
+        db = sqlite3.connect(f"file:{os.path.realpath(path)}?mode=ro", uri=True)
+        try:
+            return _foreign(path, db)
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
 
 
 def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
 
-def _lock_exclusive(path: Path):
-    """Hold an exclusive advisory lock on ``path`` for as long as the returned file is open."""
+def lock_file(path: Path) -> int | None:
+    """Open the database file (creating it) and hold an exclusive ``flock`` on it for as long
+    as the returned descriptor is open. The lock is on the file, not its name: every hard
+    link, symlink or other path to it finds it held. ``None`` where there is no ``fcntl``
+    (Windows: one process per store is then up to the user)."""
     try:
         import fcntl
-    except ImportError:  # Windows: no advisory locks; one process per store is then up to the user
+    except ImportError:
         return None
-    f = open(path, "a+")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        f.close()
-        raise StoreError(f"{path.with_suffix('')}: in use by another imprint serve process") from None
-    return f
+        holder = lock_holder(fd)
+        os.close(fd)
+        who = f"process {holder}" if holder else "another process"
+        raise StoreError(f"{path}: in use by another imprint serve process ({who} holds its lock; "
+                         "one server per store)") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def lock_holder(fd: int) -> int | None:
+    """The pid holding a ``flock`` on the file behind ``fd`` (Linux: /proc/locks), or None."""
+    st = os.fstat(fd)
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for exact in (True, False):  # some file systems show another device number there
+        for line in lines:
+            parts = line.split()
+            if len(parts) >= 6 and parts[1] == "FLOCK" and "->" not in parts:
+                if parts[5] == ident if exact else parts[5].endswith(f":{st.st_ino}"):
+                    return int(parts[4]) if parts[4].isdigit() else None
+    return None

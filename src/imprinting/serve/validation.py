@@ -11,7 +11,8 @@ import hashlib
 import io
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 from PIL import Image, UnidentifiedImageError
 
@@ -22,16 +23,18 @@ MAX_NAME_LENGTH = 100
 # A letter, digit or underscore first; then those, spaces and . , ' ( ) + & -
 NAME_PATTERN = re.compile(r"\w[\w .,'()+&-]*")
 
-# One uploaded file: its name as the client sent it (or None) and its bytes.
-Upload = tuple[str | None, bytes]
+# One uploaded file: its name as the client sent it (or None) and its bytes, or a binary
+# file to read them from (read only once the request is admitted: serve.admission).
+Upload = tuple[str | None, "bytes | io.BufferedIOBase"]
 
 
 class ApiError(Exception):
-    """A client error: HTTP status, a short machine-readable code and a sentence."""
+    """A client error (or a 503): HTTP status, a short machine-readable code, a sentence, and
+    headers for the answer (``Retry-After``)."""
 
-    def __init__(self, status: int, error: str, detail: str):
+    def __init__(self, status: int, error: str, detail: str, headers: dict | None = None):
         super().__init__(detail)
-        self.status, self.error, self.detail = status, error, detail
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers or {}
 
 
 def check_class_name(name: str) -> str:
@@ -59,42 +62,100 @@ def display_name(filename: str | None, index: int) -> str:
     return base or f"image {index + 1}"
 
 
-def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Decode uploaded bytes fully; too many pixels, non-images and damaged files are ApiErrors.
-    The pixel count is read from the header before decoding, so bombs are never decoded."""
+def open_image(data: bytes, name: str, max_pixels: int, reduce_to: int | None = None) -> Image.Image:
+    """The image's header only (nothing decoded yet); too many pixels and non-images are
+    ApiErrors. ``reduce_to``: a JPEG is set to decode at the smallest DCT scale that keeps its
+    short side at least that long (Pillow's ``draft``; recorded in ``info`` for the crop)."""
+    from imprinting.data.images import draft
+
     if not data:
         raise ApiError(422, "empty_image", f"{name}: the file is empty (0 bytes)")
-    try:
+    with _image_errors(name, max_pixels):
         img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)  # reads the header only
         if img.width * img.height > max_pixels:
             raise ApiError(
                 413, "too_many_pixels", f"{name}: {img.width}x{img.height} pixels is more than the limit of {max_pixels}"
             )
-        img.load()
+        full = img.size
+        scale = draft(img, reduce_to) if reduce_to and img.format == "JPEG" else 1
+        if scale > 1:
+            img.info.update(full_size=full, draft_scale=scale)
         return img
-    except Image.DecompressionBombError as exc:
-        raise ApiError(413, "too_many_pixels", f"{name}: more pixels than the limit of {max_pixels} ({exc})") from None
-    except UnidentifiedImageError:
-        raise ApiError(
-            422, "not_an_image", f"{name}: not an image in a supported format ({', '.join(IMAGE_FORMATS)})"
-        ) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ApiError(422, "unreadable_image", f"{name}: damaged or truncated image ({exc})") from None
 
 
-def read_images(
-    uploads: Sequence[Upload], max_images: int, max_pixels: int
-) -> tuple[list[Image.Image], list[str], list[str]]:
-    """Decode a request's uploads: (images, SHA-256 of each file's bytes, display names).
-    One bad file refuses the whole request, so an upload is taught whole or not at all."""
+def decode_bytes(img: Image.Image, mode: str) -> int:
+    """The memory decoding ``img`` (at its drafted size) and converting it to ``mode`` takes:
+    Pillow keeps 1 byte a pixel for 1/L/P, 2 for 16-bit, else 4."""
+    def per_pixel(m: str) -> int:
+        return 1 if m in ("1", "L", "P") else 2 if "16" in m else 4
+
+    return img.width * img.height * (per_pixel(img.mode) + (0 if img.mode == mode else per_pixel(mode)))
+
+
+def decode_image(img: Image.Image, name: str, mode: str = "RGB", shrink: Callable | None = None,
+                 max_pixels: int = 0) -> Image.Image:
+    """Decode an image opened by ``open_image`` into ``mode``, then ``shrink`` it (to the size
+    the model resizes it to) unless it was drafted; damaged files are ApiErrors."""
+    with _image_errors(name, max_pixels):
+        info = dict(img.info)
+        img.load()
+        out = img if img.mode == mode else img.convert(mode)
+        out.info.update({k: info[k] for k in ("full_size", "draft_scale") if k in info})
+        if shrink is not None and "draft_scale" not in out.info:
+            out = shrink(out)
+        return out
+
+
+class _image_errors:
+    """Pillow's exceptions as ApiErrors naming the upload."""
+
+    def __init__(self, name: str, max_pixels: int):
+        self.name, self.max_pixels = name, max_pixels
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        name = self.name
+        if kind is None or issubclass(kind, ApiError):
+            return False
+        if issubclass(kind, Image.DecompressionBombError):
+            raise ApiError(413, "too_many_pixels", f"{name}: more pixels than the limit of {self.max_pixels} ({exc})") from None
+        if issubclass(kind, UnidentifiedImageError):
+            raise ApiError(
+                422, "not_an_image", f"{name}: not an image in a supported format ({', '.join(IMAGE_FORMATS)})"
+            ) from None
+        if issubclass(kind, (OSError, SyntaxError, ValueError, EOFError)):
+            raise ApiError(422, "unreadable_image", f"{name}: damaged or truncated image ({exc})") from None
+        return False
+
+
+def check_uploads(uploads: Sequence[Upload], max_images: int) -> None:
     if not uploads:
         raise ApiError(422, "no_images", "send one or more images in the multipart field 'files'")
     if len(uploads) > max_images:
         raise ApiError(413, "too_many_images", f"{len(uploads)} images in one request; the limit is {max_images}")
+
+
+def read_images(
+    uploads: Sequence[Upload], max_images: int, max_pixels: int, *, admission=None, mode: str = "RGB",
+    reduce_to: int | None = None, shrink: Callable | None = None,
+) -> tuple[list[Image.Image], list[str], list[str]]:
+    """Decode a request's uploads: (images, SHA-256 of each file's bytes, display names).
+    One bad file refuses the whole request, so an upload is taught whole or not at all.
+
+    One image is decoded at a time, inside ``admission.decoding`` (``serve.admission``) for
+    the memory its header says it needs, and shrunk at once (``reduce_to``, ``shrink``)."""
+    check_uploads(uploads, max_images)
     images, shas, names = [], [], []
     for i, (filename, data) in enumerate(uploads):
         name = display_name(filename, i)
-        images.append(decode_image(data, name, max_pixels))
+        if not isinstance(data, bytes):
+            data = data.read()
+        img = open_image(data, name, max_pixels, reduce_to)
+        with admission.decoding(decode_bytes(img, mode), name) if admission is not None else nullcontext():
+            images.append(decode_image(img, name, mode, shrink, max_pixels))
+            del img
         shas.append(hashlib.sha256(data).hexdigest())
         names.append(name)
     return images, shas, names
