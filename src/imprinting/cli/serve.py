@@ -13,8 +13,10 @@ from imprinting.data.images import MAX_PIXELS
 
 @click.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--store", "store_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="SQLite file holding the classes taught through the service (created when missing).")
+@click.option("--store", "store_path", required=True, metavar="PATH|URL",
+              help="Where the classes taught through the service live: a SQLite file (created when missing), "
+                   "or postgresql://user@host/db for several replicas over one database (pip install "
+                   "'imprinting[postgres]').")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--token", envvar="IMPRINT_TOKEN", default=None,
@@ -49,6 +51,7 @@ def serve(model_path, store_path, host, port, token, unknown_threshold, max_requ
 
         from imprinting.serve.app import create_app
         from imprinting.serve.store import StoreError
+        from imprinting.serve.stores import redact
     except ImportError as exc:
         raise click.ClickException(f"the service needs its extra dependencies ({exc}): pip install 'imprinting[serve]'")
     if token is not None and not token.strip():
@@ -62,7 +65,7 @@ def serve(model_path, store_path, host, port, token, unknown_threshold, max_requ
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     service = app.state.service
-    click.echo(f"{model_path}: {service.model.num_classes} classes; store {store_path}; "
+    click.echo(f"{model_path}: {service.model.num_classes} classes; store {redact(store_path)}; "
                f"http://{host}:{port}/ (API docs at /docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 

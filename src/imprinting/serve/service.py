@@ -29,9 +29,10 @@ from PIL import Image
 
 from imprinting import checkpoint
 from imprinting.data.images import MAX_PIXELS
-from imprinting.classes import ClassSnapshot
+from imprinting.classes import ClassSnapshot, ClassTable
 from imprinting.errors import UserError
 from imprinting.serve.store import Store, StoredClass, StoreError
+from imprinting.serve.stores import open_store
 from imprinting.serve.validation import ApiError, Upload, check_class_name, read_images
 
 
@@ -49,6 +50,7 @@ class Service:
         self.max_images = max_images
         self.max_pixels = max_pixels
         self.lock = threading.Lock()
+        self.follower = None  # replicas over a shared store: serve.follow
         try:
             stored = store.classes()
             for c in stored:
@@ -83,9 +85,13 @@ class Service:
         if unknown_threshold is not None:
             model.unknown_threshold = unknown_threshold
         description = f"{model.spec.backbone}, image size {model.preprocess.image_size}"
-        store = Store(store_path, model.embedder.dim, cls._fingerprint(model), description)
+        store = open_store(store_path, model.embedder.dim, cls._fingerprint(model), description)
         service = cls(model, store, max_images=max_images, max_pixels=max_pixels)
         try:
+            if getattr(store, "shared", False):  # replicas: follow the others' writes (serve.follow)
+                from imprinting.serve.follow import Follower
+
+                service.follower = Follower(service, store, store.snapshot_seq).start()
             size = model.preprocess.image_size
             model.embed_images([Image.new("RGB", (size, size))])  # warm up
         except BaseException:
@@ -95,6 +101,8 @@ class Service:
 
     def close(self) -> None:
         """Close the store (once no request holds the lock)."""
+        if self.follower is not None:
+            self.follower.stop()
         with self.lock:
             self.store.close()
 
@@ -131,7 +139,10 @@ class Service:
         with self.lock:
             self._require(name)
             out = self._describe(name, self._count(name))
-            examples = self.store.examples(name) if out["source"] == "store" else []
+            try:
+                examples = self.store.examples(name) if out["source"] == "store" else []
+            except StoreError as exc:  # e.g. PostgreSQL unreachable
+                raise ApiError(503, "store_error", f"the stored examples cannot be read now ({exc})") from exc
         out["stored_examples"] = [{"id": e.id, "sha256": e.sha256, "filename": e.filename} for e in examples]
         return out
 
@@ -184,7 +195,10 @@ class Service:
             if name in self.model_classes:
                 kind = "an imprinted class of the model file" if self.model.is_imprinted(name) else "a base class"
                 raise ApiError(409, "protected_class", f"class {name!r} is {kind} and cannot be deleted here")
-            self.store.remove_class(name)
+            try:
+                self.store.remove_class(name)
+            except StoreError as exc:  # e.g. PostgreSQL unreachable
+                raise ApiError(503, "store_error", f"the class was not deleted, nothing changed ({exc})") from exc
             self.model.remove_class(name)
             left = self.model.num_classes
         return {"deleted": name, "classes": left}
@@ -203,7 +217,10 @@ class Service:
                 model.add_examples(name, embeddings)
             new_sum, new_count = self._state(name)
             try:
-                ids = self.store.add_examples(name, embeddings.numpy(), new_sum, new_count, shas, names)
+                if self.follower is None:
+                    ids = self.store.add_examples(name, embeddings.numpy(), new_sum, new_count, shas, names)
+                else:  # replicas: the database adds the upload to what it holds; memory takes that
+                    ids, created, new_count = self.follower.add_examples(name, embeddings.numpy(), shas, names)
             except BaseException as exc:
                 self._undo(name, before)
                 if isinstance(exc, (sqlite3.Error, StoreError)):
@@ -255,6 +272,32 @@ class Service:
         counts: the same weights, bit for bit, as when they were taught."""
         for c in stored:
             self.model.add_class_from_sum(c.name, c.sum, c.count)
+
+    def _set_state(self, name: str, total: np.ndarray, count: int) -> None:
+        """Give the existing class ``name`` this sum and count, in its place: the row the
+        class table computes for them (``add_from_sum``), the class's other fields unchanged."""
+        current = self.model.snapshot_class(name)
+        scratch = ClassTable(self.model.classes.dim)
+        scratch.add_from_sum(name, total, count)
+        fields = {**current.fields, **scratch.snapshot(name).fields}
+        self.model.restore_class(ClassSnapshot(name, current.index, fields))
+
+    # -- replicas over a shared store (serve.follow) ---------------------------------
+    def apply_stored_class(self, name: str, stored: StoredClass | None) -> None:
+        """Make class ``name`` in memory what the shared store holds (``None``: no such
+        class), e.g. after another replica changed it. The caller holds ``self.lock``.
+        The model file's classes are never touched."""
+        if name in self.model_classes:
+            return
+        if stored is None:
+            if self.model.has_class(name):
+                self.model.remove_class(name)
+        elif not self.model.has_class(name):
+            self.model.add_class_from_sum(name, stored.sum, stored.count)
+        else:
+            total, count = self._state(name)
+            if count != stored.count or not np.array_equal(total, stored.sum):
+                self._set_state(name, stored.sum, stored.count)
 
     @staticmethod
     def _fingerprint(model) -> str:
