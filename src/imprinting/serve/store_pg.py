@@ -41,6 +41,7 @@ from imprinting.classes import normalize_rows
 from imprinting.serve.store import SCHEMA_VERSION, StoredClass, StoredExample, StoreError
 
 KEEP_CHANGES = 100_000  # change-log rows kept; a replica away for longer reloads every class's version
+RETRY_SECONDS = 0.5  # after a failed connection, requests are refused at once for this long
 LOCK_KEY = 0x1A9B_5107  # pg_advisory_xact_lock key: one replica at a time creates or upgrades the tables
 
 SCHEMA = """
@@ -115,15 +116,19 @@ class PgStore:
         self.url, self.path, self.dim = url, redact(url), int(dim)
         self.snapshot_seq = 0
         self._pool = None
+        self._down: tuple[float, str] | None = None  # (until when, why): fail at once, not after `timeout`
         options = {"autocommit": True, "connect_timeout": max(1, round(connect_timeout)),
                    "application_name": "imprint serve"}
         try:
             psycopg.connect(url, **options).close()  # the clear reason (no such database, password), not a pool timeout
         except psycopg.Error as exc:
             raise StoreUnavailable(f"{self.path}: cannot connect to PostgreSQL ({_reason(exc)})") from None
+        # reconnect_timeout: a failed reconnection is given up after 1 s, so that the next request
+        # tries at once instead of waiting out the pool's doubling back-off: writes resume as soon
+        # as the database is back, however long it was away.
         self._pool = ConnectionPool(url, kwargs=options, min_size=1, max_size=2, timeout=timeout, open=False,
                                     configure=_configure, check=ConnectionPool.check_connection,
-                                    name="imprint-store")
+                                    reconnect_timeout=1.0, name="imprint-store")
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
             with self._transaction() as conn:
@@ -338,13 +343,18 @@ class PgStore:
 
         if self._pool is None:
             raise StoreError(f"{self.path}: the store is closed")
+        if self._down is not None and time.monotonic() < self._down[0]:
+            raise StoreUnavailable(self._down[1])  # failed just now: answer at once, the lock is held
         try:
             with self._pool.connection() as conn, conn.transaction():
                 if snapshot:
                     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 yield conn
+            self._down = None
         except (PoolTimeout, PoolClosed, psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            raise StoreUnavailable(f"{self.path}: the database cannot be reached ({_reason(exc)})") from None
+            why = f"{self.path}: the database cannot be reached ({_reason(exc)})"
+            self._down = (time.monotonic() + RETRY_SECONDS, why)
+            raise StoreUnavailable(why) from None
         except psycopg.Error as exc:
             raise StoreError(f"{self.path}: {_reason(exc)}") from None
 
