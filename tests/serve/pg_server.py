@@ -24,7 +24,18 @@ from pathlib import Path
 
 import pytest
 
-PG_BIN = Path(os.environ.get("IMPRINTING_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _pg_bin() -> Path:
+    """$IMPRINTING_PG_BIN, else Debian's PostgreSQL 15, else the newest Debian PostgreSQL installed."""
+    if os.environ.get("IMPRINTING_PG_BIN"):
+        return Path(os.environ["IMPRINTING_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    default = Path("/usr/lib/postgresql/15/bin")
+    return default if (default / "initdb").is_file() or not found else found[-1].parent
+
+
+PG_BIN = _pg_bin()
 
 
 def _free_port() -> int:
@@ -126,7 +137,7 @@ def server() -> PostgresServer:
     global _server
     missing = [p for p in ("initdb", "pg_ctl", "postgres") if not (PG_BIN / p).is_file()]
     if missing:
-        pytest.skip(f"PostgreSQL 15 not found: no {', '.join(missing)} in {PG_BIN} "
+        pytest.skip(f"PostgreSQL not found: no {', '.join(missing)} in {PG_BIN} "
                     "(apt-get install postgresql, or set IMPRINTING_PG_BIN)")
     pytest.importorskip("psycopg", reason="psycopg is not installed: pip install 'imprinting[postgres]'")
     if _server is None:
