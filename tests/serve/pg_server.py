@@ -30,7 +30,8 @@ def _pg_bin() -> Path:
     """$IMPRINTING_PG_BIN, else Debian's PostgreSQL 15, else the newest Debian PostgreSQL installed."""
     if os.environ.get("IMPRINTING_PG_BIN"):
         return Path(os.environ["IMPRINTING_PG_BIN"])
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                   key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
     default = Path("/usr/lib/postgresql/15/bin")
     return default if (default / "initdb").is_file() or not found else found[-1].parent
 

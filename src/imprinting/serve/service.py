@@ -142,7 +142,7 @@ class Service:
             try:
                 examples = self.store.examples(name) if out["source"] == "store" else []
             except StoreError as exc:  # e.g. PostgreSQL unreachable
-                raise ApiError(503, "store_error", f"the stored examples cannot be read now ({exc})") from exc
+                raise ApiError(503, "store_error", f"the stored examples cannot be read ({exc})") from exc
         out["stored_examples"] = [{"id": e.id, "sha256": e.sha256, "filename": e.filename} for e in examples]
         return out
 

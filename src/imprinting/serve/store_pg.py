@@ -192,7 +192,8 @@ class PgStore:
         number this list is as of (what a follower tails from)."""
         with self._transaction(snapshot=True) as conn:
             seq = conn.execute("SELECT seq FROM imprint_clock").fetchone()[0]
-            rows = conn.execute("SELECT name, sum, count, version FROM imprint_classes ORDER BY id", binary=True).fetchall()
+            rows = conn.execute("SELECT name, sum, count, version FROM imprint_classes ORDER BY id",
+                                binary=True).fetchall()
         self.snapshot_seq = seq
         return [PgStoredClass(n, _f8(s), c, v) for n, s, c, v in rows]
 
