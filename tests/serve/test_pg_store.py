@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -226,5 +227,61 @@ def test_passwords_are_not_shown(pg_url):
     store = open_store(url, DIM, "model-a")  # trust authentication: the password is not needed
     try:
         assert "hunter2" not in store.path and "***" in store.path
+    finally:
+        store.close()
+
+
+# -- example-level edits (issue 15): both stores, where the store has them ----------------
+@pytest.fixture
+def editable(store):
+    if not hasattr(store, "remove_example"):
+        pytest.skip(f"{type(store).__name__} has no example-level edits on this branch (issue 15)")
+    return store
+
+
+def test_remove_one_example_recomputes_the_class(editable):
+    a, b = vectors(8, 3), vectors(9, 1)
+    ids = editable.add_examples("cat", a, unit_sum(a), 3, ["x", "y", "z"], ["1", "2", "3"])
+    [other] = editable.add_examples("dog", b, unit_sum(b), 1, ["w"], ["4"])
+    total, count = editable.remove_example("cat", ids[1])
+    assert count == 2
+    np.testing.assert_allclose(total, unit_sum(a[[0, 2]]), rtol=1e-12, atol=1e-15)
+    [cat, _] = editable.classes()
+    assert cat.count == 2 and np.array_equal(cat.sum, total)
+    assert [e.id for e in editable.examples("cat")] == [ids[0], ids[2]]
+    with pytest.raises(KeyError):
+        editable.remove_example("cat", ids[1])  # gone already
+    with pytest.raises(KeyError):
+        editable.remove_example("cat", other)  # another class's
+    assert editable.remove_example("cat", ids[0])[1] == 1
+    assert editable.remove_example("cat", ids[2]) is None  # the last one takes the class
+    assert [c.name for c in editable.classes()] == ["dog"]
+
+
+def test_rename_and_thumbnails(editable):
+    a = vectors(10, 2)
+    ids = editable.add_examples("cat", a, unit_sum(a), 2, ["x", "y"], ["1.png", "2.png"])
+    editable.add_examples("dog", a[:1], unit_sum(a[:1]), 1, ["z"], ["3.png"])
+    editable.add_thumbnails(ids[:1], [b"\xff\xd8tiny jpeg"])
+    assert editable.rename_class("cat", "kitten") is True and editable.rename_class("cat", "x") is False
+    records = editable.example_records("kitten")
+    assert [(r["id"], r["sha256"], r["filename"], r["thumbnail"]) for r in records] == [
+        (ids[0], "x", "1.png", b"\xff\xd8tiny jpeg"), (ids[1], "y", "2.png", None)]
+    assert all(abs(r["added"] - time.time()) < 60 for r in records)
+    with pytest.raises((StoreError, sqlite3.IntegrityError)):
+        editable.rename_class("kitten", "dog")  # taken
+    assert [(c.name, c.count) for c in editable.classes()] == [("kitten", 2), ("dog", 1)]
+
+
+def test_edits_are_logged_for_the_other_replicas(pg_url):
+    store = open_store(pg_url, DIM, "model-a")
+    try:
+        a = vectors(11, 2)
+        ids, _, _ = store.add_to_class("cat", a, ["x", "y"], ["1", "2"])
+        store.remove_example("cat", ids[0])
+        store.rename_class("cat", "kitten")
+        store.remove_example("kitten", ids[1])
+        assert store.changes_since(0) == [(1, "cat"), (2, "cat"), (3, "cat"), (4, "kitten"), (5, "kitten")]
+        assert store.classes() == []
     finally:
         store.close()

@@ -11,6 +11,7 @@ Tables (all named ``imprint_*``, so a store can live in a database that holds ot
   ``imprint_classes``   name, count, sum (bytea, little-endian float64), the ``version``: the
                         change number of its last change
   ``imprint_examples``  embedding (bytea, little-endian float32), sha256, filename
+  ``imprint_thumbnails`` a small JPEG per example (``store_pg_edits``)
   ``imprint_clock``     one row: the last change number
   ``imprint_changes``   one row per committed change (seq, class name, kind): what a replica
                         that was away reads to catch up (``serve.follow``)
@@ -39,6 +40,7 @@ import numpy as np
 
 from imprinting.classes import normalize_rows
 from imprinting.serve.store import SCHEMA_VERSION, StoredClass, StoredExample, StoreError
+from imprinting.serve.store_pg_edits import PgEdits
 
 KEEP_CHANGES = 100_000  # change-log rows kept; a replica away for longer reloads every class's version
 RETRY_SECONDS = 0.5  # after a failed connection, requests are refused at once for this long
@@ -64,6 +66,10 @@ CREATE TABLE IF NOT EXISTS imprint_examples (
     created double precision NOT NULL
 );
 CREATE INDEX IF NOT EXISTS imprint_examples_by_class ON imprint_examples(class_id);
+CREATE TABLE IF NOT EXISTS imprint_thumbnails (
+    example_id bigint PRIMARY KEY REFERENCES imprint_examples(id) ON DELETE CASCADE,
+    jpeg bytea NOT NULL
+);
 CREATE TABLE IF NOT EXISTS imprint_clock (one boolean PRIMARY KEY DEFAULT true CHECK (one), seq bigint NOT NULL);
 INSERT INTO imprint_clock (seq) VALUES (0) ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS imprint_changes (
@@ -93,8 +99,9 @@ class PgStoredClass(StoredClass):
     version: int = 0  # the change number of the class's last change
 
 
-class PgStore:
-    """The classes taught to one model, in a PostgreSQL database shared by any number of replicas."""
+class PgStore(PgEdits):
+    """The classes taught to one model, in a PostgreSQL database shared by any number of replicas.
+    The example-level edits (thumbnails, one example out, renaming) are in ``serve.store_pg_edits``."""
 
     shared = True  # other processes write here too: the service follows them (serve.follow)
 
