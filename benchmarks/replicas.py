@@ -2,7 +2,8 @@
 
 1. Predict throughput and latency (p50, p95) with 1, 2 and 3 replicas, one image per request,
    ``--clients`` concurrent clients spread round-robin over the replicas (what any HTTP load
-   balancer does), ``--seconds`` per configuration after a warm-up. Each replica runs torch
+   balancer does), ``--seconds`` per configuration after a 2 s warm-up, the three configurations
+   measured in turn ``--rounds`` times (so that a change in the machine's load hits all three). Each replica runs torch
    with ``--threads`` threads (default 1): on this 2-core machine 1 replica uses one core,
    2 replicas both, 3 replicas share them; the cores are shared with whatever else runs.
 2. The time for a write to reach every replica: a class is taught on one replica (round-robin),
@@ -20,7 +21,7 @@ else a throwaway server started like the tests' (tests/serve/pg_server.py).
 
 Usage::
 
-    .venv/bin/python benchmarks/replicas.py [--url postgresql://...] [--seconds 10] [--clients 8]
+    .venv/bin/python benchmarks/replicas.py [--url postgresql://...] [--seconds 8] [--rounds 2] [--clients 8]
         [--classes 100000] [--dim 64] [--threads 1]
 """
 
@@ -204,7 +205,8 @@ def store_read_seconds(model, target) -> tuple[float, float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--url", help="an empty PostgreSQL database (default: a throwaway server)")
-    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--rounds", type=int, default=2, help="times the 1, 2, 3 replicas cycle is measured")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--writes", type=int, default=30)
     ap.add_argument("--classes", type=int, default=100_000)
@@ -239,13 +241,16 @@ def main() -> None:
         with httpx.Client(timeout=60) as h:
             for i in range(10):
                 assert h.post(f"{replicas[0].url}/classes/taught {i}/examples", files=files(png(i))).status_code == 201
+        print("replicas started (empty store, 3 at once) in " + ", ".join(f"{r.start_seconds:.1f}" for r in replicas)
+              + " s")
         print(f"\n## Predict, 1 image per request, {args.clients} clients round-robin, {args.seconds:.0f} s, "
-              f"{args.threads} torch thread(s) per replica")
-        print("| replicas | requests | images/s | p50 ms | p95 ms |\n|---|---|---|---|---|")
-        for n in (1, 2, 3):
-            row = throughput(replicas[:n], args.clients, args.seconds)
-            print(f"| {n} | {row['requests']} | {row['images/s']:.1f} | {row['p50 ms']:.0f} | {row['p95 ms']:.0f} |",
-                  flush=True)
+              f"{args.threads} torch thread(s) per replica; rounds 1, 2, 3 replicas x {args.rounds}, interleaved")
+        print("| replicas | round | requests | images/s | p50 ms | p95 ms |\n|---|---|---|---|---|---|")
+        for k in range(args.rounds):
+            for n in (1, 2, 3):
+                row = throughput(replicas[:n], args.clients, args.seconds)
+                print(f"| {n} | {k + 1} | {row['requests']} | {row['images/s']:.1f} | {row['p50 ms']:.0f} | "
+                      f"{row['p95 ms']:.0f} |", flush=True)
         times = propagation(replicas, args.writes)
         print(f"\n## A write reaching the 2 other replicas ({args.writes} writes, from the acknowledgement)")
         print(f"median {pct(times, 50):.1f} ms, p95 {pct(times, 95):.1f} ms, max {max(times) * 1000:.1f} ms")
