@@ -15,7 +15,7 @@ The bound: a change committed on one replica is in the others' predictions once 
 notification arrives and the follower reads the row (milliseconds on a LAN: see
 docs/scaling.md), and at most ``poll_seconds`` (1 s) after it even if the notification is lost,
 as long as the database can be reached. While it cannot, predictions go on from memory and
-writes are refused (503); the follower reconnects every 0.2-2 s and catches up.
+writes are refused (503); the follower reconnects every 0.2-1 s and catches up.
 
 A replica's own writes go through ``add_examples`` (the database adds the upload to what it
 holds, under the class's row lock) and memory then takes the committed class.
@@ -91,7 +91,7 @@ class Follower:
                     log.warning("lost the store (%s); predictions go on from memory, reconnecting", exc)
                 self.connected.clear()
                 self._stop.wait(delay)
-                delay = min(2 * delay, 2.0)
+                delay = min(2 * delay, 1.0)
         self.connected.clear()
 
     def _listen(self, conn) -> None:
