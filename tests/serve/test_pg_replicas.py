@@ -102,6 +102,15 @@ def test_followers_converge_and_catch_up(conv4_model, pg_url, kit):
             wait_until(lambda: store_counts(c) == {"green": 2, "late": 1} == store_counts(a))
         finally:
             c.close()
+
+        # the database goes back in time (a backup from before "late" restored): both reload
+        wait_until(lambda: store_counts(b) == {"green": 2, "late": 1})
+        [(green,)] = sql(pg_url, "SELECT version FROM imprint_classes WHERE name = 'green'")
+        sql(pg_url, f"DELETE FROM imprint_classes WHERE name = 'late'; DELETE FROM imprint_changes WHERE seq > {green}; "
+                    f"UPDATE imprint_clock SET seq = {green}")
+        wait_until(lambda: store_counts(a) == {"green": 2} == store_counts(b))
+        b.teach("green", uploads(kit, 9))  # and they go on from there
+        wait_until(lambda: store_counts(a) == {"green": 3} == store_counts(b))
     finally:
         a.close()
         b.close()

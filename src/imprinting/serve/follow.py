@@ -9,7 +9,9 @@ How a replica learns about the others' writes:
   * when it connects (at start, after a lost connection, when a change number is skipped, and
     once a second whatever happens) it reads the change log from the last change it applied:
     a missed notification is never lost. A replica that was away longer than the log keeps
-    (``store_pg.KEEP_CHANGES`` changes) compares every class's version instead.
+    (``store_pg.KEEP_CHANGES`` changes) compares every class's version instead, and one whose
+    database went back in time (a restored backup, a failover that lost the last commits)
+    reloads every class.
 
 The bound: a change committed on one replica is in the others' predictions once its
 notification arrives and the follower reads the row (milliseconds on a LAN: see
@@ -82,8 +84,11 @@ class Follower:
                     delay = 0.2
                     while not self._stop.is_set():
                         self._listen(conn)
-                        if conn.execute("SELECT seq FROM imprint_clock").fetchone()[0] > self.applied:
+                        seq = conn.execute("SELECT seq FROM imprint_clock").fetchone()[0]
+                        if seq > self.applied:
                             self.catch_up()  # a notification was missed: the log has it
+                        elif seq < self.applied:
+                            self.reload()  # the database went back in time
             except (psycopg.Error, StoreError) as exc:
                 if self._stop.is_set():
                     break
@@ -138,6 +143,22 @@ class Follower:
                 service.apply_stored_class(name, None)
         self.applied = max(self.applied, seq)
         log.warning("caught up from every class's version (the change log did not reach back far enough)")
+
+    def reload(self) -> None:
+        """Make every class in memory what the store holds now, under the lock: for a database
+        that went back in time (restored from a backup, or a failover to a standby that had not
+        received the last commits), whose change numbers are behind the ones applied here."""
+        service = self.service
+        with service.lock:
+            stored = {c.name: c for c in self.store.classes()}
+            for name in service.model.class_names:
+                if name not in service.model_classes and name not in stored:
+                    service.apply_stored_class(name, None)
+            for name, c in stored.items():
+                service.apply_stored_class(name, c)
+            self.versions = {name: c.version for name, c in stored.items()}
+            self.applied = self.store.snapshot_seq
+        log.warning("the store's change number went back: reloaded every class (now at change %d)", self.applied)
 
     def _refresh(self, name: str, seq: int) -> None:
         """Make class ``name`` in memory what the store holds now, unless memory already has
