@@ -3,7 +3,9 @@
 1. Predict throughput and latency (p50, p95) with 1, 2 and 3 replicas, one image per request,
    ``--clients`` concurrent clients spread round-robin over the replicas (what any HTTP load
    balancer does), ``--seconds`` per configuration after a 2 s warm-up, the three configurations
-   measured in turn ``--rounds`` times (so that a change in the machine's load hits all three). Each replica runs torch
+   measured in turn ``--rounds`` times (so that a change in the machine's load hits all three),
+   and the CPU time the replicas spent per image (from /proc: what the load of other jobs does
+   not change, and what N replicas on N machines would each spend). Each replica runs torch
    with ``--threads`` threads (default 1): on this 2-core machine 1 replica uses one core,
    2 replicas both, 3 replicas share them; the cores are shared with whatever else runs.
 2. The time for a write to reach every replica: a class is taught on one replica (round-robin),
@@ -14,10 +16,13 @@
    each): the store's own open (schema, fingerprint and integrity checks) and read of every
    class in this process, then ``imprint serve`` from process start to the first /health answer
    (restoring every class into the model included).
+Also: commits per second of the PostgreSQL store's write path (``add_to_class``), from 1 and from
+4 writers at once.
 
 The model is EfficientNet-Lite0 with random weights (nothing is downloaded) and an FC layer to
-``--dim`` (64) dimensions; the images are generated. PostgreSQL: ``--url`` (an empty database),
-else a throwaway server started like the tests' (tests/serve/pg_server.py).
+``--dim`` (64) dimensions; the images are generated. PostgreSQL: ``--url`` (a server on which it may create databases),
+else a throwaway server started like the tests' (tests/serve/pg_server.py); the benchmark makes
+a database per part.
 
 Usage::
 
@@ -108,9 +113,19 @@ def pct(values, q):
 
 
 # -- 1. throughput -------------------------------------------------------------------------
+def cpu_seconds(replicas: list[Replica]) -> float:
+    """User + system CPU time the replica processes have used so far."""
+    ticks = 0
+    for r in replicas:
+        fields = Path(f"/proc/{r.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(replicas: list[Replica], clients: int, seconds: float) -> dict:
     images = [png(1000 + i) for i in range(16)]
     latencies: list[float] = []
+    total = [0]
     lock = threading.Lock()
     stop = time.perf_counter() + 2 + seconds
     count_from = time.perf_counter() + 2  # the first 2 s warm up
@@ -121,15 +136,18 @@ def throughput(replicas: list[Replica], clients: int, seconds: float) -> dict:
             while (now := time.perf_counter()) < stop:
                 r = h.post(replicas[i % len(replicas)].url + "/predict", files=files(images[i % 16]))
                 assert r.status_code == 200, r.text
-                if now >= count_from:
-                    with lock:
+                with lock:
+                    total[0] += 1
+                    if now >= count_from:
                         latencies.append(time.perf_counter() - now)
                 i += 1
 
+    cpu = cpu_seconds(replicas)
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
+    cpu = cpu_seconds(replicas) - cpu
     return {"replicas": len(replicas), "requests": len(latencies), "images/s": len(latencies) / seconds,
-            "p50 ms": pct(latencies, 50), "p95 ms": pct(latencies, 95)}
+            "p50 ms": pct(latencies, 50), "p95 ms": pct(latencies, 95), "cpu ms": 1000 * cpu / total[0]}
 
 
 # -- 2. propagation ------------------------------------------------------------------------
@@ -158,6 +176,29 @@ def propagation(replicas: list[Replica], writes: int) -> list[float]:
     for c in watchers.values():
         c.close()
     return times
+
+
+def store_writes(url: str, dim: int, writes: int = 200) -> dict:
+    """Commits per second of ``add_to_class`` (1 example, fsync on), from 1 writer, and from 4
+    writers (4 stores, as on 4 replicas) on one class and on 4 classes."""
+    stores = [open_store(url, dim, "bench-writes", "benchmark") for _ in range(4)]
+    e = np.random.default_rng(0).normal(size=(1, dim)).astype(np.float32)
+    out = {}
+    try:
+        for label, writers, same in (("1 writer", 1, True), ("4 writers, one class", 4, True),
+                                     ("4 writers, 4 classes", 4, False)):
+            def write(w):
+                for _ in range(writes // writers):
+                    stores[w].add_to_class("one" if same else f"class {w}", e, ["x"], ["x"])
+
+            t = time.perf_counter()
+            with ThreadPoolExecutor(writers) as pool:
+                list(pool.map(write, range(writers)))
+            out[label] = writes / (time.perf_counter() - t)
+    finally:
+        for s in stores:
+            s.close()
+    return out
 
 
 # -- 3. start time with many classes -----------------------------------------------------------
@@ -202,9 +243,27 @@ def store_read_seconds(model, target) -> tuple[float, float, int]:
     return t1 - t0, t2 - t1, n
 
 
+def databases_on(url: str):
+    """A function that creates a new database on the server of ``url`` and returns its URL."""
+    import psycopg
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    count = iter(range(1000))
+
+    def new_database() -> str:
+        name = f"imprint_bench_{os.getpid()}_{next(count)}"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+    return new_database
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--url", help="an empty PostgreSQL database (default: a throwaway server)")
+    ap.add_argument("--url", help="a PostgreSQL server where the benchmark may create databases, e.g. "
+                    "postgresql://postgres@host/postgres (default: a throwaway server)")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--rounds", type=int, default=2, help="times the 1, 2, 3 replicas cycle is measured")
     ap.add_argument("--clients", type=int, default=8)
@@ -219,8 +278,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench_replicas_"))
     server = None
     if args.url:
-        urls = iter([args.url, args.url])
-        new_database = lambda: next(urls)  # noqa: E731
+        new_database = databases_on(args.url)
     else:
         sys.path.insert(0, str(REPO / "tests"))
         from serve.pg_server import PostgresServer
@@ -245,17 +303,21 @@ def main() -> None:
               + " s")
         print(f"\n## Predict, 1 image per request, {args.clients} clients round-robin, {args.seconds:.0f} s, "
               f"{args.threads} torch thread(s) per replica; rounds 1, 2, 3 replicas x {args.rounds}, interleaved")
-        print("| replicas | round | requests | images/s | p50 ms | p95 ms |\n|---|---|---|---|---|---|")
+        print("| replicas | round | requests | images/s | p50 ms | p95 ms | replica CPU ms per image |\n"
+              "|---|---|---|---|---|---|---|")
         for k in range(args.rounds):
             for n in (1, 2, 3):
                 row = throughput(replicas[:n], args.clients, args.seconds)
                 print(f"| {n} | {k + 1} | {row['requests']} | {row['images/s']:.1f} | {row['p50 ms']:.0f} | "
-                      f"{row['p95 ms']:.0f} |", flush=True)
+                      f"{row['p95 ms']:.0f} | {row['cpu ms']:.1f} |", flush=True)
         times = propagation(replicas, args.writes)
         print(f"\n## A write reaching the 2 other replicas ({args.writes} writes, from the acknowledgement)")
         print(f"median {pct(times, 50):.1f} ms, p95 {pct(times, 95):.1f} ms, max {max(times) * 1000:.1f} ms")
         for r in replicas:
             r.stop()
+        rates = store_writes(new_database(), args.dim)
+        print("\n## Store commits (add_to_class, 1 example each, fsync on), in this process")
+        print(", ".join(f"{k}: {v:.0f}/s" for k, v in rates.items()))
 
         sqlite_path = folder / "many.sqlite"
         many = new_database()
