@@ -27,7 +27,7 @@ a database per part.
 Usage::
 
     .venv/bin/python benchmarks/replicas.py [--url postgresql://...] [--seconds 8] [--rounds 2] [--clients 8]
-        [--classes 100000] [--dim 64] [--threads 1]
+        [--classes 100000] [--dim 64] [--threads 1] [--part all|replicas|writes|start] [--start-repeats 1]
 """
 
 from __future__ import annotations
@@ -243,6 +243,58 @@ def store_read_seconds(model, target) -> tuple[float, float, int]:
     return t1 - t0, t2 - t1, n
 
 
+def part_replicas(args, model_path: Path, url: str, folder: Path, started: list) -> None:
+    replicas = [Replica(model_path, url, folder / f"r{i}.log", args.threads) for i in range(3)]
+    started += replicas
+    for r in replicas:
+        r.wait()
+    with httpx.Client(timeout=60) as h:
+        for i in range(10):
+            assert h.post(f"{replicas[0].url}/classes/taught {i}/examples", files=files(png(i))).status_code == 201
+    print("replicas started (empty store, 3 at once) in " + ", ".join(f"{r.start_seconds:.1f}" for r in replicas)
+          + " s")
+    print(f"\n## Predict, 1 image per request, {args.clients} clients round-robin, {args.seconds:.0f} s, "
+          f"{args.threads} torch thread(s) per replica; rounds 1, 2, 3 replicas x {args.rounds}, interleaved")
+    print("| replicas | round | requests | images/s | p50 ms | p95 ms | replica CPU ms per image |\n"
+          "|---|---|---|---|---|---|---|")
+    for k in range(args.rounds):
+        for n in (1, 2, 3):
+            row = throughput(replicas[:n], args.clients, args.seconds)
+            print(f"| {n} | {k + 1} | {row['requests']} | {row['images/s']:.1f} | {row['p50 ms']:.0f} | "
+                  f"{row['p95 ms']:.0f} | {row['cpu ms']:.1f} |", flush=True)
+    times = propagation(replicas, args.writes)
+    print(f"\n## A write reaching the 2 other replicas ({args.writes} writes, from the acknowledgement)")
+    print(f"median {pct(times, 50):.1f} ms, p95 {pct(times, 95):.1f} ms, max {max(times) * 1000:.1f} ms")
+    for r in replicas:
+        r.stop()
+
+
+def part_start(args, model, model_path: Path, url: str, folder: Path, started: list) -> None:
+    sqlite_path = folder / "many.sqlite"
+    t = time.perf_counter()
+    fill_stores(model, url, sqlite_path, args.classes)
+    print(f"\n## A replica's start with {args.classes:,} classes ({args.dim}-d; stores filled in "
+          f"{time.perf_counter() - t:.0f} s), {args.start_repeats} time(s) each, alternating")
+    print("| store | open + checks s | read every class s | `Service` (read + restore into the model) s "
+          "| `imprint serve` to first /health s |\n|---|---|---|---|---|")
+    for _ in range(args.start_repeats):
+        for label, target in (("PostgreSQL", url), ("SQLite", str(sqlite_path))):
+            opened, read, n = store_read_seconds(model, target)
+            assert n == args.classes
+            fresh = imprinting.load(model_path)
+            t = time.perf_counter()
+            Service(fresh, open_store(target, fresh.embedder.dim, Service._fingerprint(fresh), "benchmark")).close()
+            restore = time.perf_counter() - t
+            del fresh
+            r = Replica(model_path, target, folder / f"start-{label}.log", args.threads)
+            started.append(r)
+            r.wait()
+            with httpx.Client(timeout=60) as h:
+                assert h.get(r.url + "/health").json()["classes"] == args.classes
+            r.stop()
+            print(f"| {label} | {opened:.2f} | {read:.2f} | {restore:.1f} | {r.start_seconds:.1f} |", flush=True)
+
+
 def databases_on(url: str):
     """A function that creates a new database on the server of ``url`` and returns its URL."""
     import psycopg
@@ -271,6 +323,8 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--part", choices=["all", "replicas", "writes", "start"], default="all")
+    ap.add_argument("--start-repeats", type=int, default=1)
     args = ap.parse_args()
 
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} CPUs, "
@@ -291,51 +345,14 @@ def main() -> None:
     imprinting.save(model, model_path)
     started: list[Replica] = []
     try:
-        url = new_database()
-        replicas = [Replica(model_path, url, folder / f"r{i}.log", args.threads) for i in range(3)]
-        started += replicas
-        for r in replicas:
-            r.wait()
-        with httpx.Client(timeout=60) as h:
-            for i in range(10):
-                assert h.post(f"{replicas[0].url}/classes/taught {i}/examples", files=files(png(i))).status_code == 201
-        print("replicas started (empty store, 3 at once) in " + ", ".join(f"{r.start_seconds:.1f}" for r in replicas)
-              + " s")
-        print(f"\n## Predict, 1 image per request, {args.clients} clients round-robin, {args.seconds:.0f} s, "
-              f"{args.threads} torch thread(s) per replica; rounds 1, 2, 3 replicas x {args.rounds}, interleaved")
-        print("| replicas | round | requests | images/s | p50 ms | p95 ms | replica CPU ms per image |\n"
-              "|---|---|---|---|---|---|---|")
-        for k in range(args.rounds):
-            for n in (1, 2, 3):
-                row = throughput(replicas[:n], args.clients, args.seconds)
-                print(f"| {n} | {k + 1} | {row['requests']} | {row['images/s']:.1f} | {row['p50 ms']:.0f} | "
-                      f"{row['p95 ms']:.0f} | {row['cpu ms']:.1f} |", flush=True)
-        times = propagation(replicas, args.writes)
-        print(f"\n## A write reaching the 2 other replicas ({args.writes} writes, from the acknowledgement)")
-        print(f"median {pct(times, 50):.1f} ms, p95 {pct(times, 95):.1f} ms, max {max(times) * 1000:.1f} ms")
-        for r in replicas:
-            r.stop()
-        rates = store_writes(new_database(), args.dim)
-        print("\n## Store commits (add_to_class, 1 example each, fsync on), in this process")
-        print(", ".join(f"{k}: {v:.0f}/s" for k, v in rates.items()))
-
-        sqlite_path = folder / "many.sqlite"
-        many = new_database()
-        t = time.perf_counter()
-        fill_stores(model, many, sqlite_path, args.classes)
-        print(f"\n## A replica's start with {args.classes:,} classes ({args.dim}-d; stores filled in "
-              f"{time.perf_counter() - t:.0f} s)")
-        print("| store | open + checks s | read every class s | `imprint serve` to first /health s |\n|---|---|---|---|")
-        for label, target in (("PostgreSQL", many), ("SQLite", str(sqlite_path))):
-            opened, read, n = store_read_seconds(model, target)
-            assert n == args.classes
-            r = Replica(model_path, target, folder / f"start-{label}.log", args.threads)
-            started.append(r)
-            r.wait()
-            with httpx.Client(timeout=60) as h:
-                assert h.get(r.url + "/health").json()["classes"] == args.classes
-            r.stop()
-            print(f"| {label} | {opened:.2f} | {read:.2f} | {r.start_seconds:.1f} |", flush=True)
+        if args.part in ("all", "replicas"):
+            part_replicas(args, model_path, new_database(), folder, started)
+        if args.part in ("all", "writes"):
+            rates = store_writes(new_database(), args.dim)
+            print("\n## Store commits (add_to_class, 1 example each, fsync on), in this process")
+            print(", ".join(f"{k}: {v:.0f}/s" for k, v in rates.items()))
+        if args.part in ("all", "start"):
+            part_start(args, model, model_path, new_database(), folder, started)
         print(f"\n# load average at the end {os.getloadavg()[0]:.1f}")
     finally:
         for r in started:
