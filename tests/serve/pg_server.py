@@ -39,6 +39,14 @@ def _pg_bin() -> Path:
 PG_BIN = _pg_bin()
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -72,6 +80,10 @@ class PostgresServer:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def start(self) -> None:
+        pid_file = self.data / "postmaster.pid"
+        if pid_file.exists() and not self.pids():  # left by a crash: its process is dead, or a zombie
+            for stale in (pid_file, self.folder / f".s.PGSQL.{self.port}.lock"):  # PostgreSQL takes for alive
+                stale.unlink(missing_ok=True)
         options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} -c fsync=on "
                    "-c max_connections=100 -c shared_buffers=32MB")
         self._run(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "-t", "60", "start")
@@ -82,7 +94,7 @@ class PostgresServer:
         if not pid_file.exists():
             return []
         main = int(pid_file.read_text().split()[0])
-        if not Path(f"/proc/{main}").exists():
+        if not _alive(main):
             return []  # a stale file, left by a crash
         children = []
         for status in Path("/proc").glob("[0-9]*/status"):
@@ -96,18 +108,18 @@ class PostgresServer:
 
     def kill(self) -> None:
         """A crash: SIGKILL the postmaster and each of its children, by id; wait until the port is closed."""
-        for pid in self.pids():
+        pids = self.pids()
+        for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)):
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("the PostgreSQL server still answers after SIGKILL")
+            if not any(_alive(p) for p in pids):
+                return
+            time.sleep(0.02)
+        raise RuntimeError("PostgreSQL processes still alive 10 s after SIGKILL")
 
     def stop(self) -> None:
         if self.pids():
