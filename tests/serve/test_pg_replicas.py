@@ -286,7 +286,11 @@ def test_kill_9_of_a_replica_mid_upload(replicas, kit):
     threads = [threading.Thread(target=uploader, args=(w,)) for w in range(4)]
     for t in threads:
         t.start()
-    wait_until(lambda: sum(map(len, acked.values())) >= 8 or failures, 60, "8 acknowledged uploads")
+    def count() -> int:
+        with lock:
+            return sum(map(len, acked.values()))
+
+    wait_until(lambda: count() >= 8 or failures, 60, "8 acknowledged uploads")
     time.sleep(random.uniform(0.05, 0.3))
     victim.kill()
     stop.set()

@@ -285,3 +285,17 @@ def test_edits_are_logged_for_the_other_replicas(pg_url):
         assert store.classes() == []
     finally:
         store.close()
+
+
+def test_labelled_embeddings_and_settings(editable):
+    a, b = vectors(12, 2), vectors(13, 1)
+    editable.add_examples("cat", a, unit_sum(a), 2, ["x", "y"], ["1", "2"])
+    editable.add_examples("dog", b, unit_sum(b), 1, ["z"], ["3"])
+    names, e = editable.labelled_embeddings()
+    assert names == ["cat", "cat", "dog"]
+    np.testing.assert_array_equal(e, np.concatenate([a, b]))
+    assert editable.setting("calibration") is None
+    editable.set_setting("calibration", '{"scale": 12.5}')
+    editable.set_setting("calibration", '{"scale": 13.0}')  # replaced
+    assert editable.setting("calibration") == '{"scale": 13.0}'
+    assert [(c.name, c.count) for c in editable.classes()] == [("cat", 2), ("dog", 1)]  # settings are no classes

@@ -7,11 +7,12 @@ acknowledged (returned) only once PostgreSQL has committed it (``synchronous_com
 left ``off``); a store opens only for the model it was made with and is checked at open.
 
 Tables (all named ``imprint_*``, so a store can live in a database that holds other things):
-  ``imprint_meta``      the model, the dim, the schema version, the store's id
+  ``imprint_meta``      the model, the dim, the schema version, the store's id; settings
+                        (``setting:<key>``, e.g. the calibration)
   ``imprint_classes``   name, count, sum (bytea, little-endian float64), the ``version``: the
                         change number of its last change
-  ``imprint_examples``  embedding (bytea, little-endian float32), sha256, filename
-  ``imprint_thumbnails`` a small JPEG per example (``store_pg_edits``)
+  ``imprint_examples``  embedding (bytea, little-endian float32), sha256, filename, thumbnail
+                        (a small JPEG, or NULL: ``store_pg_edits``)
   ``imprint_clock``     one row: the last change number
   ``imprint_changes``   one row per committed change (seq, class name, kind): what a replica
                         that was away reads to catch up (``serve.follow``)
@@ -63,13 +64,10 @@ CREATE TABLE IF NOT EXISTS imprint_examples (
     embedding bytea NOT NULL,
     sha256 text NOT NULL,
     filename text NOT NULL,
-    created double precision NOT NULL
+    created double precision NOT NULL,
+    thumbnail bytea
 );
 CREATE INDEX IF NOT EXISTS imprint_examples_by_class ON imprint_examples(class_id);
-CREATE TABLE IF NOT EXISTS imprint_thumbnails (
-    example_id bigint PRIMARY KEY REFERENCES imprint_examples(id) ON DELETE CASCADE,
-    jpeg bytea NOT NULL
-);
 CREATE TABLE IF NOT EXISTS imprint_clock (one boolean PRIMARY KEY DEFAULT true CHECK (one), seq bigint NOT NULL);
 INSERT INTO imprint_clock (seq) VALUES (0) ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS imprint_changes (

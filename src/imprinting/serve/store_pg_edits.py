@@ -1,6 +1,8 @@
 """Example-level edits on the PostgreSQL store (issue 15): the methods of the SQLite store of
-the same names (``add_thumbnails``, ``example_records``, ``remove_example``, ``rename_class``),
-with the same promises, for ``PgStore`` (``serve.store_pg``) to inherit.
+the same names (``add_thumbnails``, ``example_records``, ``remove_example``, ``rename_class``,
+``labelled_embeddings``, ``setting``, ``set_setting``), with the same promises, for ``PgStore``
+(``serve.store_pg``) to inherit. A thumbnail is the nullable ``imprint_examples.thumbnail``;
+a setting is ``setting:<key>`` in ``imprint_meta``.
 
 Each edit is one transaction under the class's row lock, and one that changes a class is
 logged and notified like any write, so the other replicas follow it: removing an example
@@ -23,18 +25,17 @@ class PgEdits:
     def add_thumbnails(self, ids: list[int], jpegs: list[bytes]) -> None:
         """Keep a small JPEG per example (``ids`` from ``add_examples``), in one transaction."""
         with self._transaction() as conn:
-            conn.cursor().executemany(
-                "INSERT INTO imprint_thumbnails (example_id, jpeg) VALUES (%s, %s) "
-                "ON CONFLICT (example_id) DO UPDATE SET jpeg = EXCLUDED.jpeg", list(zip(ids, jpegs)))
+            conn.cursor().executemany("UPDATE imprint_examples SET thumbnail = %s WHERE id = %s",
+                                      list(zip(jpegs, ids)))
 
     def example_records(self, name: str) -> list[dict]:
         """Class ``name``'s examples in the order they were added: id, added (Unix time),
         sha256, filename and thumbnail (JPEG bytes, or None for examples stored without one)."""
         with self._transaction() as conn:
             rows = conn.execute(
-                "SELECT e.id, e.created, e.sha256, e.filename, t.jpeg FROM imprint_examples e "
-                "JOIN imprint_classes c ON c.id = e.class_id LEFT JOIN imprint_thumbnails t ON t.example_id = e.id "
-                "WHERE c.name = %s ORDER BY e.id", (name,), binary=True).fetchall()
+                "SELECT e.id, e.created, e.sha256, e.filename, e.thumbnail FROM imprint_examples e "
+                "JOIN imprint_classes c ON c.id = e.class_id WHERE c.name = %s ORDER BY e.id",
+                (name,), binary=True).fetchall()
         return [{"id": i, "added": created, "sha256": sha, "filename": fname, "thumbnail": jpeg}
                 for i, created, sha, fname, jpeg in rows]
 
@@ -76,3 +77,24 @@ class PgEdits:
                 self._log(conn, row[0], name, "rename", now)  # the old name: gone
                 self._log(conn, row[0], new_name, "rename", now)  # the new one: there
         return row is not None
+
+    def labelled_embeddings(self) -> tuple[list[str], np.ndarray]:
+        """Every stored example's class name and float32 embedding, by class then id."""
+        with self._transaction() as conn:
+            rows = conn.execute("SELECT c.name, e.embedding FROM imprint_examples e JOIN imprint_classes c "
+                                "ON c.id = e.class_id ORDER BY c.id, e.id", binary=True).fetchall()
+        if not rows:
+            return [], np.zeros((0, self.dim), np.float32)
+        return [n for n, _ in rows], np.stack([np.frombuffer(b, dtype="<f4") for _, b in rows])
+
+    def setting(self, key: str) -> str | None:
+        """A value kept in ``imprint_meta`` under ``setting:<key>`` (e.g. the calibration), or None.
+        Replicas read it at start: one that changes it reaches the others when they restart."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT value FROM imprint_meta WHERE key = %s", (f"setting:{key}",)).fetchone()
+        return row[0] if row else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO imprint_meta (key, value) VALUES (%s, %s) "
+                         "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (f"setting:{key}", value))
