@@ -116,6 +116,27 @@ def test_followers_converge_and_catch_up(conv4_model, pg_url, kit):
         b.close()
 
 
+def test_edits_reach_the_other_replicas(conv4_model, pg_url, kit):
+    if not hasattr(Service, "remove_example"):
+        pytest.skip("this branch's Service has no example-level edits (issue 15)")
+    a = Service.open(conv4_model, pg_url)
+    b = Service.open(conv4_model, pg_url)
+    try:
+        ids = a.teach("cat", uploads(kit, 1, 2, 3))["example_ids"]
+        wait_until(lambda: store_counts(b) == {"cat": 3})
+        a.remove_example("cat", ids[0])
+        wait_until(lambda: store_counts(b) == {"cat": 2})
+        [stored] = a.store.classes()
+        for s in (a, b):
+            total, count = s._state("cat")
+            assert count == 2 and np.array_equal(total, stored.sum)
+        b.rename("cat", "kitten")
+        wait_until(lambda: store_counts(a) == {"kitten": 2} == store_counts(b))
+    finally:
+        a.close()
+        b.close()
+
+
 # -- replica processes --------------------------------------------------------------
 class Replicas:
     """``imprint serve`` processes on one database, started in parallel."""
