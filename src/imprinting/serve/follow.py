@@ -89,10 +89,12 @@ class Follower:
                             self.catch_up()  # a notification was missed: the log has it
                         elif seq < self.applied:
                             self.reload()  # the database went back in time
-            except (psycopg.Error, StoreError) as exc:
+            except Exception as exc:  # noqa: BLE001  (the thread must go on following, whatever happened)
                 if self._stop.is_set():
                     break
-                if self.connected.is_set():
+                if not isinstance(exc, (psycopg.Error, StoreError)):
+                    log.exception("the follower failed; it starts again from the change log")
+                elif self.connected.is_set():
                     log.warning("lost the store (%s); predictions go on from memory, reconnecting", exc)
                 self.connected.clear()
                 self._stop.wait(delay)
