@@ -162,6 +162,8 @@ class StoreFile(OutputFile):
     SQLite file (``serve.store.foreign_tables``)."""
 
     def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.startswith(("postgresql://", "postgres://")):
+            return value  # a PostgreSQL store (imprinting.serve.store_pg): checked when it opens
         path = super().convert(value, param, ctx)
         if path.is_file():
             from imprinting.serve.store import foreign_tables

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from imprinting.cli.common import ClassName, Finite, ModelFile, OutputFile, embed_with_bar, progress_bar
+from imprinting.cli.common import ClassName, Finite, ModelFile, OutputFile, embed_with_bar
 
 ENGINE_CHOICES = ["auto", "torch", "onnxruntime", "openvino"]
 IMAGE_SIZE = click.IntRange(8, 4096)  # pixels of the square crop

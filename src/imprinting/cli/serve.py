@@ -4,7 +4,6 @@ only when it runs, so ``imprint --help`` stays fast and works without the ``serv
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 
 import click
 
@@ -15,8 +14,10 @@ from imprinting.serve.admission import DEFAULT_MEMORY_LIMIT_MB
 
 @click.command()
 @click.argument("model_path", metavar="MODEL", type=ModelFile())
-@click.option("--store", "store_path", required=True, type=StoreFile(),
-              help="SQLite file holding the classes taught through the service (created when missing).")
+@click.option("--store", "store_path", required=True, type=StoreFile(), metavar="PATH|URL",
+              help="Where the classes taught through the service live: a SQLite file (created when missing), "
+                   "or postgresql://user@host/db for several replicas over one database (pip install "
+                   "'imprinting[postgres]').")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--token", envvar="IMPRINT_TOKEN", default=None,
@@ -64,6 +65,7 @@ def serve(model_path, store_path, host, port, token, unknown_threshold, max_requ
         from imprinting.serve.app import create_app
         from imprinting.serve.middleware import header_timeout_protocol
         from imprinting.serve.store import StoreError
+        from imprinting.serve.stores import redact
     except ImportError as exc:
         raise click.ClickException(f"the service needs its extra dependencies ({exc}): pip install 'imprinting[serve]'")
     if token is not None and (not token.strip() or not token.isprintable()):
@@ -80,7 +82,7 @@ def serve(model_path, store_path, host, port, token, unknown_threshold, max_requ
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     service = app.state.service
-    click.echo(f"{model_path}: {service.model.num_classes} classes; store {store_path}; "
+    click.echo(f"{model_path}: {service.model.num_classes} classes; store {redact(store_path)}; "
                f"http://{host}:{port}/ (API docs at /docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, http=header_timeout_protocol(header_timeout),
                 limit_concurrency=max_connections, timeout_keep_alive=5)

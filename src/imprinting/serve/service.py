@@ -29,11 +29,12 @@ from PIL import Image
 
 from imprinting import checkpoint
 from imprinting.data.images import MAX_PIXELS
-from imprinting.classes import ClassSnapshot
+from imprinting.classes import ClassSnapshot, ClassTable
 from imprinting.errors import UserError
 from imprinting.serve.integrity import MAX_COUNT
 from imprinting.serve.store import Store, StoredClass, StoreError
 from imprinting.serve.admission import Admission
+from imprinting.serve.stores import open_store
 from imprinting.serve.validation import ApiError, Upload, check_class_name, check_uploads, read_images
 
 
@@ -67,6 +68,7 @@ class Service:
         # one forward pass at a time: it already uses every core, and more at once only add
         # runnable threads (the event loop, /health, would wait for the CPU behind them)
         self._forward = threading.Lock()
+        self.follower = None  # replicas over a shared store: serve.follow
         try:
             stored = store.classes()
             for c in stored:
@@ -102,9 +104,13 @@ class Service:
         if unknown_threshold is not None:
             model.unknown_threshold = unknown_threshold
         description = f"{model.spec.backbone}, image size {model.preprocess.image_size}"
-        store = Store(store_path, model.embedder.dim, cls._fingerprint(model), description)
+        store = open_store(store_path, model.embedder.dim, cls._fingerprint(model), description)
         service = cls(model, store, max_images=max_images, max_pixels=max_pixels, admission=admission)
         try:
+            if getattr(store, "shared", False):  # replicas: follow the others' writes (serve.follow)
+                from imprinting.serve.follow import Follower
+
+                service.follower = Follower(service, store, store.snapshot_seq).start()
             size = model.preprocess.image_size
             model.embed_images([Image.new("RGB", (size, size))])  # warm up
         except BaseException:
@@ -115,6 +121,8 @@ class Service:
 
     def close(self) -> None:
         """Close the store (once no request holds the lock)."""
+        if self.follower is not None:
+            self.follower.stop()
         with self.lock:
             self.store.close()
 
@@ -170,7 +178,7 @@ class Service:
                                                    "the service adds examples only to classes it created")
         check_uploads(uploads, self.max_images)
         with self.admission.admit(len(uploads)):
-            embeddings, shas, names = self._read_and_embed(uploads)
+            embeddings, shas, names, images = self._read_and_embed(uploads)
         embedded = time.perf_counter()
         body = self._commit(name, embeddings, shas, names)
         self._save_thumbnails(body["example_ids"], images)
@@ -184,7 +192,7 @@ class Service:
         start = time.perf_counter()
         check_uploads(uploads, self.max_images)
         with self.admission.admit(len(uploads)):
-            embeddings, _, names = self._read_and_embed(uploads)
+            embeddings, _, names, _ = self._read_and_embed(uploads)
         with self.lock:
             if self.model.num_classes == 0:
                 raise ApiError(409, "no_classes", "the model has no classes yet: teach one first")
@@ -219,12 +227,13 @@ class Service:
         return {"deleted": name, "classes": left}
 
     # -- helpers ---------------------------------------------------------------
-    def _read_and_embed(self, uploads: Sequence[Upload]) -> tuple[torch.Tensor, list[str], list[str]]:
+    def _read_and_embed(self, uploads: Sequence[Upload]) -> tuple[torch.Tensor, list[str], list[str], list]:
         """Decode the uploads (shrunk at once, within the decoding bound) and embed them:
-        (embeddings, SHA-256 of each file, display names). The caller holds the admission."""
+        (embeddings, SHA-256 of each file, display names, the decoded images, e.g. for
+        thumbnails). The caller holds the admission."""
         images, shas, names = read_images(uploads, self.max_images, self.max_pixels, admission=self.admission,
                                           **self._decoding)
-        return self._embed(images, names), shas, names
+        return self._embed(images, names), shas, names, images
 
     def _embed(self, images: list, names: list[str]) -> torch.Tensor:
         """The images' embeddings; one that is NaN or infinite (a damaged model, or an image
@@ -253,7 +262,10 @@ class Service:
                 model.add_examples(name, embeddings)
             new_sum, new_count = self._state(name)
             try:
-                ids = self.store.add_examples(name, embeddings.numpy(), new_sum, new_count, shas, names)
+                if self.follower is None:
+                    ids = self.store.add_examples(name, embeddings.numpy(), new_sum, new_count, shas, names)
+                else:  # replicas: the database adds the upload to what it holds; memory takes that
+                    ids, created, new_count = self.follower.add_examples(name, embeddings.numpy(), shas, names)
             except BaseException as exc:
                 self._undo(name, before)
                 if isinstance(exc, (sqlite3.Error, StoreError)):
@@ -305,6 +317,32 @@ class Service:
         counts: the same weights, bit for bit, as when they were taught."""
         for c in stored:
             self.model.add_class_from_sum(c.name, c.sum, c.count)
+
+    def _set_state(self, name: str, total: np.ndarray, count: int) -> None:
+        """Give the existing class ``name`` this sum and count, in its place: the row the
+        class table computes for them (``add_from_sum``), the class's other fields unchanged."""
+        current = self.model.snapshot_class(name)
+        scratch = ClassTable(self.model.classes.dim)
+        scratch.add_from_sum(name, total, count)
+        fields = {**current.fields, **scratch.snapshot(name).fields}
+        self.model.restore_class(ClassSnapshot(name, current.index, fields))
+
+    # -- replicas over a shared store (serve.follow) ---------------------------------
+    def apply_stored_class(self, name: str, stored: StoredClass | None) -> None:
+        """Make class ``name`` in memory what the shared store holds (``None``: no such
+        class), e.g. after another replica changed it. The caller holds ``self.lock``.
+        The model file's classes are never touched."""
+        if name in self.model_classes:
+            return
+        if stored is None:
+            if self.model.has_class(name):
+                self.model.remove_class(name)
+        elif not self.model.has_class(name):
+            self.model.add_class_from_sum(name, stored.sum, stored.count)
+        else:
+            total, count = self._state(name)
+            if count != stored.count or not np.array_equal(total, stored.sum):
+                self._set_state(name, stored.sum, stored.count)
 
     @staticmethod
     def _fingerprint(model) -> str:
