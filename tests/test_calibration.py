@@ -164,7 +164,7 @@ def test_a_closed_form_head_gets_its_temperature_from_leave_one_out_over_its_own
     result = calibrate_table(table, e, y)
     assert result.scale_before == 1.0 and result.scored == len(e) - 1  # the one-example class is not scored
     scored = np.array([(y == c).sum() >= 2 for c in y])
-    grid = np.exp(np.linspace(np.log(0.5), np.log(1000), 400))
+    grid = np.exp(np.linspace(np.log(1e-3), np.log(100), 600))
     best = grid[np.argmin([nll(t, got[scored], y[scored]) for t in grid])]
     assert result.scale == pytest.approx(best, rel=0.03)
     assert result.nll_after <= result.nll_before + 1e-9

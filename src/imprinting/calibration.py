@@ -37,7 +37,8 @@ import numpy as np
 from imprinting.classes import normalize_rows
 from imprinting.errors import UserError
 
-SCALE_BOUNDS = (0.5, 1000.0)
+SCALE_BOUNDS = (0.5, 1000.0)  # s multiplies cosines, in [-1, 1]
+TEMPERATURE_BOUNDS = (1e-3, 100.0)  # a closed-form head's temperature multiplies scores of tens to hundreds
 
 
 class CalibrationError(UserError):
@@ -70,13 +71,13 @@ def nll(scale: float, cosines: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(z)), labels]))
 
 
-def fit_scale(cosines: np.ndarray, labels: np.ndarray) -> float:
-    """The scale s minimizing ``nll`` (searched over log s within ``SCALE_BOUNDS``)."""
+def fit_scale(cosines: np.ndarray, labels: np.ndarray, bounds=SCALE_BOUNDS) -> float:
+    """The scale s minimizing ``nll`` (searched over log s within ``bounds``)."""
     from scipy.optimize import minimize_scalar
 
     if len(labels) == 0:
         raise CalibrationError("no labelled examples to fit the scale on")
-    lo, hi = np.log(SCALE_BOUNDS)
+    lo, hi = np.log(bounds)
     res = minimize_scalar(lambda t: nll(np.exp(t), cosines, labels), bounds=(lo, hi), method="bounded",
                           options={"xatol": 1e-4})
     return float(np.exp(res.x))
@@ -143,7 +144,8 @@ def calibrate_table(table, embeddings, labels, method: str = "leave-one-out",
     if getattr(table, "head", None) is not None:
         before = float(table.head.temperature)
         scores = head_scores(table, e, labels, method == "leave-one-out")
-    scale = fit_scale(scores[scored], y) if scored.any() else before
+    bounds = SCALE_BOUNDS if getattr(table, "head", None) is None else TEMPERATURE_BOUNDS
+    scale = fit_scale(scores[scored], y, bounds) if scored.any() else before
     threshold = false_reject = None
     if len(table) >= 2:
         others = cos.copy()

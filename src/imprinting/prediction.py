@@ -37,8 +37,8 @@ def top_k(cosines: np.ndarray, logits: np.ndarray, name_at: Callable[[int], str]
     part = np.argpartition(-logits, k - 1, axis=1)[:, :k] if k < c else np.tile(np.arange(c), (len(logits), 1))
     out = []
     best = np.asarray(cosines).max(axis=1)
-    for z_row, total, c_row, cand, top in zip(z, denom, cosines, part, best):
-        order = cand[np.lexsort((cand, -z_row[cand]))]
+    for l_row, z_row, total, c_row, cand, top in zip(logits, z, denom, cosines, part, best):
+        order = cand[np.lexsort((cand, -l_row[cand]))]  # by logit: probabilities can underflow to 0
         unknown = threshold is not None and float(top) < threshold
         out.append(Prediction([name_at(int(i)) for i in order], [float(z_row[i] / total) for i in order],
                               [float(c_row[i]) for i in order], bool(unknown)))

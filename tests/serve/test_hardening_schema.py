@@ -19,7 +19,7 @@ def app(conv4_model, tmp_path_factory, kit):
     app = create_app(conv4_model, tmp_path_factory.mktemp("schema") / "store.sqlite", max_images=4)
     with TestClient(app) as c:  # one class of the store, so that predictions and GETs have something
         assert c.post("/classes/taught/examples", files=kit.files(("a.png", kit.image_bytes()))).status_code == 201
-    return app
+        yield app  # the service (and its store) stays open while schemathesis calls it
 
 
 def test_the_api_conforms_to_its_openapi_document(app):

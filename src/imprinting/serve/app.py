@@ -226,11 +226,11 @@ def create_app(
     ):
         return service.predict(_uploads(files), k, unknown_threshold)
 
-    _add_example_routes(app, service)
+    _add_example_routes(app, service, writes)
     return app
 
 
-def _add_example_routes(app: FastAPI, service: Service) -> None:
+def _add_example_routes(app: FastAPI, service: Service, writes: tuple = ()) -> None:
     """Example-level edits (issue 15): list a class's examples, remove one, rename a class.
 
     ``/classes/{name:anytext}`` above matches any path below ``/classes/``, so these routes
@@ -239,22 +239,26 @@ def _add_example_routes(app: FastAPI, service: Service) -> None:
 
     before = list(app.router.routes)
 
-    @app.get("/classes/{name:anytext}/examples", summary="A class's stored examples, with thumbnails")
-    def list_examples(name: str = PathParam(description="Class name")):
+    @app.get("/classes/{name:anytext}/examples", summary="A class's stored examples, with thumbnails",
+             responses=errors(404, 409, 422, 503))
+    def list_examples(name: str = _name("Class name")):
         return service.examples(name)
 
     @app.delete("/classes/{name:anytext}/examples/{example_id:int}",
-                summary="Remove one example; the class is recomputed from the others (deleted with its last)")
-    def remove_example(name: str = PathParam(description="Class name"),
+                summary="Remove one example; the class is recomputed from the others (deleted with its last)",
+                responses=errors(*writes, 404, 409, 422, 503))
+    def remove_example(name: str = _name("Class name"),
                        example_id: int = PathParam(description="The example's id (from the list of examples)")):
         return service.remove_example(name, example_id)
 
-    @app.post("/classes/{name:anytext}/rename", summary="Rename a class taught through the service")
-    def rename_class(name: str = PathParam(description="Class name"),
-                     new_name: str = Body(..., embed=True, description="The new name")):
+    @app.post("/classes/{name:anytext}/rename", summary="Rename a class taught through the service",
+              responses=errors(*writes, 404, 409, 422, 503))
+    def rename_class(name: str = _name("Class name"),
+                     new_name: str = Body(..., embed=True, description="The new name", json_schema_extra=NAME_SCHEMA)):
         return service.rename(name, new_name)
 
-    @app.post("/calibrate", summary="Fit the scale and the unknown threshold from the examples taught here")
+    @app.post("/calibrate", summary="Fit the scale and the unknown threshold from the examples taught here",
+              responses=errors(*writes, 409, 422, 503))
     def calibrate(false_accept: float = Query(0.05, ge=0.0, lt=1.0,
                                               description="Target share of never-taught images accepted as known")):
         return service.calibrate(false_accept)
