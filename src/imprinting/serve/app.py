@@ -248,7 +248,7 @@ def _add_example_routes(app: FastAPI, service: Service, writes: tuple = ()) -> N
                 summary="Remove one example; the class is recomputed from the others (deleted with its last)",
                 responses=errors(*writes, 404, 409, 422, 503))
     def remove_example(name: str = _name("Class name"),
-                       example_id: int = PathParam(description="The example's id (from the list of examples)")):
+                       example_id: int = PathParam(ge=1, description="The example's id (from the list of examples)")):
         return service.remove_example(name, example_id)
 
     @app.post("/classes/{name:anytext}/rename", summary="Rename a class taught through the service",
