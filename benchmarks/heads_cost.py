@@ -11,6 +11,7 @@ of 5 examples, and of ``predict_embeddings`` (top-5) for 64 queries, with each h
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -59,11 +60,15 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    from threadpoolctl import threadpool_limits
+
     torch.set_num_threads(1)
+    threadpool_limits(1)  # one BLAS thread: a shared 2-core machine
     rng = np.random.default_rng(args.seed)
     print(f"- command: python benchmarks/heads_cost.py --classes {' '.join(map(str, args.classes))} --dim {args.dim}")
     print(f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
-          f"{platform.processor() or 'cpu'}, torch threads 1; seed {args.seed}\n")
+          f"{platform.processor() or 'cpu'}, torch and BLAS threads 1; seed {args.seed}; "
+          f"load average {os.getloadavg()[0]:.1f}\n")
     print("| classes | head | add a class of 5 examples (ms) | predict 64 queries, top-5 (ms) |")
     print("|---:|---|---:|---:|")
     queries = torch.from_numpy(_unit(rng.normal(size=(64, args.dim))).astype(np.float32))
