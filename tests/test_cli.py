@@ -159,3 +159,17 @@ def test_train_with_the_whitened_head_then_predict(tmp_path, tiny_folder):
     assert all(c > 0 for c in model.classes.counts.tolist())  # the classes are their training means now
     r = run("predict", out, tiny_folder / "red", "--json")
     assert r.exit_code == 0, r.output
+
+
+def test_reproduce_and_transfer_take_the_engine_options(tmp_path):
+    from imprinting import engines
+
+    try:
+        for cmd in (["transfer"], ["reproduce", "tables"], ["reproduce", "beyond"]):
+            engines.set_default(engine=None, precision=None)
+            r = run(*cmd, "--engine", "torch", "--precision", "float32", "--data-root", tmp_path / "none")
+            assert r.exit_code != 0 and "Error" in r.output  # no data there, but the options were taken
+            assert (engines.default_engine(), engines.default_precision()) == ("torch", "float32"), cmd
+        assert run("reproduce", "tables", "--engine", "tpu").exit_code == 2
+    finally:
+        engines.set_default(engine=None, precision=None)

@@ -63,7 +63,10 @@ def command(experiment: Experiment, name: str | None = None) -> click.Command:
 
     params = _shared_options(experiment.defaults) if experiment.shared_options else []
     params += [_option(flags, attrs) for flags, attrs in experiment.options]
-    return click.Command(name or experiment.name, callback=callback, params=params, help=experiment.help)
+    from imprinting.cli.models import engine_options  # --engine / --precision of the frozen backbone
+
+    return engine_options(click.Command(name or experiment.name, callback=callback, params=params,
+                                        help=experiment.help))
 
 
 @click.group()
