@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from imprinting import heads
+from imprinting.classes import ClassTable
 from imprinting.model import build_model
 from imprinting.spec import ModelSpec
 
@@ -32,11 +33,8 @@ def _unit(x):
 def model_with(classes: int, dim: int, whitened: bool, rng) -> object:
     model = build_model(ModelSpec(backbone=None, pretrained=False, dim=None, feature_dim=dim, power=0.5))
     sums = _unit(rng.normal(size=(classes, dim))) * 5
-    table = model.classes
-    from imprinting.classes import ClassTable
-
     table = ClassTable.from_arrays([f"c{i}" for i in range(classes)], _unit(sums), sums, np.full(classes, 5),
-                                   table.scale)
+                                   model.classes.scale)
     if whitened:
         a = rng.normal(size=(dim, 2 * dim)) / np.sqrt(2 * dim)
         table.set_head(heads.WhitenedHead(rng.normal(size=dim) * 0.01, a @ a.T, 0.8, {1: 0.5, 5: 0.75}))

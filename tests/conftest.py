@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import make_image
+from helpers import make_image, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
@@ -35,3 +35,12 @@ def tiny_folder(tmp_path) -> Path:
         for i in range(4):
             make_image(root / name / f"{i}.png", color, seed=i)
     return root
+
+
+@pytest.fixture
+def tiny_model(tmp_path, tiny_folder):
+    """A model file made by ``imprint create --from-folder`` on ``tiny_folder`` (conv4, random, 16-d)."""
+    path = tmp_path / "m.safetensors"
+    result = run_cli("create", path, "--backbone", "conv4", "--random-init", "--dim", "16", "--from-folder", tiny_folder)
+    assert result.exit_code == 0, result.output
+    return path

@@ -6,18 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
+from helpers import run_cli as run
 from imprinting import checkpoint
 from imprinting.calibration import (CalibrationError, calibrate, calibrate_table, expected_calibration_error,
                                     fit_scale, leave_one_out, nll, threshold_for)
 from imprinting.classes import ClassTable
-from imprinting.cli import main
 from imprinting.model import create_head
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def _clusters(rng, classes=6, per_class=(1, 3, 4, 5, 5, 6), dim=12, spread=0.6):

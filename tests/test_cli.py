@@ -2,24 +2,8 @@
 
 import json
 
-import pytest
-from click.testing import CliRunner
-
-from helpers import make_image
+from helpers import make_image, run_cli as run
 from imprinting import checkpoint
-from imprinting.cli import main
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture
-def tiny_model(tmp_path, tiny_folder):
-    path = tmp_path / "m.safetensors"
-    result = run("create", path, "--backbone", "conv4", "--random-init", "--dim", "16", "--from-folder", tiny_folder)
-    assert result.exit_code == 0, result.output
-    return path
 
 
 def test_help_explains_every_command():

@@ -9,24 +9,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from helpers import make_image
+from helpers import make_image, run_cli as run
 from imprinting import checkpoint
 from imprinting.cli import main
 from imprinting.data import DatasetError
 from imprinting.evaluate import find_images, read_tree, score
 from imprinting.prediction import Prediction
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture
-def tiny_model(tmp_path, tiny_folder):
-    path = tmp_path / "m.safetensors"
-    result = run("create", path, "--backbone", "conv4", "--random-init", "--dim", "16", "--from-folder", tiny_folder)
-    assert result.exit_code == 0, result.output
-    return path
 
 
 @pytest.fixture

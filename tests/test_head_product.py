@@ -160,7 +160,7 @@ def test_fitting_needs_the_power_transformed_embedder():
 def test_lite_runtime_scores_like_pytorch(tmp_path):
     from imprinting.export import export
     from imprinting.lite.runtime import LiteModel
-    from tests_helpers_images import class_folder
+    from helpers import class_folder
 
     torch.manual_seed(0)
     folder = class_folder(tmp_path / "train", classes=4, per_class=4)
@@ -196,7 +196,7 @@ def test_lite_runtime_scores_like_pytorch(tmp_path):
 
 def test_train_then_whitened_head_on_the_base_data(tmp_path):
     from imprinting.imprint import fit_trained_head
-    from tests_helpers_images import class_folder
+    from helpers import class_folder
 
     from imprinting.data.folder import read_folder
 

@@ -164,8 +164,7 @@ def head_scores(table, embeddings: np.ndarray, labels: np.ndarray, leave_out: bo
     it (its sum less the example, one example fewer: ``head.rows`` of those), as for cosines."""
     head = table.head
     e = normalize_rows(np.asarray(embeddings, np.float32))
-    w, b = table.head_rows()
-    scores = ((e - head.centre.astype(np.float32)) @ w.T + b).astype(np.float64)
+    scores = head.scores(e, *table.head_rows()).astype(np.float64)
     if leave_out:
         counts = np.asarray(table.counts)[labels]
         own = counts >= 2

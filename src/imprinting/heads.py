@@ -215,9 +215,12 @@ class WhitenedHead:
         b = -0.5 * (np.einsum("cd,cd->c", w, m) - excess)
         return w.astype(np.float32), b.astype(np.float32)
 
+    def scores(self, embeddings: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``(e - centre) @ W.T + b`` in float32: the scores at temperature 1."""
+        return (np.asarray(embeddings, np.float32) - self._centre32) @ w.T + b
+
     def logits(self, embeddings: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-        x = np.asarray(embeddings, np.float32) - self._centre32
-        out = x @ w.T + b
+        out = self.scores(embeddings, w, b)
         return out * np.float32(self.temperature) if self.temperature != 1.0 else out
 
     def header(self) -> dict:

@@ -48,31 +48,23 @@ def embed_files(model, files: Sequence, views: int = 1, batch_size: int = 32,
 
 def imprint_folder(model, folder, views: int = 1, progress: Callable[[int], None] | None = None,
                    head: str | None = None) -> dict:
-    """Imprint one class per sub-folder of ``folder`` (its name, its images); calls
-    ``progress(1)`` after each class. With ``head`` (a name of ``imprinting.heads.HEADS``),
-    the head is then fitted on these examples (``fit_model_head``). Returns ``{"classes":
-    the class names in order, "head": what the head choice measured, or None}``."""
+    """Imprint one class per sub-folder of ``folder`` (a path, or the ``ImageSet`` that
+    ``imprinting.data.folder.read_folder`` made of it: its name, its images), embedding every
+    image in one pass and calling ``progress(k)`` after each batch of k images. With ``head``
+    (a name of ``imprinting.heads.HEADS``), the head is then fitted on these examples
+    (``fit_model_head``). Returns ``{"classes": the class names in order, "head": what the head
+    choice measured or None, "embeddings": (N * views, D), "labels": (N * views,) class indices}``."""
+    import numpy as np
+
     from imprinting.data.folder import read_folder
 
-    images = read_folder(folder)
-    by_class: dict[int, list] = {}
-    for path, label in zip(images.paths, images.labels):
-        by_class.setdefault(label, []).append(path)
-    names, embeddings, labels = [], [], []
-    for label, files in sorted(by_class.items()):
-        e = model.embed_images(files, views)
-        model.imprint_embeddings(images.class_names[label], e)
-        names.append(images.class_names[label])
-        embeddings.append(e.numpy())
-        labels += [label] * len(e)
-        if progress is not None:
-            progress(1)
-    report = None
-    if head is not None:
-        import numpy as np
-
-        report = fit_model_head(model, np.concatenate(embeddings), np.array(labels), head)
-    return {"classes": names, "head": report}
+    images = folder if hasattr(folder, "class_names") else read_folder(folder)
+    embeddings = embed_files(model, images.paths, views, progress=progress)  # each image's views together
+    labels = np.repeat(np.asarray(images.labels), views)
+    for label, name in enumerate(images.class_names):
+        model.imprint_embeddings(name, embeddings[torch.from_numpy(labels == label)])
+    report = fit_model_head(model, embeddings.numpy(), labels, head) if head is not None else None
+    return {"classes": list(images.class_names), "head": report, "embeddings": embeddings, "labels": labels}
 
 
 def fit_model_head(model, embeddings, labels, choice: str = "auto", source: str = "examples", seed: int = 0) -> dict:
@@ -107,9 +99,10 @@ def fit_trained_head(model, features, labels, choice: str = "auto", seed: int = 
 
     if model.spec.power is not None:
         raise ClassError("this model already has a power-transformed embedder")
-    with torch.no_grad():
-        e = model.embedder.forward_head(torch.as_tensor(features, dtype=torch.float32))
-        z = F.normalize(torch.sign(e) * e.abs().sqrt(), dim=1)
+    from imprinting.layers import power_transform
+
+    with torch.no_grad():  # the embedding the model will have once it takes the power transform
+        z = power_transform(model.embedder.forward_head(torch.as_tensor(features, dtype=torch.float32)), 0.5)
     y = np.asarray(labels)
     try:
         head, report = heads.fit_head(z.numpy(), y, choice, "base", seed)

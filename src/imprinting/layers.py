@@ -130,6 +130,11 @@ class LinearClassifier(nn.Module):
         return self.linear(embeddings)
 
 
+def power_transform(embeddings: torch.Tensor, power) -> torch.Tensor:
+    """``normalize(sign(e) * |e| ** power)``: the embedder's power transform (``Embedder(power=...)``)."""
+    return F.normalize(torch.sign(embeddings) * embeddings.abs().pow(power), dim=-1)
+
+
 class Embedder(nn.Module):
     """backbone -> fully connected layer to ``dim`` -> L2 normalization.
 
@@ -167,9 +172,7 @@ class Embedder(nn.Module):
         if not self.normalize:
             return out
         out = F.normalize(out, dim=-1)
-        if self.power is not None:
-            out = F.normalize(torch.sign(out) * out.abs().pow(self.power), dim=-1)
-        return out
+        return power_transform(out, self.power) if self.power is not None else out
 
     def forward(self, embeddings_or_images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(embeddings_or_images))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from imprinting.cli.common import embed_with_bar
+from imprinting.cli.common import embed_with_bar, progress_bar
 from imprinting.cli.models import engine_options
 
 
@@ -68,25 +68,21 @@ def describe_calibration(c) -> str:
 
 
 def teach_and_calibrate(model, folder, false_accept: float, set_threshold: bool, head: str | None = None):
-    """``create --from-folder``: embed every image of FOLDER's class folders (one progress bar),
-    imprint one class per folder, fit the ``head`` (``imprinting.imprint.fit_model_head``; None:
-    the paper's), then calibrate the scale (a head's temperature) and the unknown threshold by
-    leave-one-out over those examples. Returns what the head choice measured (or None)."""
-    import numpy as np
-
+    """``create --from-folder``: ``imprinting.imprint.imprint_folder`` (one progress bar over the
+    images; the ``head`` fitted on them, None: the paper's), then the scale (a head's
+    temperature) and the unknown threshold calibrated by leave-one-out over those examples.
+    Returns what the head choice measured (or None)."""
     from imprinting.calibration import calibrate
     from imprinting.data.folder import read_folder
-    from imprinting.imprint import fit_model_head
+    from imprinting.imprint import imprint_folder
 
     images = read_folder(folder)
-    embeddings = embed_with_bar(model, images.paths, 1)
-    labels = np.asarray(images.labels)
-    for label, name in enumerate(images.class_names):
-        model.imprint_embeddings(name, embeddings[labels == label])
-    report = fit_model_head(model, embeddings.numpy(), labels, head) if head is not None else None
-    names = [images.class_names[y] for y in labels]
-    click.echo(describe_calibration(calibrate(model, embeddings, names, "leave-one-out", false_accept, set_threshold)))
-    return report
+    with progress_bar(len(images.paths), "embedding images") as bar:
+        taught = imprint_folder(model, images, progress=bar.update, head=head)
+    names = [taught["classes"][y] for y in taught["labels"]]
+    click.echo(describe_calibration(calibrate(model, taught["embeddings"], names, "leave-one-out", false_accept,
+                                              set_threshold)))
+    return taught["head"]
 
 
 @click.command("calibrate")

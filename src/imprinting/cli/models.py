@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from imprinting.cli.common import ClassName, Finite, ModelFile, OutputFile, embed_with_bar
+from imprinting.heads import HEADS
 
 ENGINE_CHOICES = ["auto", "torch", "onnxruntime", "openvino"]
 IMAGE_SIZE = click.IntRange(8, 4096)  # pixels of the square crop
@@ -43,7 +44,7 @@ def engine_options(command):
               help="Predictions whose best cosine is below this are flagged unknown.")
 @click.option("--from-folder", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A folder of class folders: imprint one class per sub-folder.")
-@click.option("--head", type=click.Choice(["auto", "whitened", "normalized-mean"]), default="auto", show_default=True,
+@click.option("--head", type=click.Choice(HEADS), default="auto", show_default=True,
               help="How classes are scored. whitened: class means whitened by the examples' shared covariance, "
                    "with a shot-count correction (imprinting.heads); normalized-mean: the paper's s * cos; auto: "
                    "whichever scores better on simulated low-shot episodes of the folder's classes (the paper's "
@@ -195,7 +196,7 @@ def info(model_path, as_json):
               help="Training state after each epoch; an interrupted run given the same file resumes.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--cache", type=click.Path(path_type=Path), default=None, envvar="IMPRINTING_CACHE")
-@click.option("--head", type=click.Choice(["auto", "whitened", "normalized-mean"]), default="normalized-mean",
+@click.option("--head", type=click.Choice(HEADS), default="normalized-mean",
               show_default=True,
               help="How classes are scored after training (whitened and auto turn the trained classes into "
                    "imprinted ones, which then take examples and can be removed). whitened: class means of the training embeddings, "
