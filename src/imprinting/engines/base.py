@@ -35,6 +35,8 @@ class Engine:
             raise EngineError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.precision = precision
 
+    uses_cpu = True  # it computes on the CPU's cores (the decoding pipeline takes turns with it)
+
     @property
     def exact(self) -> bool:
         """float32 engines give PyTorch's features to within 1e-5 (checked before use by

@@ -1,10 +1,16 @@
-"""Images to backbone features, decoding in threads while the engine runs.
+"""Images to backbone features, decoding in threads.
 
 Centre crops (``views=1``): a pool of threads decodes, resizes and crops small groups of
-images into one uint8 array each and turns it into the normalized float32 batch (Pillow
-and numpy release the GIL); the calling thread only joins groups into batches and runs the
-engine, so decoding overlaps the forward pass and nothing is done per image in that loop.
+images straight into the batch's normalized float32 array (Pillow and numpy release the
+GIL); the calling thread only runs the engine, and nothing is done per image in its loop.
 The pixels are those of ``imprinting.data.transforms.eval_transform``, bit for bit.
+
+When the engine computes on the CPU cores (every CPU engine), decoding and the forward pass
+take turns, each with every core: a batch is decoded by all the threads, then the engine runs
+on all the cores. Overlapping them would make the decoders and the engine's threads fight for
+the same cores, and an engine's parallel loop waits for its slowest thread
+(``benchmarks/engines.py``: 0.73x of the bare forward overlapped, 0.8x or more in turns, on 2
+cores). When the engine runs elsewhere (CUDA), the next batch is decoded while it runs.
 
 Random crop + flip views (``views>1``) are drawn in the calling thread, in order, from
 PyTorch's random generator, in the order the library drew them before engines (decoding
@@ -27,8 +33,8 @@ GROUP = 8  # images one decoding task takes
 
 
 def decode_workers() -> int:
-    """Decoding threads: all cores but one (the engine's), at least 1, at most 8."""
-    return min(8, max(1, (os.cpu_count() or 2) - 1))
+    """Decoding threads: one per core, at most 8."""
+    return min(8, max(1, os.cpu_count() or 1))
 
 
 def decode(source, mode: str, reduce_to: int | None = None):
@@ -41,7 +47,7 @@ def decode(source, mode: str, reduce_to: int | None = None):
 
 
 class _Center:
-    """Sources -> normalized centre-crop batches (N, C, H, W) float32, in a worker thread."""
+    """Sources -> their normalized centre crops, written into a slice of a batch array."""
 
     def __init__(self, pre, draft: bool):
         from imprinting.data.transforms import eval_crop, image_mode, normalize_table
@@ -50,15 +56,18 @@ class _Center:
         self.table = normalize_table(pre)
         self.reduce_to = pre.resize_size if draft else None
 
-    def __call__(self, sources: Sequence) -> np.ndarray:
+    def batch(self, count: int) -> np.ndarray:
+        s, c = self.pre.image_size, self.pre.in_chans
+        return np.empty((count, c, s, s), np.float32)
+
+    def __call__(self, sources: Sequence, out: np.ndarray) -> None:
+        """Decode ``sources`` into ``out`` (len(sources), C, H, W)."""
         s, c = self.pre.image_size, self.pre.in_chans
         pixels = np.empty((len(sources), s, s, c), np.uint8)
         for i, src in enumerate(sources):
             pixels[i] = np.asarray(self.crop(decode(src, self.mode, self.reduce_to))).reshape(s, s, c)
-        out = np.empty((len(sources), c, s, s), np.float32)
         for ch in range(c):
             np.take(self.table[ch], pixels[..., ch], out=out[:, ch])
-        return out
 
 
 def center_features(engine: Engine, images: Sequence, pre, batch_size: int = 32, workers: int | None = None,
@@ -71,38 +80,41 @@ def center_features(engine: Engine, images: Sequence, pre, batch_size: int = 32,
     work = _Center(pre, draft)
     n = len(images)
     workers = decode_workers() if workers is None else workers
+    starts = list(range(0, n, batch_size))
     if workers == 0:
         out = []
-        for i in range(0, n, batch_size):
-            out.append(engine.run(work(images[i : i + batch_size])))
+        for i in starts:
+            batch = work.batch(min(batch_size, n - i))
+            work(images[i : i + len(batch)], batch)
+            out.append(engine.run(batch))
             if progress is not None:
-                progress(len(out[-1]))
+                progress(len(batch))
         return torch.cat(out) if out else torch.empty(0)
-    group = max(1, min(GROUP, batch_size))
-    starts = iter(range(0, n, group))
+    group = max(1, min(GROUP, -(-batch_size // workers)))
+    ahead = 0 if getattr(engine, "uses_cpu", True) else 1  # batches decoded while the engine runs
     pool = ThreadPoolExecutor(workers, thread_name_prefix="imprinting-decode")
     pending: deque = deque()
 
-    def submit() -> None:
-        i = next(starts, None)
-        if i is not None:
-            pending.append(pool.submit(work, images[i : min(i + group, n)]))
+    def submit(k: int) -> None:
+        if k < len(starts):
+            i = starts[k]
+            batch = work.batch(min(batch_size, n - i))
+            tasks = [pool.submit(work, images[i + j : i + min(j + group, len(batch))], batch[j : j + group])
+                     for j in range(0, len(batch), group)]
+            pending.append((batch, tasks))
 
     try:
-        for _ in range(2 * workers + -(-batch_size // group)):  # keep the decoders busy a batch ahead
-            submit()
-        out, ready, count = [], [], 0
-        while pending:
-            part = pending.popleft().result()
-            submit()
-            ready.append(part)
-            count += len(part)
-            if count >= batch_size or not pending:
-                batch = ready[0] if len(ready) == 1 else np.concatenate(ready)
-                out.append(engine.run(batch))
-                ready, count = [], 0
-                if progress is not None:
-                    progress(len(batch))
+        for k in range(ahead + 1):
+            submit(k)
+        out = []
+        for k in range(len(starts)):
+            batch, tasks = pending.popleft()
+            for t in tasks:
+                t.result()
+            out.append(engine.run(batch))
+            submit(k + ahead + 1)
+            if progress is not None:
+                progress(len(batch))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return torch.cat(out) if out else torch.empty(0)

@@ -49,6 +49,10 @@ class TorchEngine(Engine):
             self.module.to(memory_format=torch.channels_last)
 
     @property
+    def uses_cpu(self) -> bool:
+        return self.device.type == "cpu"
+
+    @property
     def module(self) -> nn.Module:
         m = self._module()
         if m is None:
