@@ -10,6 +10,8 @@ from imprinting.backbones import create_backbone
 from imprinting.data import ImageSet
 from imprinting.data import features as feats
 from imprinting.data.features import View, cached_features
+from imprinting.data.images import load_image
+from imprinting.data.transforms import eval_transform, image_mode, train_transform
 
 
 @pytest.fixture
@@ -36,7 +38,7 @@ def test_second_call_reads_the_cache(images, counted, tmp_path):
     first = cached_features(bb, images, cache=tmp_path / "c", progress=False, num_workers=0)
     second = cached_features(bb, images, cache=tmp_path / "c", progress=False, num_workers=0)
     assert len(counted) == 1 and torch.equal(first, second) and first.shape == (5, 64)
-    direct = bb.module.eval()(torch.stack([feats._Images(images.paths, bb.preprocess, View())[i] for i in range(5)]))
+    direct = bb.module.eval()(torch.stack([eval_transform(bb.preprocess)(load_image(p, image_mode(bb.preprocess))) for p in images.paths]))
     torch.testing.assert_close(first, direct.detach(), atol=1e-5, rtol=1e-5)
 
 
@@ -64,6 +66,23 @@ def test_augmented_views_are_seeded_and_shaped(images, tmp_path):
     torch.testing.assert_close(a, b)  # same views whatever the batch size
     assert not torch.allclose(a, c)
     assert not torch.allclose(a[:, 0], a[:, 1])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_augmented_views_are_train_transform_seeded_per_image(images, workers):
+    """The views are torchvision's train_transform drawn after torch.manual_seed(seed * 1_000_003 + i)
+    for image i (the cache's definition of its views, unchanged since it was written), bit for bit."""
+    bb = create_backbone("conv4", pretrained=False)
+    pre, tf = bb.preprocess, train_transform(bb.preprocess)
+    want = []
+    with torch.random.fork_rng(devices=[]):
+        for i, p in enumerate(images.paths):
+            torch.manual_seed(7 * 1_000_003 + i)
+            img = load_image(p, image_mode(pre))
+            want.append(torch.stack([tf(img) for _ in range(3)]))
+    want = bb.module.eval()(torch.stack(want).flatten(0, 1)).detach().reshape(5, 3, -1)
+    got = feats.compute_features(bb, pre, images, View(3, 7), batch_size=2, num_workers=workers, progress=False)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_damaged_cache_entry_is_recomputed(images, counted, tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 from imprinting.backbones import create_backbone
 from imprinting.data.images import ImageError, load_image
-from imprinting.data.transforms import eval_crop, eval_transform
+from imprinting.data.transforms import eval_crop, eval_transform, train_transform
 from imprinting.engines import TorchEngine, pipeline
 
 # Draft decoding (a JPEG's DCT scale 1/2 or less) changes the resized centre crop by at most
@@ -40,6 +40,19 @@ def test_the_pipeline_gives_the_eval_transform_bit_for_bit_in_order(pre, flowers
     counted = []
     pipeline.center_features(Pixels(), files, pre, batch_size=5, workers=2, progress=counted.append)
     assert sum(counted) == len(files) and max(counted) <= 5
+
+
+@pytest.mark.real_data
+def test_seeded_views_are_train_transform_bit_for_bit(pre, flowers_jpegs, cub_jpegs):
+    files = flowers_jpegs[:6] + cub_jpegs[:6]
+    tf, want = train_transform(pre), []
+    with torch.random.fork_rng(devices=[]):
+        for i, p in enumerate(files):
+            torch.manual_seed(100 + i)
+            img = load_image(p)
+            want.append(torch.stack([tf(img) for _ in range(3)]).flatten(1))
+    got = pipeline.seeded_view_features(Pixels(), files, pre, 3, lambda i: 100 + i, batch_size=5, workers=2)
+    assert torch.equal(got, torch.stack(want))
 
 
 def test_an_unreadable_file_is_named(tmp_path, pre):

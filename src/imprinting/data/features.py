@@ -24,14 +24,11 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from imprinting import distributed as dd
 from imprinting.backbones import Backbone, Preprocess
 from imprinting.data import ImageSet
-from imprinting.data.images import load_image
-from imprinting.data.transforms import eval_transform, image_mode, train_transform
 
 # The engine (its ``describe()``) that computed the features ``cached_features`` last
 # returned, read from the cache entry when they came from it: for result headers.
@@ -53,31 +50,6 @@ class View:
 
     def describe(self) -> str:
         return "center" if not self.augment else f"augment{self.augment}-seed{self.seed}"
-
-
-class _Images(Dataset):
-    """Images ``offset .. offset + len(paths)`` of a set (the offset keeps each image's
-    augmentation seed that of its place in the whole set, whichever rank computes it)."""
-
-    def __init__(self, paths: list[Path], pre: Preprocess, view: View, offset: int = 0):
-        self.paths = paths
-        self.mode = image_mode(pre)
-        self.view = view
-        self.offset = offset
-        self.transform = train_transform(pre) if view.augment else eval_transform(pre)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        image = load_image(self.paths[i], self.mode)
-        if not self.view.augment:
-            return self.transform(image)
-        # A seed per image: the same views whatever the batch size or worker count.
-        g = torch.random.fork_rng(devices=[])
-        with g:
-            torch.manual_seed(self.view.seed * 1_000_003 + self.offset + i)
-            return torch.stack([self.transform(image) for _ in range(self.view.augment)])
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
@@ -126,9 +98,10 @@ def compute_features(
 
     The backbone runs on ``engine`` (``imprinting.engines.frozen_engine``; ``None``: the
     process default, "auto" unless set), which keeps its graphs and choices in the cache
-    folder ``cache`` (default ``cache_dir()``). Centre crops are decoded by ``num_workers`` threads
-    (``None``: all cores but one; 0: in this thread), augmented views by as many DataLoader
-    worker processes (at least 1; 0: in this process), in parallel with the forward pass.
+    folder ``cache`` (default ``cache_dir()``). Images are decoded by ``num_workers`` threads
+    (``None``: one per core; 0: in this thread), taking turns with a CPU engine
+    (``imprinting.engines.pipeline``); augmented views draw their crops and flips from a
+    generator seeded per image, so any batch size or thread count gives the same views.
 
     Under torchrun (see ``imprinting.distributed``) each rank computes a contiguous share of
     whole batches, in PyTorch on its GPU under NCCL, and every rank returns all the features,
@@ -160,14 +133,9 @@ def _compute(engine, backbone, pre, paths, offset, view, batch_size, num_workers
     if not view.augment:
         out = pipeline.center_features(engine, paths, pre, batch_size, num_workers, progress=bar.update)
     else:
-        workers = max(1, pipeline.decode_workers()) if num_workers is None else num_workers
-        loader = DataLoader(_Images(paths, pre, view, offset), batch_size=batch_size, num_workers=workers)
-        parts = []
-        for batch in loader:
-            shape = batch.shape
-            parts.append(engine.run(batch.reshape(-1, *shape[-3:])).reshape(*shape[:-3], -1))
-            bar.update(shape[0])
-        out = torch.cat(parts) if parts else torch.empty(0)
+        seed = view.seed * 1_000_003 + offset  # a seed per image: the same views whatever the batches or workers
+        out = pipeline.seeded_view_features(engine, paths, pre, view.augment, lambda i: seed + i, batch_size,
+                                            num_workers, progress=bar.update)
     bar.close()
     _note(engine.describe())
     return out

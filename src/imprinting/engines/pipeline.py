@@ -120,6 +120,78 @@ def center_features(engine: Engine, images: Sequence, pre, batch_size: int = 32,
     return torch.cat(out) if out else torch.empty(0)
 
 
+class _SeededViews:
+    """Sources -> ``views`` random crop + flip versions of each, written into a batch array:
+    ``train_transform``'s pixels bit for bit, with its random draws taken from a generator
+    seeded per image (``seed_of(index)``), so threads give the views one process would. The
+    image is resized once for all its views (``train_transform`` resizes it for each)."""
+
+    def __init__(self, pre, views: int, seed_of: Callable[[int], int]):
+        from imprinting.data.transforms import image_mode, normalize_table, train_transform
+
+        self.pre, self.mode, self.views, self.seed_of = pre, image_mode(pre), views, seed_of
+        self.resize = train_transform(pre).transforms[0]  # the Resize of the short side
+        self.table = normalize_table(pre)
+
+    def batch(self, count: int) -> np.ndarray:
+        s, c = self.pre.image_size, self.pre.in_chans
+        return np.empty((count, self.views, c, s, s), np.float32)
+
+    def __call__(self, sources: Sequence, first: int, out: np.ndarray) -> None:
+        """Views of ``sources`` (images ``first``, ``first + 1``, ... of the set) into ``out``."""
+        from PIL import Image
+
+        s, c = self.pre.image_size, self.pre.in_chans
+        pixels = np.empty((len(sources), self.views, s, s, c), np.uint8)
+        for i, src in enumerate(sources):
+            img = self.resize(decode(src, self.mode))
+            w, h = img.size
+            g = torch.Generator().manual_seed(self.seed_of(first + i))
+            for v in range(self.views):  # RandomCrop's draws (none when the image is the crop), then the flip's
+                top = 0 if (w, h) == (s, s) else int(torch.randint(0, h - s + 1, (1,), generator=g))
+                left = 0 if (w, h) == (s, s) else int(torch.randint(0, w - s + 1, (1,), generator=g))
+                view = img.crop((left, top, left + s, top + s))
+                if torch.rand(1, generator=g) < 0.5:
+                    view = view.transpose(Image.FLIP_LEFT_RIGHT)
+                pixels[i, v] = np.asarray(view).reshape(s, s, c)
+        for ch in range(c):
+            np.take(self.table[ch], pixels[..., ch], out=out[:, :, ch])
+
+
+def seeded_view_features(engine: Engine, images: Sequence, pre, views: int, seed_of: Callable[[int], int],
+                         batch_size: int = 32, workers: int | None = None,
+                         progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Features (N, views, F) of ``views`` random crop + flip versions of each image, image i's
+    drawn from a generator seeded with ``seed_of(i)`` (the feature cache's augmented views).
+    Decoding takes turns with the engine, as in ``center_features``; a batch holds
+    ``batch_size`` images' views."""
+    work = _SeededViews(pre, views, seed_of)
+    n = len(images)
+    workers = decode_workers() if workers is None else workers
+    group = max(1, min(GROUP, -(-batch_size // max(workers, 1))))
+    out = []
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="imprinting-decode") if workers else None
+    try:
+        for i in range(0, n, batch_size):
+            batch = work.batch(min(batch_size, n - i))
+            parts = [(images[i + j : i + min(j + group, len(batch))], i + j, batch[j : j + group])
+                     for j in range(0, len(batch), group)]
+            if pool is None:
+                for part in parts:
+                    work(*part)
+            else:
+                for t in [pool.submit(work, *part) for part in parts]:
+                    t.result()
+            feats = engine.run(batch.reshape(-1, *batch.shape[2:]))
+            out.append(feats.reshape(len(batch), views, -1))
+            if progress is not None:
+                progress(len(batch))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return torch.cat(out) if out else torch.empty(0)
+
+
 def view_features(engine: Engine, images: Sequence, transform: Callable, views: int, pre, batch_size: int = 32,
                   workers: int | None = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Features (N * views, F) of ``views`` random versions of each image (``transform``:

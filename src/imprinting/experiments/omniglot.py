@@ -16,13 +16,13 @@ def plan(setup, o) -> Plan:
     first ``--e2e-draws`` draws of the same episodes."""
     from imprinting.experiments.data import omniglot_config
     from imprinting.methods import AllClassJoint, Finetune, Imprinting, ImprintInit, NearestNeighbour, RandomInit
-    from imprinting.methods import RandomNovel
+    from imprinting.methods import RandomNovel, WhitenedMeans
     from imprinting.methods.finetune_e2e import EndToEndFinetune
 
     data, model = setup.data, setup.more["model"]
     head = model.without_backbone()
     ft = omniglot_config(o.ft_epochs, o.seed, lr=o.ft_lr)
-    methods = [RandomNovel(head), Imprinting(head), NearestNeighbour(head),
+    methods = [RandomNovel(head), Imprinting(head), NearestNeighbour(head), WhitenedMeans(seed=o.seed),
                Finetune(head, RandomInit(), ft), Finetune(head, ImprintInit(), ft), AllClassJoint(o.dim, ft)]
     e2e_cfg = replace(ft, epochs=o.ft_epochs if o.e2e_epochs is None else o.e2e_epochs)
     px = setup.more["train_px"], setup.more["test_px"]

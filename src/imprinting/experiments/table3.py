@@ -9,12 +9,14 @@ from imprinting.experiments.runner import train_config, write_results
 
 
 def plan(setup, o) -> Plan:
-    """Rand-noFT, Imprinting (+Aug), and Rand+FT and Imprinting+FT in the transfer setting."""
-    from imprinting.methods import Finetune, Imprinting, ImprintInit, RandomInit, RandomNovel
+    """Rand-noFT, Imprinting (+Aug), the whitened head, and Rand+FT and Imprinting+FT in the
+    transfer setting."""
+    from imprinting.methods import Finetune, Imprinting, ImprintInit, RandomInit, RandomNovel, WhitenedMeans
 
     data, cfg = setup.data, train_config(o.epochs, o.seed)
     base, _ = protocol.train_base(data, o.dim, cfg)
     methods = [RandomNovel(base), Imprinting(base)] + ([Imprinting(base, True)] if data.train_aug is not None else [])
+    methods.append(WhitenedMeans(seed=o.seed))
     methods += [Finetune(base, init, cfg, transfer=True) for init in (RandomInit(), ImprintInit())]
     return Plan([(methods, protocol.episodes(data, o.shots, o.draws, o.seed))])
 

@@ -29,15 +29,18 @@ PAPER_SHOTS = (1, 2, 5, 10, 20)
 
 
 def plan(setup, o) -> Plan:
-    """Rand-noFT, Imprinting (+Aug when views are cached) and, unless ``--no-finetune``,
-    Rand+FT, Imprinting+FT and AllClassJoint, on one base model."""
+    """Rand-noFT, Imprinting (+Aug when views are cached), the whitened head (issue #13: the
+    closed form on the backbone's features that ``imprint create`` uses) and, unless
+    ``--no-finetune``, Rand+FT, Imprinting+FT and AllClassJoint, on one base model."""
     from imprinting.methods import AllClassJoint, Finetune, Imprinting, ImprintInit, RandomInit, RandomNovel
+    from imprinting.methods import WhitenedMeans
 
     data, cfg = setup.data, train_config(o.epochs, o.seed)
     base, seconds = timed_base(data, o.dim, cfg)
     methods = [RandomNovel(base), Imprinting(base)]
     if data.train_aug is not None:
         methods.append(Imprinting(base, augment=True))
+    methods.append(WhitenedMeans(seed=o.seed))
     if not o.no_finetune:
         methods += [Finetune(base, RandomInit(), cfg), Finetune(base, ImprintInit(), cfg), AllClassJoint(o.dim, cfg)]
     eps = protocol.episodes(data, o.shots, o.draws, o.seed)
