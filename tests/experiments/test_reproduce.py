@@ -31,6 +31,9 @@ def run(*args):
     return result
 
 
+WHITENED = "WhitenedMeans (chosen on base episodes)"  # the closed-form head (issue #13)
+
+
 def _rows(path):
     doc = json.loads(path.read_text())
     assert doc["provenance"]["command"].startswith("imprint reproduce ")
@@ -44,7 +47,8 @@ def test_tables_on_a_tiny_subset(shared_data, tmp_path, dataset):
     run("reproduce", "tables", "--dataset", dataset, "--data-root", shared_data, "--out", out, *TINY)
     rows = _rows(out / "tables_1_2.json")
     methods = {r["method"] for r in rows}
-    assert methods == {"Rand-noFT", "Imprinting", "Imprinting+Aug", "Rand+FT", "Imprinting+FT", "AllClassJoint"}
+    assert methods == {"Rand-noFT", "Imprinting", "Imprinting+Aug", "Rand+FT", "Imprinting+FT", "AllClassJoint",
+                       WHITENED}
     assert {r["n"] for r in rows} == {1, 2} and all(r["draws"] == 2 for r in rows)
     assert (out / "tables_1_2.md").read_text().startswith("# Tables 1 and 2")
     assert (out / "tables_1_2.csv").exists() and png_size(out / "figures_3_4.png") == (1210, 440)
@@ -57,7 +61,7 @@ def test_figures_and_table3_on_a_tiny_cub_subset(shared_data, tmp_path):
     out = tmp_path / "cub"
     run("reproduce", "table3", "--data-root", shared_data, "--out", out, *TINY)
     assert {r["method"] for r in _rows(out / "table_3.json")} == {"Rand-noFT", "Imprinting", "Imprinting+Aug",
-                                                                  "Rand+FT", "Imprinting+FT"}
+                                                                  "Rand+FT", "Imprinting+FT", WHITENED}
     run("reproduce", "fig6", "--data-root", shared_data, "--out", out, *TINY)
     assert {r["method"] for r in _rows(out / "figure_6.json")} == {"Imprinting", "NearestNeighbour", "Lifted-Avg",
                                                                    "Lifted-NN"}
@@ -74,8 +78,8 @@ def test_omniglot_on_a_tiny_subset(shared_data, tmp_path):
     run("reproduce", "omniglot", "--data-root", shared_data, "--out", out, "--limit-classes", "4", "-n", "1",
         "--draws", "1", "--epochs", "2", "--ft-epochs", "1", "--e2e-shots", "1")
     rows = _rows(out / "tables_1_2.json")
-    assert "Imprinting+FT (end to end)" in {r["method"] for r in rows}
-    assert len(rows) == 8
+    assert {"Imprinting+FT (end to end)", WHITENED} <= {r["method"] for r in rows}
+    assert len(rows) == 9
 
 
 def test_figure_5_grid_on_a_tiny_cub_subset(shared_data, tmp_path):
