@@ -92,9 +92,10 @@ def bare_rows(model, repeats: int, batch: int = 32) -> list[dict]:
     return rows
 
 
-def pipeline_rows(model, files: list[Path], repeats: int, best: float, eager: float) -> list[dict]:
+def pipeline_rows(model, files: list[Path], repeats: int, best: tuple[float, float], eager: float) -> list[dict]:
     """The pipeline, and its engine's bare forward timed alternately with it (on a shared
-    machine the load changes between the two tables' rows)."""
+    machine the load changes between the two tables' rows). ``best``: the fastest bare
+    forward within 1e-5 of PyTorch (what the defaults may use), and the fastest of all."""
     from imprinting.imprint import embed_files
 
     for p in files:
@@ -104,7 +105,7 @@ def pipeline_rows(model, files: list[Path], repeats: int, best: float, eager: fl
     size = model.preprocess.image_size
     x = torch.randn(32, 3, size, size, generator=torch.Generator().manual_seed(0))
     pipe, bare = [], []
-    for _ in range(max(2, repeats // 2)):
+    for _ in range(max(2, repeats)):
         t0 = time.perf_counter()
         embed_files(model, files)
         pipe.append(len(files) / (time.perf_counter() - t0))
@@ -114,7 +115,8 @@ def pipeline_rows(model, files: list[Path], repeats: int, best: float, eager: fl
              "engine": engine.describe(), "images_per_s": round(alongside, 1)},
             {"measure": f"pipeline: embed_files(model, {len(files)} Flowers-102 JPEGs), defaults",
              "engine": engine.describe(), "images_per_s": round(rate, 1),
-             "vs_best_bare": f"{rate / best:.2f}x ({rate / alongside:.2f}x of the bare forward alongside)",
+             "vs_best_bare": f"{rate / best[0]:.2f}x of the best exact ({rate / alongside:.2f}x of the bare forward "
+                             f"alongside; {rate / best[1]:.2f}x of the fastest at any precision)",
              "vs_eager_nchw": f"{rate / eager:.2f}x"}]
 
 
@@ -206,8 +208,9 @@ def main(argv=None):
 
         model = create_model("efficientnet_lite0", dim=None)
         rows = bare_rows(model, args.repeats)
-        rates = [r["images_per_s"] for r in rows if "images_per_s" in r]
-        best, eager = max(rates), rows[0]["images_per_s"]
+        timed_rows = [r for r in rows if "images_per_s" in r]
+        exact = max(r["images_per_s"] for r in timed_rows if r["embedding_max_abs_diff"] <= 1e-5)
+        best, eager = (exact, max(r["images_per_s"] for r in timed_rows)), rows[0]["images_per_s"]
         files = flowers(args.data_root, max(args.images, args.predict_images))
         rows += pipeline_rows(model, files[: args.images], args.repeats, best, eager)
         rows.append(predict_row(files[: args.predict_images], args.data_root))
