@@ -1,0 +1,113 @@
+"""Why the whitened head's one-shot correction is too strong: the real test against the
+simulated episodes that choose it (issue #13).
+
+On one data set's cached features (paper split, 224 px, no augmentation), for each shot count:
+
+- the rule's choice (``methods.WhitenedMeans``: shrinkage and per-shot correction from
+  ``heads.choose`` on simulated base-class episodes) and the centred means
+  (``RawFeatureNCM(center=True, power=0.5)``), novel and all-class top-1 on the test split;
+- the same head with every (shrinkage, correction) of a grid given by hand, on the test split
+  (for diagnosis only: nothing here feeds a choice);
+- the simulated episodes' own novel and base top-1 at the chosen shrinkage for each correction
+  (what the rule sees): the base queries there are held-out *training* images.
+
+Usage::
+
+    .venv/bin/python benchmarks/heads_correction.py --dataset flowers102 --data-root ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+SHRINKAGES = (0.8, 0.9, 0.95, 1.0)
+CORRECTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def simulated(x, y, shrinkage: float, n: int, episodes: int = 4, seed: int = 0) -> dict:
+    """{correction: (novel top-1, base top-1)} on ``heads.choose``'s episodes (40 % of the
+    classes novel with n examples, 30 % of the base images held out as queries)."""
+    from imprinting import heads
+
+    rng, labels = np.random.default_rng(seed), np.unique(y)
+    out = {c: [] for c in CORRECTIONS}
+    for _ in range(episodes):
+        perm = rng.permutation(labels)
+        cut = len(perm) - int(round(0.4 * len(perm)))
+        remap = {int(c): i for i, c in enumerate(perm)}
+        yy = np.array([remap[int(v)] for v in y])
+        is_base, held = yy < cut, rng.random(len(y)) < 0.3
+        fit = is_base & ~held
+        scatter, dof = heads.within_class_scatter(x[fit], yy[fit])
+        head = heads.WhitenedMeans(scatter / dof, shrinkage, 0.0)
+        support, query = fit.copy(), is_base & held
+        for c in range(cut, len(labels)):
+            idx = rng.permutation(np.flatnonzero(yy == c))
+            support[idx[:n]], query[idx[n:]] = True, True
+        means, counts = heads.class_means(x[support], yy[support], len(labels))
+        truth = yy[query]
+        novel = truth >= cut
+        for c in CORRECTIONS:
+            head.correction = c
+            right = head.scores(x[query], means, counts).argmax(1) == truth
+            out[c].append((right[novel].mean(), right[~novel].mean()))
+    return {c: tuple(round(100 * float(v), 1) for v in np.mean(r, axis=0)) for c, r in out.items()}
+
+
+def main() -> None:
+    from imprinting import heads, protocol
+    from imprinting.experiments.data import prepare
+    from imprinting.methods import RawFeatureNCM, WhitenedMeans
+    from imprinting.report import markdown_table, provenance
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", default="flowers102", choices=["cub", "flowers102"])
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--cache", default=None)
+    ap.add_argument("--shots", "-n", type=int, nargs="+", default=[1, 5])
+    ap.add_argument("--draws", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    data = prepare(args.dataset, args.data_root, augment=0, seed=args.seed, cache=args.cache)
+    eps = protocol.episodes(data, tuple(args.shots), args.draws, args.seed)
+
+    def test(method, n) -> str:
+        res = [protocol.accuracies(method.fit(data, e).scorer(data.test_feats), data) for e in eps if e.n == n]
+        return " / ".join(f"{np.mean([r[k] for r in res]):.1f}" for k in ("novel", "all"))
+
+    rule = WhitenedMeans(seed=args.seed)
+    rows = []
+    for n in args.shots:
+        rows.append({"n": n, "head": "centred means (RawFeatureNCM)", "test novel / all": test(RawFeatureNCM(True, 0.5), n)})
+        score = test(rule, n)
+        _, shrinkage, correction = next(iter(rule._prepared.values()))[:3]
+        at_n = correction[max([k for k in correction if k <= n] or [min(correction)])]
+        rows.append({"n": n, "head": f"the rule's choice: shrinkage {shrinkage}, correction {at_n}",
+                     "test novel / all": score})
+        for a in SHRINKAGES:
+            for c in CORRECTIONS:
+                rows.append({"n": n, "head": f"shrinkage {a}, correction {c}",
+                             "test novel / all": test(WhitenedMeans(shrinkage=a, correction=c), n)})
+    base = data.base_train_idx.numpy()
+    raw = data.train_feats.numpy()[base]
+    fmap = heads.FeatureMap(0.5, heads.FeatureMap(0.5)(raw).mean(axis=0))
+    x, y = fmap(raw), data.train_y.numpy()[base]
+    sim = []
+    for n in args.shots:
+        for c, (nov, bas) in simulated(x, y, shrinkage, n, seed=args.seed).items():
+            sim.append({"n": n, "correction": c, "simulated novel": nov, "simulated base (held-out training images)": bas})
+    prov = provenance(["python", "benchmarks/heads_correction.py", "--dataset", args.dataset],
+                      data=f"{args.dataset}: {len(data.base)} base + {len(data.novel)} novel classes, 224 px, "
+                           f"EfficientNet-Lite0 features", draws=args.draws)
+    print("\n".join(f"- {k}: `{v}`" if k == "command" else f"- {k}: {v}" for k, v in prov.items()))
+    print()
+    print(markdown_table(rows, ["n", "head", "test novel / all"]))
+    print()
+    print(f"Simulated episodes at shrinkage {shrinkage} (what the rule scores):\n")
+    print(markdown_table(sim, ["n", "correction", "simulated novel", "simulated base (held-out training images)"]))
+
+
+if __name__ == "__main__":
+    main()
