@@ -10,7 +10,8 @@ One run, one table (EfficientNet-Lite0 with its ImageNet weights,
 - the pipeline: ``imprinting.imprint.embed_files(model, files)`` with its defaults (the
   engine ``auto`` picks, decoding in threads) on ``--images`` real Flowers-102 JPEGs, and its
   ratio to the best bare forward, to the bare forward of its engine timed alternately with
-  it (the load of a shared machine changes), and to PyTorch eager NCHW;
+  it (the load of a shared machine changes), and to PyTorch eager NCHW; decoding alone on one
+  thread (no forward pass);
 - ``imprint predict`` on 600 JPEGs: the wall time of the whole command (start-up included).
 
 ``--allocator`` instead measures the glibc allocator settings of
@@ -120,6 +121,28 @@ def pipeline_rows(model, files: list[Path], repeats: int, best: tuple[float, flo
              "vs_eager_nchw": f"{rate / eager:.2f}x"}]
 
 
+class _NoForward:
+    """An engine that does nothing: what is left of the pipeline is decoding."""
+
+    uses_cpu = True
+
+    def run(self, batch) -> torch.Tensor:
+        return torch.empty(len(batch), 0)
+
+
+def decode_row(model, files: list[Path]) -> dict:
+    """Decoding alone (JPEG decode, resize, centre crop, normalize) on this one thread:
+    ``center_features`` with ``workers=0`` and an engine that does nothing."""
+    from imprinting.engines.pipeline import center_features
+
+    center_features(_NoForward(), files[:32], model.preprocess, workers=0)  # warm-up
+    t0 = time.perf_counter()
+    center_features(_NoForward(), files, model.preprocess, workers=0)
+    ms = 1000 * (time.perf_counter() - t0) / len(files)
+    return {"measure": f"decoding alone, one thread, {len(files)} Flowers-102 JPEGs: {ms:.2f} ms per image",
+            "engine": "none", "images_per_s": round(1000 / ms, 1)}
+
+
 def predict_row(files: list[Path], data_root) -> dict:
     cli = [sys.executable, "-m", "imprinting.cli"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -213,6 +236,7 @@ def main(argv=None):
         best, eager = (exact, max(r["images_per_s"] for r in timed_rows)), rows[0]["images_per_s"]
         files = flowers(args.data_root, max(args.images, args.predict_images))
         rows += pipeline_rows(model, files[: args.images], args.repeats, best, eager)
+        rows.append(decode_row(model, files[: args.images]))
         rows.append(predict_row(files[: args.predict_images], args.data_root))
         columns = ["measure", "engine", "images_per_s", "embedding_max_abs_diff", "vs_best_bare", "vs_eager_nchw", "seconds"]
         extra = {"model": "efficientnet_lite0 (ImageNet), 224 px, dim=None", "torch_threads": torch.get_num_threads()}

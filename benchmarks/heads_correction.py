@@ -8,8 +8,9 @@ On one data set's cached features (paper split, 224 px, no augmentation), for ea
   (``RawFeatureNCM(center=True, power=0.5)``), novel and all-class top-1 on the test split;
 - the same head with every (shrinkage, correction) of a grid given by hand, on the test split
   (for diagnosis only: nothing here feeds a choice);
-- the simulated episodes' own novel and base top-1 at the chosen shrinkage for each correction
-  (what the rule sees): the base queries there are held-out *training* images.
+- the simulated episodes' own novel and base top-1 at the chosen shrinkage for each correction,
+  on the episodes ``heads.choose`` scores (what the rule sees): the base queries there are
+  held-out *training* images.
 
 Usage::
 
@@ -26,32 +27,22 @@ SHRINKAGES = (0.8, 0.9, 0.95, 1.0)
 CORRECTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def simulated(x, y, shrinkage: float, n: int, episodes: int = 4, seed: int = 0) -> dict:
-    """{correction: (novel top-1, base top-1)} on ``heads.choose``'s episodes (40 % of the
-    classes novel with n examples, 30 % of the base images held out as queries)."""
+def simulated(x, y, shrinkage: float, n: int, seed: int = 0) -> dict:
+    """{correction: (novel top-1, base top-1)} at ``n`` examples on the very episodes
+    ``heads.choose`` scores (``heads.simulated_episodes`` with its defaults): what the rule sees."""
     from imprinting import heads
 
-    rng, labels = np.random.default_rng(seed), np.unique(y)
     out = {c: [] for c in CORRECTIONS}
-    for _ in range(episodes):
-        perm = rng.permutation(labels)
-        cut = len(perm) - int(round(0.4 * len(perm)))
-        remap = {int(c): i for i, c in enumerate(perm)}
-        yy = np.array([remap[int(v)] for v in y])
-        is_base, held = yy < cut, rng.random(len(y)) < 0.3
-        fit = is_base & ~held
-        scatter, dof = heads.within_class_scatter(x[fit], yy[fit])
+    for ep in heads.simulated_episodes(x, y, seed=seed):
+        if ep.n != n:
+            continue
+        scatter, dof = heads.within_class_scatter(x[ep.fit_base], ep.labels[ep.fit_base])
         head = heads.WhitenedMeans(scatter / dof, shrinkage, 0.0)
-        support, query = fit.copy(), is_base & held
-        for c in range(cut, len(labels)):
-            idx = rng.permutation(np.flatnonzero(yy == c))
-            support[idx[:n]], query[idx[n:]] = True, True
-        means, counts = heads.class_means(x[support], yy[support], len(labels))
-        truth = yy[query]
-        novel = truth >= cut
+        truth = ep.labels[ep.query]
+        novel = truth >= ep.num_base
         for c in CORRECTIONS:
             head.correction = c
-            right = head.scores(x[query], means, counts).argmax(1) == truth
+            right = head.scores(x[ep.query], ep.means, ep.counts).argmax(1) == truth
             out[c].append((right[novel].mean(), right[~novel].mean()))
     return {c: tuple(round(100 * float(v), 1) for v in np.mean(r, axis=0)) for c, r in out.items()}
 
@@ -77,23 +68,21 @@ def main() -> None:
         res = [protocol.accuracies(method.fit(data, e).scorer(data.test_feats), data) for e in eps if e.n == n]
         return " / ".join(f"{np.mean([r[k] for r in res]):.1f}" for k in ("novel", "all"))
 
-    rule = WhitenedMeans(seed=args.seed)
-    rows = []
+    base = data.base_train_idx.numpy()
+    raw = data.train_feats.numpy()[base]
+    fmap = heads.FeatureMap(0.5, heads.FeatureMap(0.5)(raw).mean(axis=0))  # as methods.WhitenedMeans maps them
+    x, y = fmap(raw), data.train_y.numpy()[base]
+    shrinkage, correction, _ = heads.choose(x, y, seed=args.seed)  # the choice WhitenedMeans(seed=...) makes
+    rule, rows = WhitenedMeans(seed=args.seed), []
     for n in args.shots:
         rows.append({"n": n, "head": "centred means (RawFeatureNCM)", "test novel / all": test(RawFeatureNCM(True, 0.5), n)})
-        score = test(rule, n)
-        _, shrinkage, correction = next(iter(rule._prepared.values()))[:3]
-        at_n = correction[max([k for k in correction if k <= n] or [min(correction)])]
+        at_n = heads.WhitenedMeans(np.eye(1), shrinkage, correction).strength(np.array([n]))[0]
         rows.append({"n": n, "head": f"the rule's choice: shrinkage {shrinkage}, correction {at_n}",
-                     "test novel / all": score})
+                     "test novel / all": test(rule, n)})
         for a in SHRINKAGES:
             for c in CORRECTIONS:
                 rows.append({"n": n, "head": f"shrinkage {a}, correction {c}",
                              "test novel / all": test(WhitenedMeans(shrinkage=a, correction=c), n)})
-    base = data.base_train_idx.numpy()
-    raw = data.train_feats.numpy()[base]
-    fmap = heads.FeatureMap(0.5, heads.FeatureMap(0.5)(raw).mean(axis=0))
-    x, y = fmap(raw), data.train_y.numpy()[base]
     sim = []
     for n in args.shots:
         for c, (nov, bas) in simulated(x, y, shrinkage, n, seed=args.seed).items():

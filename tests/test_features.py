@@ -38,7 +38,8 @@ def test_second_call_reads_the_cache(images, counted, tmp_path):
     first = cached_features(bb, images, cache=tmp_path / "c", progress=False, num_workers=0)
     second = cached_features(bb, images, cache=tmp_path / "c", progress=False, num_workers=0)
     assert len(counted) == 1 and torch.equal(first, second) and first.shape == (5, 64)
-    direct = bb.module.eval()(torch.stack([eval_transform(bb.preprocess)(load_image(p, image_mode(bb.preprocess))) for p in images.paths]))
+    pre = bb.preprocess
+    direct = bb.module.eval()(torch.stack([eval_transform(pre)(load_image(p, image_mode(pre))) for p in images.paths]))
     torch.testing.assert_close(first, direct.detach(), atol=1e-5, rtol=1e-5)
 
 

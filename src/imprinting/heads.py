@@ -100,6 +100,46 @@ def class_means(x: np.ndarray, y: np.ndarray, classes: int) -> tuple[np.ndarray,
     return sums / np.maximum(counts, 1)[:, None], counts
 
 
+@dataclass
+class SimulatedEpisode:
+    """One shot count of one simulated episode (``simulated_episodes``): labels remapped so
+    that the ``num_base`` fake base classes come first; boolean masks over the rows."""
+
+    episode: int
+    n: int
+    labels: np.ndarray
+    num_base: int
+    fit_base: np.ndarray  # fake-base rows their covariance and means come from
+    support: np.ndarray  # fit_base and n rows of each fake-novel class
+    query: np.ndarray  # held-out fake-base rows and the other fake-novel rows
+    means: np.ndarray
+    counts: np.ndarray
+
+
+def simulated_episodes(x: np.ndarray, y: np.ndarray, shots=(1, 2, 5, 10), episodes: int = 2, seed: int = 0,
+                       novel_share: float = 0.4, held_out: float = 0.3):
+    """``choose``'s episodes, each shot count of each in turn: a share ``1 - novel_share`` of
+    the classes play the base classes (their means from ``1 - held_out`` of their rows, the
+    rest queries), the others the novel ones (``n`` rows each as examples, the rest queries)."""
+    rng = np.random.default_rng(seed)
+    labels = np.unique(y)
+    for e in range(episodes):
+        perm = rng.permutation(labels)
+        cut = len(perm) - max(1, int(round(novel_share * len(perm))))
+        remap = {int(c): i for i, c in enumerate(perm)}
+        yy = np.array([remap[int(v)] for v in y])
+        is_base = yy < cut
+        fit_base = is_base & ~(rng.random(len(y)) < held_out)
+        for n in shots:
+            support, query = fit_base.copy(), is_base & ~fit_base
+            for c in range(cut, len(labels)):
+                idx = rng.permutation(np.flatnonzero(yy == c))
+                support[idx[:n]] = True
+                query[idx[n:]] = True
+            means, counts = class_means(x[support], yy[support], len(labels))
+            yield SimulatedEpisode(e, n, yy, cut, fit_base, support, query, means, counts)
+
+
 def choose(x: np.ndarray, y: np.ndarray, shots=(1, 2, 5, 10), episodes: int = 2, seed: int = 0,
            shrinkages=SHRINKAGES, corrections=CORRECTIONS, novel_share: float = 0.4,
            held_out: float = 0.3, paper: np.ndarray | None = None) -> tuple[float, dict, dict]:
@@ -116,44 +156,29 @@ def choose(x: np.ndarray, y: np.ndarray, shots=(1, 2, 5, 10), episodes: int = 2,
     A part of an episode with no query (a class with too few examples) is not scored. (Weighing the
     novel queries more, as an all-class top-1 over these episodes would, picks the full
     correction, which on CUB's real test split gives the novel classes too many base images.)"""
-    rng = np.random.default_rng(seed)
-    labels = np.unique(y)
     score = {(a, c, n): [] for a in shrinkages for c in corrections for n in shots}
     if paper is not None:
         score.update({("paper", n): [] for n in shots})
-    for _ in range(episodes):
-        perm = rng.permutation(labels)
-        cut = len(perm) - max(1, int(round(novel_share * len(perm))))
-        fake_base, fake_novel = perm[:cut], perm[cut:]
-        remap = {int(c): i for i, c in enumerate(np.concatenate([fake_base, fake_novel]))}
-        yy = np.array([remap[int(v)] for v in y])
-        is_base = yy < len(fake_base)
-        held = rng.random(len(y)) < held_out
-        fit_base = is_base & ~held
-        scatter, dof = within_class_scatter(x[fit_base], yy[fit_base])
-        heads = {a: WhitenedMeans(scatter / max(dof, 1), a, 0.0) for a in shrinkages}
-        for n in shots:
-            support = fit_base.copy()
-            query = is_base & held
-            for c in range(len(fake_base), len(labels)):
-                idx = rng.permutation(np.flatnonzero(yy == c))
-                support[idx[:n]] = True
-                query[idx[n:]] = True
-            means, counts = class_means(x[support], yy[support], len(labels))
-            truth = yy[query]
-            novel = truth >= len(fake_base)
-            if not novel.any() or novel.all() or (counts == 0).any():
-                continue
-            for a, head in heads.items():
-                for c in corrections:
-                    head.correction = c
-                    right = head.scores(x[query], means, counts).argmax(axis=1) == truth
-                    score[(a, c, n)].append(0.5 * (right[novel].mean() + right[~novel].mean()))
-            if paper is not None:
-                sums, _ = class_means(paper[support], yy[support], len(labels))
-                t = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-                right = (paper[query] @ t.T).argmax(axis=1) == truth
-                score[("paper", n)].append(0.5 * (right[novel].mean() + right[~novel].mean()))
+    heads, current = {}, None
+    for ep in simulated_episodes(x, y, shots, episodes, seed, novel_share, held_out):
+        if ep.episode != current:  # a new episode: its base classes' covariance
+            current = ep.episode
+            scatter, dof = within_class_scatter(x[ep.fit_base], ep.labels[ep.fit_base])
+            heads = {a: WhitenedMeans(scatter / max(dof, 1), a, 0.0) for a in shrinkages}
+        truth = ep.labels[ep.query]
+        novel = truth >= ep.num_base
+        if not novel.any() or novel.all() or (ep.counts == 0).any():
+            continue
+        for a, head in heads.items():
+            for c in corrections:
+                head.correction = c
+                right = head.scores(x[ep.query], ep.means, ep.counts).argmax(axis=1) == truth
+                score[(a, c, ep.n)].append(0.5 * (right[novel].mean() + right[~novel].mean()))
+        if paper is not None:
+            sums, _ = class_means(paper[ep.support], ep.labels[ep.support], len(ep.counts))
+            t = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+            right = (paper[ep.query] @ t.T).argmax(axis=1) == truth
+            score[("paper", ep.n)].append(0.5 * (right[novel].mean() + right[~novel].mean()))
     if not any(score.values()):
         raise ValueError("no simulated episode could be scored: too few classes or examples")
     mean = {k: float(np.mean(v)) if v else float("-inf") for k, v in score.items()}

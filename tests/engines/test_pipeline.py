@@ -30,13 +30,20 @@ class Pixels(TorchEngine):
         super().__init__(self.flatten)
 
 
+class OffCpuPixels(Pixels):
+    """The same, as an engine off the CPU (a GPU's): the next batch is decoded while it runs."""
+
+    uses_cpu = False
+
+
 @pytest.mark.real_data
 def test_the_pipeline_gives_the_eval_transform_bit_for_bit_in_order(pre, flowers_jpegs, cub_jpegs):
     files = flowers_jpegs + cub_jpegs
     want = torch.stack([eval_transform(pre)(load_image(p)) for p in files]).flatten(1)
     threaded = pipeline.center_features(Pixels(), files, pre, batch_size=5, workers=3)
     inline = pipeline.center_features(Pixels(), files, pre, batch_size=64, workers=0)
-    assert torch.equal(threaded, want) and torch.equal(inline, want)
+    overlapped = pipeline.center_features(OffCpuPixels(), files, pre, batch_size=5, workers=2)
+    assert torch.equal(threaded, want) and torch.equal(inline, want) and torch.equal(overlapped, want)
     counted = []
     pipeline.center_features(Pixels(), files, pre, batch_size=5, workers=2, progress=counted.append)
     assert sum(counted) == len(files) and max(counted) <= 5
@@ -51,8 +58,9 @@ def test_seeded_views_are_train_transform_bit_for_bit(pre, flowers_jpegs, cub_jp
             torch.manual_seed(100 + i)
             img = load_image(p)
             want.append(torch.stack([tf(img) for _ in range(3)]).flatten(1))
-    got = pipeline.seeded_view_features(Pixels(), files, pre, 3, lambda i: 100 + i, batch_size=5, workers=2)
-    assert torch.equal(got, torch.stack(want))
+    for engine in (Pixels(), OffCpuPixels()):
+        got = pipeline.seeded_view_features(engine, files, pre, 3, lambda i: 100 + i, batch_size=5, workers=2)
+        assert torch.equal(got, torch.stack(want))
 
 
 def test_an_unreadable_file_is_named(tmp_path, pre):

@@ -60,14 +60,59 @@ class _Center:
         s, c = self.pre.image_size, self.pre.in_chans
         return np.empty((count, c, s, s), np.float32)
 
-    def __call__(self, sources: Sequence, out: np.ndarray) -> None:
-        """Decode ``sources`` into ``out`` (len(sources), C, H, W)."""
+    def __call__(self, sources: Sequence, first: int, out: np.ndarray) -> None:
+        """Decode ``sources`` (images ``first``, ... of the set) into ``out`` (len(sources), C, H, W)."""
         s, c = self.pre.image_size, self.pre.in_chans
         pixels = np.empty((len(sources), s, s, c), np.uint8)
         for i, src in enumerate(sources):
             pixels[i] = np.asarray(self.crop(decode(src, self.mode, self.reduce_to))).reshape(s, s, c)
         for ch in range(c):
             np.take(self.table[ch], pixels[..., ch], out=out[:, ch])
+
+
+def _run(engine: Engine, work, images: Sequence, batch_size: int, workers: int | None,
+         progress: Callable[[int], None] | None) -> list[torch.Tensor]:
+    """The engine's outputs, batch by batch, for images decoded by ``work`` (``_Center`` or
+    ``_SeededViews``: ``batch(count)`` makes the array, ``work(sources, first, out)`` fills a
+    slice) in groups on ``workers`` threads (0: in this thread). With a CPU engine a batch is
+    decoded, then run; otherwise the next batch is decoded while the engine runs."""
+    n = len(images)
+    workers = decode_workers() if workers is None else workers
+    starts = list(range(0, n, batch_size))
+    group = max(1, min(GROUP, -(-batch_size // max(workers, 1))))
+    ahead = 0 if getattr(engine, "uses_cpu", True) or not workers else 1  # batches decoded while the engine runs
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="imprinting-decode") if workers else None
+    pending: deque = deque()
+
+    def submit(k: int) -> None:
+        if k < len(starts):
+            i = starts[k]
+            batch = work.batch(min(batch_size, n - i))
+            parts = [(images[i + j : i + min(j + group, len(batch))], i + j, batch[j : j + group])
+                     for j in range(0, len(batch), group)]
+            if pool is None:
+                for part in parts:
+                    work(*part)
+                pending.append((batch, []))
+            else:
+                pending.append((batch, [pool.submit(work, *part) for part in parts]))
+
+    out = []
+    try:
+        for k in range(ahead + 1):
+            submit(k)
+        for k in range(len(starts)):
+            batch, tasks = pending.popleft()
+            for t in tasks:
+                t.result()
+            out.append(engine.run(batch.reshape(-1, *batch.shape[-3:])))
+            submit(k + ahead + 1)
+            if progress is not None:
+                progress(len(batch))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return out
 
 
 def center_features(engine: Engine, images: Sequence, pre, batch_size: int = 32, workers: int | None = None,
@@ -77,46 +122,7 @@ def center_features(engine: Engine, images: Sequence, pre, batch_size: int = 32,
     ``workers``: decoding threads (``None``: ``decode_workers()``; 0: decode in this thread).
     ``draft``: decode JPEGs at a reduced DCT scale (``imprinting.data.images.load_image``).
     """
-    work = _Center(pre, draft)
-    n = len(images)
-    workers = decode_workers() if workers is None else workers
-    starts = list(range(0, n, batch_size))
-    if workers == 0:
-        out = []
-        for i in starts:
-            batch = work.batch(min(batch_size, n - i))
-            work(images[i : i + len(batch)], batch)
-            out.append(engine.run(batch))
-            if progress is not None:
-                progress(len(batch))
-        return torch.cat(out) if out else torch.empty(0)
-    group = max(1, min(GROUP, -(-batch_size // workers)))
-    ahead = 0 if getattr(engine, "uses_cpu", True) else 1  # batches decoded while the engine runs
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="imprinting-decode")
-    pending: deque = deque()
-
-    def submit(k: int) -> None:
-        if k < len(starts):
-            i = starts[k]
-            batch = work.batch(min(batch_size, n - i))
-            tasks = [pool.submit(work, images[i + j : i + min(j + group, len(batch))], batch[j : j + group])
-                     for j in range(0, len(batch), group)]
-            pending.append((batch, tasks))
-
-    try:
-        for k in range(ahead + 1):
-            submit(k)
-        out = []
-        for k in range(len(starts)):
-            batch, tasks = pending.popleft()
-            for t in tasks:
-                t.result()
-            out.append(engine.run(batch))
-            submit(k + ahead + 1)
-            if progress is not None:
-                progress(len(batch))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    out = _run(engine, _Center(pre, draft), images, batch_size, workers, progress)
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -163,33 +169,9 @@ def seeded_view_features(engine: Engine, images: Sequence, pre, views: int, seed
                          progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Features (N, views, F) of ``views`` random crop + flip versions of each image, image i's
     drawn from a generator seeded with ``seed_of(i)`` (the feature cache's augmented views).
-    Decoding takes turns with the engine, as in ``center_features``; a batch holds
-    ``batch_size`` images' views."""
-    work = _SeededViews(pre, views, seed_of)
-    n = len(images)
-    workers = decode_workers() if workers is None else workers
-    group = max(1, min(GROUP, -(-batch_size // max(workers, 1))))
-    out = []
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="imprinting-decode") if workers else None
-    try:
-        for i in range(0, n, batch_size):
-            batch = work.batch(min(batch_size, n - i))
-            parts = [(images[i + j : i + min(j + group, len(batch))], i + j, batch[j : j + group])
-                     for j in range(0, len(batch), group)]
-            if pool is None:
-                for part in parts:
-                    work(*part)
-            else:
-                for t in [pool.submit(work, *part) for part in parts]:
-                    t.result()
-            feats = engine.run(batch.reshape(-1, *batch.shape[2:]))
-            out.append(feats.reshape(len(batch), views, -1))
-            if progress is not None:
-                progress(len(batch))
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-    return torch.cat(out) if out else torch.empty(0)
+    Decoded as in ``center_features``; a batch holds ``batch_size`` images' views."""
+    out = _run(engine, _SeededViews(pre, views, seed_of), images, batch_size, workers, progress)
+    return torch.cat([f.reshape(-1, views, f.shape[-1]) for f in out]) if out else torch.empty(0)
 
 
 def view_features(engine: Engine, images: Sequence, transform: Callable, views: int, pre, batch_size: int = 32,
