@@ -64,3 +64,18 @@ def test_bf16_engine_is_close_but_is_its_own_precision(name, backbone, batch, re
     cos = F.cosine_similarity(engine.run(batch), reference, dim=1)
     assert not engine.exact and engine.precision == "bfloat16"
     assert cos.min().item() > 0.99
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("name", ["torch", "onnxruntime", "openvino"])
+def test_an_image_gets_the_same_features_in_any_batch(name, backbone, batch, reference):
+    """One image at a time, odd-sized batches and the whole batch agree with PyTorch eager
+    (OpenVINO splits a batch over single-thread streams, and runs small batches on a
+    latency-compiled model)."""
+    _installed(name)
+    engine = build_engine(name, backbone.module, (3, SIZE, SIZE))
+    whole = engine.run(batch)
+    pieces = torch.cat([engine.run(batch[i : i + k]) for i, k in ((0, 1), (1, 5), (6, 3), (9, 3))])
+    assert pieces.shape == whole.shape == reference.shape
+    assert (pieces - reference).abs().max().item() <= 5e-5
+    assert (whole - pieces).abs().max().item() <= 5e-5

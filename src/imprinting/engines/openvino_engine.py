@@ -3,6 +3,13 @@
 float32 is asked for explicitly (``INFERENCE_PRECISION_HINT=f32``): OpenVINO's own default
 on CPUs with AMX is bf16. bfloat16 is offered only where the CPU reports ``BF16`` among its
 ``OPTIMIZATION_CAPABILITIES``.
+
+A batch runs as one part per CPU thread, each part on its own single-threaded stream
+(``PERFORMANCE_HINT=THROUGHPUT``, ``NUM_STREAMS`` = threads), all at once: no thread waits for
+another at every layer, as the threads of one request do (``benchmarks/engines.py``). Batches
+too small to split (fewer than two images a stream) run on a second, latency-compiled model
+with every thread, so one image is not left to one core. A sample's output does not depend on
+the part it falls in (the convolutions are per sample).
 """
 
 from __future__ import annotations
@@ -65,22 +72,38 @@ class OpenVinoEngine(Engine):
                                     f"{', '.join(cpu_capabilities())})")
         import openvino as ov
 
-        config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "INFERENCE_NUM_THREADS": threads(),
-                  "PERFORMANCE_HINT": "LATENCY"}
-        try:
-            self.compiled = _core().compile_model(str(graph), "CPU", config)
-        except Exception as exc:  # OpenVINO raises RuntimeError with its own message
-            raise EngineUnavailable(f"openvino cannot compile {graph} ({type(exc).__name__}: {exc})") from None
-        self.request = self.compiled.create_infer_request()
-        self.lock = threading.Lock()  # one infer request: one batch at a time (the service has threads)
+        self.graph, self.hint, self.streams = str(graph), HINTS[precision], threads()
+        self.compiled = self._compile("THROUGHPUT", NUM_STREAMS=self.streams, INFERENCE_NUM_THREADS=self.streams)
+        self.requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
+        self.small = None  # the latency-compiled model, made on the first small batch
+        self.lock = threading.Lock()  # one batch at a time (the service has threads)
         self.version = ov.get_version().split("-")[0]
+
+    def _compile(self, hint: str, **config):
+        try:
+            return _core().compile_model(self.graph, "CPU", {"INFERENCE_PRECISION_HINT": self.hint,
+                                                             "PERFORMANCE_HINT": hint, **config})
+        except Exception as exc:  # OpenVINO raises RuntimeError with its own message
+            raise EngineUnavailable(f"openvino cannot compile {self.graph} ({type(exc).__name__}: {exc})") from None
 
     def run(self, batch) -> torch.Tensor:
         x = as_numpy(batch)
         with self.lock:
-            self.request.infer({0: x})
-            out = np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+            if len(x) < 2 * self.streams:
+                if self.small is None:
+                    self.small = self._compile("LATENCY", INFERENCE_NUM_THREADS=self.streams).create_infer_request()
+                self.small.infer({0: x})
+                out = np.array(self.small.get_output_tensor(0).data, dtype=np.float32, copy=True)
+            else:
+                parts = np.array_split(x, self.streams)
+                for request, part in zip(self.requests, parts):
+                    request.start_async({0: part})
+                outs = []
+                for request in self.requests:
+                    request.wait()
+                    outs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
+                out = np.concatenate(outs)
         return torch.from_numpy(out).reshape(out.shape[0], -1)
 
     def details(self) -> str:
-        return f"{self.version}, CPU, {threads()} threads"
+        return f"{self.version}, CPU, {self.streams} single-thread streams"
