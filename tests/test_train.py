@@ -129,29 +129,3 @@ def test_corrupt_training_checkpoint_is_a_clear_error(tmp_path):
     x, y = _clusters()
     with pytest.raises(CheckpointError, match="run.pt"):
         train(_head(), FeatureDataset(x, y), TrainConfig(epochs=1), checkpoint=ckpt, progress=False)
-
-
-@pytest.mark.parametrize("views", [None, 3])
-@pytest.mark.parametrize("balanced", [False, True])
-def test_feature_batches_are_the_dataloaders_batches(views, balanced):
-    """The training loop gathers cached features a batch at a time: the same samples, the
-    same augmented view of each and the same global random state afterwards as PyTorch's
-    DataLoader drawing them item by item, over several epochs."""
-    from torch.utils.data import DataLoader, RandomSampler
-
-    g = torch.Generator().manual_seed(3)
-    shape = (101, views, 5) if views else (101, 5)
-    ds = FeatureDataset(torch.randn(*shape, generator=g), torch.randint(4, (101,), generator=g))
-    streams = []
-    for fast in (False, True):
-        torch.manual_seed(11)
-        gen = torch.Generator().manual_seed(7)
-        sampler = balanced_sampler(ds.labels, generator=gen) if balanced else RandomSampler(ds, generator=gen)
-        loader = ds.batches(sampler, 16) if fast else DataLoader(ds, 16, sampler=sampler)
-        assert len(loader) == 7
-        streams.append(([b for _ in range(3) for b in loader], torch.rand(4)))
-    (slow, after_slow), (fast, after_fast) = streams
-    assert len(slow) == len(fast) == 21
-    for (xs, ys), (xf, yf) in zip(slow, fast):
-        assert torch.equal(xs, xf) and torch.equal(ys, yf)
-    assert torch.equal(after_slow, after_fast)  # the loop's later random draws are unchanged

@@ -69,35 +69,6 @@ class FeatureDataset(Dataset):
             f = f[torch.randint(f.shape[0], (1,)).item()]
         return f, self.labels[i]
 
-    def batches(self, sampler, batch_size: int) -> "_FeatureBatches":
-        """The batches a ``DataLoader(self, batch_size, sampler=sampler)`` yields, value for
-        value, gathered a batch at a time instead of item by item."""
-        return _FeatureBatches(self, sampler, batch_size)
-
-
-class _FeatureBatches:
-    """``FeatureDataset.batches``: the same samples, views and random draws as the
-    ``DataLoader`` in one process (which takes one int64 from the global generator per epoch
-    for its workers' seed, then one view draw per item), without per-item Python work."""
-
-    def __init__(self, dataset: FeatureDataset, sampler, batch_size: int):
-        self.dataset, self.sampler, self.batch_size = dataset, sampler, batch_size
-
-    def __len__(self) -> int:
-        return -(-len(self.sampler) // self.batch_size)
-
-    def __iter__(self):
-        torch.empty((), dtype=torch.int64).random_()  # the DataLoader's per-epoch seed draw
-        order = torch.as_tensor(list(iter(self.sampler)), dtype=torch.long)
-        feats, labels = self.dataset.features, self.dataset.labels
-        for i in range(0, len(order), self.batch_size):
-            idx = order[i : i + self.batch_size]
-            if feats.ndim == 3:  # one draw per item, in order, as __getitem__ takes them
-                views = torch.randint(feats.shape[1], (len(idx),))
-                yield feats[idx, views], labels[idx]
-            else:
-                yield feats[idx], labels[idx]
-
 
 class ImageDataset(Dataset):
     """Image files with labels, randomly cropped and flipped for training."""
@@ -227,8 +198,6 @@ def _train(model, dataset, cfg, evaluate, checkpoint, progress, end_to_end) -> l
         batches = dd.ShardedBatchSampler(sampler, cfg.batch_size, rank, world)
         loader = DataLoader(dd.PairDataset(dataset), batch_sampler=batches, num_workers=cfg.num_workers)
         global_sizes = batches.global_sizes()
-    elif isinstance(dataset, FeatureDataset) and cfg.num_workers == 0:
-        loader = dataset.batches(sampler, cfg.batch_size)
     else:
         loader = DataLoader(dataset, cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=False)
     home = _device_of(model)
