@@ -71,7 +71,7 @@ OURS_NCM_NAME = "Ours: RawFeatureNCM (power 0.5, centered)"
 OURS_NCM_MAKE: Callable[[LowShotData, object, int], Method] = lambda data, base, seed: RawFeatureNCM(center=True, power=0.5)  # noqa: E731
 # The closed-form head of the product (`imprint create --head whitened`, imprinting.heads): whitened
 # class means with a shot-count correction, its choices made on simulated base episodes.
-OURS_WHITENED_NAME = "Ours: WhitenedMeans (chosen on base episodes)"
+OURS_WHITENED_NAME = "Ours: WhitenedMeans (chosen on training data)"
 OURS_WHITENED_MAKE: Callable[[LowShotData, object, int], Method] = lambda data, base, seed: WhitenedMeans(seed=seed)  # noqa: E731
 # --------------------------------------------------------------------------------------
 

@@ -109,3 +109,74 @@ def test_the_protocol_method_scores_as_the_head_computed_by_hand():
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-3)
     assert result.info == {"shrinkage": pytest.approx(0.6 * base_dof / dof), "correction": 0.5}
     assert dof > base_dof  # two shots per novel class add to the covariance
+
+
+def test_base_recall_is_leave_one_out_top1_by_hand():
+    """Each base row against its own class's mean without it (n - 1 examples, their shot
+    correction) and every other class's full mean, by explicit loops."""
+    rng = np.random.default_rng(5)
+    x, y = _gaussian_classes(rng, classes=5, per_class=6, d=4)
+    taught = np.concatenate([x[:1] + 0.5, x[12:14] - 0.3])  # a one-shot and a two-shot class
+    ty = np.array([5, 6, 6])
+    means, counts = heads.class_means(np.concatenate([x, taught]), np.concatenate([y, ty]), 7)
+    scatter, dof = heads.within_class_scatter(x, y)
+    head = heads.WhitenedMeans(scatter / dof, 0.4, 0.0)
+    got = heads.base_recall(head, x, y, means, counts, corrections=(0.0, 0.5, 1.0))
+    for c in (0.0, 0.5, 1.0):
+        right = []
+        for i in range(len(x)):
+            m, n = means.copy(), counts.copy()
+            others = [j for j in range(len(x)) if y[j] == y[i] and j != i]
+            m[y[i]], n[y[i]] = x[others].mean(0), len(others)
+            right.append(heads.WhitenedMeans(scatter / dof, 0.4, c).scores(x[i : i + 1], m, n).argmax() == y[i])
+        assert got[c] == pytest.approx(np.mean(right))
+    assert len(set(got.values())) > 1  # the correction matters here: the test is not vacuous
+
+
+def test_novel_recall_counts_the_fake_novel_queries_right_on_the_rules_episodes():
+    rng = np.random.default_rng(6)
+    x, y = _gaussian_classes(rng, classes=10, per_class=12, d=4)
+    got = heads.novel_recall(x, y, 0.5, shots=(1, 2), episodes=1, seed=0, corrections=(0.5, 1.0))
+    assert set(got) == {(0.5, 1), (1.0, 1), (0.5, 2), (1.0, 2)}
+    for ep in heads.simulated_episodes(x, y, (1, 2), 1, 0):
+        scatter, dof = heads.within_class_scatter(x[ep.fit_base], ep.labels[ep.fit_base])
+        truth = ep.labels[ep.query]
+        novel = truth >= ep.num_base
+        for c in (0.5, 1.0):
+            head = heads.WhitenedMeans(scatter / dof, 0.5, c)
+            want = (head.scores(x[ep.query][novel], ep.means, ep.counts).argmax(1) == truth[novel]).mean()
+            assert got[(c, ep.n)] == pytest.approx(want)
+
+
+def test_episode_correction_maximizes_the_mean_of_both_recalls():
+    recall = {(0.5, 1): 0.2, (1.0, 1): 0.6, (0.5, 5): 0.5, (1.0, 5): 0.75}
+    base = {0.5: 0.9, 1.0: 0.4}
+    assert heads.episode_correction(recall, base, 1) == 0.5  # (0.2 + 0.9) > (0.6 + 0.4)
+    assert heads.episode_correction(recall, {0.5: 0.9, 1.0: 0.8}, 1) == 1.0  # 1.1 < 1.4
+    assert heads.episode_correction(recall, base, 20) == 0.5  # counts above 5 use 5's: 1.4 > 1.15
+    assert heads.episode_correction(recall, {0.5: 0.5, 1.0: 0.25}, 5) == 0.5  # a tie (1.0 each): the smaller
+
+
+def test_the_protocol_method_chooses_its_correction_per_episode_by_the_rule():
+    """With no correction given, ``methods.WhitenedMeans`` takes the one ``episode_correction``
+    picks from the simulated novel recall and the base rows' recall against the episode."""
+    from experiments_fixtures import tiny_lowshot
+    from imprinting import protocol
+    from imprinting.methods import WhitenedMeans
+
+    data = tiny_lowshot()
+    (ep,) = protocol.episodes(data, shots=(1,), draws=1)
+    result = WhitenedMeans(shrinkage=0.6).fit(data, ep)
+    base = data.base_train_idx.numpy()
+    raw = data.train_feats.numpy()
+    fmap = heads.FeatureMap(0.5, heads.FeatureMap(0.5)(raw[base]).mean(0))
+    x = fmap(raw)
+    recall = heads.novel_recall(x[base], data.train_y.numpy()[base], 0.6)
+    idx = np.concatenate([base, ep.shots.numpy()])
+    y = data.train_y.numpy()[idx]
+    extra, extra_dof = heads.within_class_scatter(x[ep.shots.numpy()], y[len(base):])
+    scatter, dof = heads.within_class_scatter(x[base], y[: len(base)])
+    head = heads.WhitenedMeans((scatter + extra) / (dof + extra_dof), 0.6 * dof / (dof + extra_dof), 0.0)
+    means, counts = heads.class_means(x[idx], y, len(data.order))
+    want = heads.episode_correction(recall, heads.base_recall(head, x[base], y[: len(base)], means, counts), 1)
+    assert result.info["correction"] == want and want in heads.EPISODE_CORRECTIONS

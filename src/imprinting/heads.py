@@ -193,6 +193,60 @@ def choose(x: np.ndarray, y: np.ndarray, shots=(1, 2, 5, 10), episodes: int = 2,
     return shrinkage, {int(n): best_correction(shrinkage, n) for n in shots}, mean
 
 
+EPISODE_CORRECTIONS = tuple(round(0.25 + 0.05 * i, 2) for i in range(16))  # 0.25, 0.3, ..., 1.0
+
+
+def novel_recall(x: np.ndarray, y: np.ndarray, shrinkage: float, shots=(1, 2, 5, 10), episodes: int = 2,
+                 seed: int = 0, corrections=EPISODE_CORRECTIONS) -> dict:
+    """{(correction, n): top-1 of the fake novel classes' queries among all classes} on the
+    simulated episodes ``choose`` scores (``simulated_episodes``), at ``shrinkage``."""
+    out = {(c, n): [] for c in corrections for n in shots}
+    head, current = None, None
+    for ep in simulated_episodes(x, y, shots, episodes, seed):
+        if ep.episode != current:
+            current = ep.episode
+            scatter, dof = within_class_scatter(x[ep.fit_base], ep.labels[ep.fit_base])
+            head = WhitenedMeans(scatter / max(dof, 1), shrinkage, 0.0)
+        truth = ep.labels[ep.query]
+        novel = truth >= ep.num_base
+        if not novel.any() or (ep.counts == 0).any():
+            continue
+        base_scores = head.scores(x[ep.query][novel], ep.means, ep.counts)  # correction 0
+        lift = 0.5 * head.excess / np.maximum(ep.counts, 1)  # a correction c adds c * lift per class
+        for c in corrections:
+            out[(c, ep.n)].append(float(((base_scores + c * lift).argmax(1) == truth[novel]).mean()))
+    return {k: float(np.mean(v)) for k, v in out.items() if v}
+
+
+def base_recall(head: WhitenedMeans, x: np.ndarray, y: np.ndarray, means: np.ndarray, counts: np.ndarray,
+                corrections=EPISODE_CORRECTIONS) -> dict:
+    """{correction: top-1 among all classes of the base training rows ``x`` (labels ``y``, the
+    first classes of ``means``, which include these rows)}, each row scored against its own
+    class's mean without it (leave one out): how many base images the other classes, the
+    newly taught ones included, would take at each correction."""
+    n = np.maximum(np.asarray(counts, np.float64), 1)
+    w, b = head.weights(means, np.asarray(counts))
+    strength = head.strength(n)
+    plain = x @ w.T + b - 0.5 * strength * head.excess / n  # scores with no correction
+    own_n = n[y] - 1
+    keep = own_n >= 1
+    loo = (means[y] * n[y][:, None] - x) / np.maximum(own_n, 1)[:, None]
+    w_loo = loo @ head.precision
+    own = np.einsum("nd,nd->n", w_loo, x) - 0.5 * np.einsum("nd,nd->n", w_loo, loo)
+    plain[np.arange(len(y)), y] = -np.inf
+    lift, own_lift = 0.5 * head.excess / n, 0.5 * head.excess / np.maximum(own_n, 1)
+    return {c: float(((plain + c * lift).max(1) < own + c * own_lift)[keep].mean()) for c in corrections}
+
+
+def episode_correction(recall: dict, base: dict, n: int) -> float:
+    """The correction for classes of ``n`` examples that maximizes the mean of novel recall
+    (``novel_recall``, at the largest simulated count not above n) and base recall
+    (``base_recall``, on the model's own base rows and taught classes); ties: the smaller."""
+    counts = sorted({k for _, k in recall})
+    at = max([k for k in counts if k <= n], default=counts[0])
+    return max(base, key=lambda c: (recall[(c, at)] + base[c], -c))
+
+
 # -- the head in the product: kept with a class table --------------------------------------------
 class WhitenedHead:
     """``WhitenedMeans`` as a model's head: frozen shared statistics (the centre and the

@@ -61,7 +61,7 @@ def test_inaturalist_2017_protocol_end_to_end(tmp_path):
     assert "208 train / 12 test images" in doc["provenance"]["data"]
     rows = doc["rows"]
     assert {r["method"] for r in rows} == {"Rand-noFT", "Imprinting", "Imprinting+Aug", "Rand+FT", "Imprinting+FT",
-                                           "AllClassJoint", "WhitenedMeans (chosen on base episodes)"}
+                                           "AllClassJoint", "WhitenedMeans (chosen on training data)"}
     assert {r["n"] for r in rows} == {1, 2}
     assert (out / "tables_1_2.md").read_text().startswith("# Tables 1 and 2")
     assert png_size(out / "figures_3_4.png") == (1210, 440)

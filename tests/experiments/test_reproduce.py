@@ -31,7 +31,7 @@ def run(*args):
     return result
 
 
-WHITENED = "WhitenedMeans (chosen on base episodes)"  # the closed-form head (issue #13)
+WHITENED = "WhitenedMeans (chosen on training data)"  # the closed-form head (issue #13)
 
 
 def _rows(path):
@@ -70,7 +70,7 @@ def test_figures_and_table3_on_a_tiny_cub_subset(shared_data, tmp_path):
     assert len(_rows(out / "figure_7.json")) == 2 * 2 * 2 and png_size(out / "figure_7.png") == (1100, 440)
     run("reproduce", "beyond", "--data-root", shared_data, "--out", out, *TINY)
     methods = {r["method"] for r in _rows(out / "beyond.json")}
-    assert "RawFeatureNCM" in methods and "WhitenedMeans (chosen on base episodes)" in methods
+    assert "RawFeatureNCM" in methods and "WhitenedMeans (chosen on training data)" in methods
 
 
 def test_omniglot_on_a_tiny_subset(shared_data, tmp_path):

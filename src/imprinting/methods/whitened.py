@@ -3,8 +3,13 @@ closed-form head on the backbone's features, no base training and no gradient st
 
 The shared within-class covariance comes from the base classes' training features (power
 transformed, L2-normalized, centred on their mean); base and novel classes are their means.
-The shrinkage and the correction are chosen by ``heads.choose`` on simulated episodes of the
-base classes (never the test labels), or given. An episode's own examples join the covariance
+The shrinkage is chosen by ``heads.choose`` on simulated episodes of the
+base classes (never the test labels), or given. The correction is chosen for each episode, or
+given: the mean of the novel recall those simulated episodes show at each correction
+(``heads.novel_recall``) and of the base training images' own recall against this episode's
+taught classes (``heads.base_recall``, leave one out), since how many base images one-shot
+classes take grows with how many of them there are, which a base-only simulation cannot hold
+(docs/heads.md). An episode's own examples join the covariance
 (each around its class mean) and the shrinkage falls in proportion to the larger sample. Related: LDA; FeCAM (Goswami et al., NeurIPS
 2023); SimpleShot's centred features (Wang et al., 2019).
 """
@@ -23,7 +28,7 @@ class WhitenedMeans(Method):
     def __init__(self, power: float | None = 0.5, shrinkage: float | None = None,
                  correction: float | None = None, name: str | None = None, seed: int = 0):
         self.power, self.shrinkage, self.correction, self.seed = power, shrinkage, correction, seed
-        chosen = "chosen on base episodes" if shrinkage is None or correction is None else \
+        chosen = "chosen on training data" if shrinkage is None or correction is None else \
             f"shrinkage {shrinkage}, correction {correction}"
         self.name = name or f"WhitenedMeans ({chosen})"
         self._prepared: dict = {}  # per data set: the feature map and the head (a cache)
@@ -38,13 +43,13 @@ class WhitenedMeans(Method):
             plain = heads.FeatureMap(self.power)
             fmap = heads.FeatureMap(self.power, plain(raw).mean(axis=0))
             x, y = fmap(raw), data.train_y.numpy()[base]
-            shrinkage, correction = self.shrinkage, self.correction
-            if shrinkage is None or correction is None:
-                a, c, _ = heads.choose(x, y, seed=self.seed)
-                shrinkage = a if shrinkage is None else shrinkage
-                correction = c if correction is None else correction
+            shrinkage, recall = self.shrinkage, None
+            if shrinkage is None:
+                shrinkage, _, _ = heads.choose(x, y, seed=self.seed)
+            if self.correction is None:
+                recall = heads.novel_recall(x, y, shrinkage, seed=self.seed)
             scatter, dof = heads.within_class_scatter(x, y)
-            self._prepared = {key: (fmap, shrinkage, correction, fmap(data.train_feats.numpy()), scatter, dof)}
+            self._prepared = {key: (fmap, shrinkage, recall, fmap(data.train_feats.numpy()), scatter, dof)}
         return self._prepared[key]
 
     def fit(self, data: LowShotData, episode: Episode) -> FitResult:
@@ -52,13 +57,19 @@ class WhitenedMeans(Method):
         around their class means), as a model made from all its examples at once would; the
         shrinkage chosen at the base data's size shrinks in proportion to the larger sample
         (the optimal shrinkage intensity falls as 1/N, Ledoit & Wolf 2004)."""
-        fmap, shrinkage, correction, mapped, scatter, dof = self._prepare(data)
+        fmap, shrinkage, recall, mapped, scatter, dof = self._prepare(data)
         idx = torch.cat([data.base_train_idx, episode.shots]).numpy()
         x, y = mapped[idx], data.train_y.numpy()[idx]
-        extra, extra_dof = heads.within_class_scatter(mapped[episode.shots.numpy()], y[len(data.base_train_idx):])
-        head = heads.WhitenedMeans((scatter + extra) / (dof + extra_dof), shrinkage * dof / (dof + extra_dof),
-                                   correction)
-        w, b = head.weights(*heads.class_means(x, y, len(data.order)))
+        nb = len(data.base_train_idx)
+        extra, extra_dof = heads.within_class_scatter(mapped[episode.shots.numpy()], y[nb:])
+        head = heads.WhitenedMeans((scatter + extra) / (dof + extra_dof), shrinkage * dof / (dof + extra_dof), 0.0)
+        means, counts = heads.class_means(x, y, len(data.order))
+        if recall is None:
+            head.correction = self.correction
+        else:
+            head.correction = heads.episode_correction(recall, heads.base_recall(head, x[:nb], y[:nb], means, counts),
+                                                       episode.n)
+        w, b = head.weights(means, counts)
         w32, b32 = torch.from_numpy(w.astype(np.float32)), torch.from_numpy(b.astype(np.float32))
         return FitResult(lambda feats: torch.from_numpy(fmap(feats.numpy()).astype(np.float32)) @ w32.t() + b32,
                          info={"shrinkage": head.shrinkage, "correction": head.correction})
