@@ -180,3 +180,11 @@ def test_the_protocol_method_chooses_its_correction_per_episode_by_the_rule():
     means, counts = heads.class_means(x[idx], y, len(data.order))
     want = heads.episode_correction(recall, heads.base_recall(head, x[base], y[: len(base)], means, counts), 1)
     assert result.info["correction"] == want and want in heads.EPISODE_CORRECTIONS
+
+
+def test_base_recall_without_a_class_of_two_rows_leaves_the_choice_to_novel_recall():
+    x = np.eye(3)
+    means, counts = heads.class_means(x, np.arange(3), 3)
+    got = heads.base_recall(heads.WhitenedMeans(np.eye(3), 0.5, 0.0), x, np.arange(3), means, counts, (0.5, 1.0))
+    assert got == {0.5: 0.0, 1.0: 0.0}
+    assert heads.episode_correction({(0.5, 1): 0.2, (1.0, 1): 0.6}, got, 1) == 1.0

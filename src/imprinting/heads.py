@@ -223,7 +223,8 @@ def base_recall(head: WhitenedMeans, x: np.ndarray, y: np.ndarray, means: np.nda
     """{correction: top-1 among all classes of the base training rows ``x`` (labels ``y``, the
     first classes of ``means``, which include these rows)}, each row scored against its own
     class's mean without it (leave one out): how many base images the other classes, the
-    newly taught ones included, would take at each correction."""
+    newly taught ones included, would take at each correction. Rows of classes with one row
+    are not scored (every value 0 when no class has two: the choice then follows novel recall)."""
     n = np.maximum(np.asarray(counts, np.float64), 1)
     w, b = head.weights(means, np.asarray(counts))
     strength = head.strength(n)
@@ -235,6 +236,8 @@ def base_recall(head: WhitenedMeans, x: np.ndarray, y: np.ndarray, means: np.nda
     own = np.einsum("nd,nd->n", w_loo, x) - 0.5 * np.einsum("nd,nd->n", w_loo, loo)
     plain[np.arange(len(y)), y] = -np.inf
     lift, own_lift = 0.5 * head.excess / n, 0.5 * head.excess / np.maximum(own_n, 1)
+    if not keep.any():  # no base class has two rows: nothing to leave one out of
+        return {c: 0.0 for c in corrections}
     return {c: float(((plain + c * lift).max(1) < own + c * own_lift)[keep].mean()) for c in corrections}
 
 
