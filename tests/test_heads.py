@@ -157,29 +157,37 @@ def test_episode_correction_maximizes_the_mean_of_both_recalls():
     assert heads.episode_correction(recall, {0.5: 0.5, 1.0: 0.25}, 5) == 0.5  # a tie (1.0 each): the smaller
 
 
-def test_the_protocol_method_chooses_its_correction_per_episode_by_the_rule():
-    """With no correction given, ``methods.WhitenedMeans`` takes the one ``episode_correction``
-    picks from the simulated novel recall and the base rows' recall against the episode."""
+def test_the_protocol_method_chooses_its_correction_per_episode_by_the_rule(monkeypatch):
+    """With no correction given, ``methods.WhitenedMeans`` hands ``episode_correction`` the
+    simulated novel recall and the base rows' recall against the episode (computed here by
+    hand from the same functions, which the tests above check against loops), and scores with
+    the correction it returns (a spy returns 0.55, a value no grid holds)."""
     from experiments_fixtures import tiny_lowshot
     from imprinting import protocol
     from imprinting.methods import WhitenedMeans
 
     data = tiny_lowshot()
     (ep,) = protocol.episodes(data, shots=(1,), draws=1)
+    calls = []
+    monkeypatch.setattr(heads, "episode_correction", lambda recall, base, n: calls.append((recall, base, n)) or 0.55)
     result = WhitenedMeans(shrinkage=0.6).fit(data, ep)
     base = data.base_train_idx.numpy()
     raw = data.train_feats.numpy()
     fmap = heads.FeatureMap(0.5, heads.FeatureMap(0.5)(raw[base]).mean(0))
     x = fmap(raw)
-    recall = heads.novel_recall(x[base], data.train_y.numpy()[base], 0.6)
     idx = np.concatenate([base, ep.shots.numpy()])
     y = data.train_y.numpy()[idx]
     extra, extra_dof = heads.within_class_scatter(x[ep.shots.numpy()], y[len(base):])
     scatter, dof = heads.within_class_scatter(x[base], y[: len(base)])
-    head = heads.WhitenedMeans((scatter + extra) / (dof + extra_dof), 0.6 * dof / (dof + extra_dof), 0.0)
+    cov, shrink = (scatter + extra) / (dof + extra_dof), 0.6 * dof / (dof + extra_dof)
     means, counts = heads.class_means(x[idx], y, len(data.order))
-    want = heads.episode_correction(recall, heads.base_recall(head, x[base], y[: len(base)], means, counts), 1)
-    assert result.info["correction"] == want and want in heads.EPISODE_CORRECTIONS
+    (recall, base_got, n), = calls
+    assert n == 1 and recall == heads.novel_recall(x[base], data.train_y.numpy()[base], 0.6)
+    assert base_got == heads.base_recall(heads.WhitenedMeans(cov, shrink, 0.0), x[base], y[: len(base)], means, counts)
+    assert result.info["correction"] == 0.55
+    q = fmap(data.test_feats.numpy())
+    want = heads.WhitenedMeans(cov, shrink, 0.55).scores(q, means, counts)
+    np.testing.assert_allclose(result.scorer(data.test_feats).numpy(), want, rtol=1e-4, atol=1e-3)
 
 
 def test_base_recall_without_a_class_of_two_rows_leaves_the_choice_to_novel_recall():

@@ -245,6 +245,8 @@ def episode_correction(recall: dict, base: dict, n: int) -> float:
     """The correction for classes of ``n`` examples that maximizes the mean of novel recall
     (``novel_recall``, at the largest simulated count not above n) and base recall
     (``base_recall``, on the model's own base rows and taught classes); ties: the smaller."""
+    if not recall or not base:
+        raise ValueError("no simulated episode or base row could be scored: too few classes or examples")
     counts = sorted({k for _, k in recall})
     at = max([k for k in counts if k <= n], default=counts[0])
     return max(base, key=lambda c: (recall[(c, at)] + base[c], -c))

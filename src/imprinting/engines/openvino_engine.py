@@ -6,9 +6,9 @@ on CPUs with AMX is bf16. bfloat16 is offered only where the CPU reports ``BF16`
 
 A batch runs as one part per CPU thread, each part on its own single-threaded stream
 (``PERFORMANCE_HINT=THROUGHPUT``, ``NUM_STREAMS`` = threads), all at once: no thread waits for
-another at every layer, as the threads of one request do (``benchmarks/engines.py``). Batches
-too small to split (fewer than two images a stream) run on a second, latency-compiled model
-with every thread, so one image is not left to one core. A sample's output does not depend on
+another at every layer, as the threads of one request do (``benchmarks/engines.py``). A batch
+with fewer images than streams (the service's single pictures) runs on a second model, compiled
+for latency with every thread on its first such batch, so one image is not left to one core. A sample's output does not depend on
 the part it falls in (the convolutions are per sample).
 """
 
@@ -89,20 +89,22 @@ class OpenVinoEngine(Engine):
     def run(self, batch) -> torch.Tensor:
         x = as_numpy(batch)
         with self.lock:
-            if len(x) < 2 * self.streams:
+            if 1 < self.streams and len(x) < self.streams:  # fewer images than streams: all threads on one
                 if self.small is None:
                     self.small = self._compile("LATENCY", INFERENCE_NUM_THREADS=self.streams).create_infer_request()
                 self.small.infer({0: x})
                 out = np.array(self.small.get_output_tensor(0).data, dtype=np.float32, copy=True)
             else:
-                parts = np.array_split(x, self.streams)
-                for request, part in zip(self.requests, parts):
-                    request.start_async({0: part})
-                outs = []
-                for request in self.requests:
-                    request.wait()
-                    outs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
-                out = np.concatenate(outs)
+                started = []
+                try:
+                    for request, part in zip(self.requests, np.array_split(x, self.streams)):
+                        if len(part):
+                            request.start_async({0: part})
+                            started.append(request)
+                finally:
+                    for request in started:  # none is left running, even after an error
+                        request.wait()
+                out = np.concatenate([np.array(r.get_output_tensor(0).data, dtype=np.float32, copy=True) for r in started])
         return torch.from_numpy(out).reshape(out.shape[0], -1)
 
     def details(self) -> str:
