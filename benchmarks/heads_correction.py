@@ -31,17 +31,14 @@ CORRECTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 def simulated(x, y, shrinkage: float, n: int, seed: int = 0) -> dict:
     """{correction: (novel top-1, base top-1)} at ``n`` examples on the very episodes
-    ``heads.choose`` scores (``heads.simulated_episodes`` with its defaults): what the rule sees."""
+    ``heads.choose`` scores (``heads.scored_episodes`` with its defaults): what the rule sees."""
     from imprinting import heads
 
     out = {c: [] for c in CORRECTIONS}
-    for ep in heads.simulated_episodes(x, y, seed=seed):
-        if ep.n != n:
+    for ep, by_shrinkage, truth, novel in heads.scored_episodes(x, y, (shrinkage,), seed=seed):
+        if ep.n != n:  # the episodes of every shot count are drawn, so these are choose's
             continue
-        scatter, dof = heads.within_class_scatter(x[ep.fit_base], ep.labels[ep.fit_base])
-        head = heads.WhitenedMeans(scatter / dof, shrinkage, 0.0)
-        truth = ep.labels[ep.query]
-        novel = truth >= ep.num_base
+        head = by_shrinkage[shrinkage]
         for c in CORRECTIONS:
             head.correction = c
             right = head.scores(x[ep.query], ep.means, ep.counts).argmax(1) == truth
@@ -53,6 +50,7 @@ def main() -> None:
     from imprinting import heads, protocol
     from imprinting.experiments.data import prepare
     from imprinting.methods import RawFeatureNCM, WhitenedMeans
+    from imprinting.methods.whitened import base_feature_map
     from imprinting.report import markdown_table, provenance
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -66,28 +64,28 @@ def main() -> None:
     data = prepare(args.dataset, args.data_root, augment=0, seed=args.seed, cache=args.cache)
     eps = protocol.episodes(data, tuple(args.shots), args.draws, args.seed)
 
-    def test(method, n) -> str:
-        res = [protocol.accuracies(method.fit(data, e).scorer(data.test_feats), data) for e in eps if e.n == n]
-        return " / ".join(f"{np.mean([r[k] for r in res]):.1f}" for k in ("novel", "all"))
+    def test(method, n) -> tuple[str, list[dict]]:
+        fits = [method.fit(data, e) for e in eps if e.n == n]
+        res = [protocol.accuracies(f.scorer(data.test_feats), data) for f in fits]
+        return " / ".join(f"{np.mean([r[k] for r in res]):.1f}" for k in ("novel", "all")), [f.info for f in fits]
 
     base = data.base_train_idx.numpy()
-    raw = data.train_feats.numpy()[base]
-    fmap = heads.FeatureMap(0.5, heads.FeatureMap(0.5)(raw).mean(axis=0))  # as methods.WhitenedMeans maps them
-    x, y = fmap(raw), data.train_y.numpy()[base]
+    x, y = base_feature_map(data)(data.train_feats.numpy()[base]), data.train_y.numpy()[base]
     shrinkage, correction, _ = heads.choose(x, y, seed=args.seed)  # the shrinkage WhitenedMeans(seed=...) takes; its correction is per episode
     rule, rows = WhitenedMeans(seed=args.seed), []
     for n in args.shots:
-        rows.append({"n": n, "head": "centred means (RawFeatureNCM)", "test novel / all": test(RawFeatureNCM(True, 0.5), n)})
+        rows.append({"n": n, "head": "centred means (RawFeatureNCM)", "test novel / all": test(RawFeatureNCM(True, 0.5), n)[0]})
         at_n = heads.WhitenedMeans(np.eye(1), shrinkage, correction).strength(np.array([n]))[0]
-        picked = sorted(rule.fit(data, e).info["correction"] for e in eps if e.n == n)
+        text, infos = test(rule, n)
+        picked = sorted(info["correction"] for info in infos)
         rows.append({"n": n, "head": f"the method's choice: shrinkage {shrinkage}, corrections {picked} by episode",
-                     "test novel / all": test(rule, n)})
+                     "test novel / all": text})
         rows.append({"n": n, "head": f"the base-only rule's choice: correction {at_n}",
-                     "test novel / all": test(WhitenedMeans(shrinkage=shrinkage, correction=at_n), n)})
+                     "test novel / all": test(WhitenedMeans(shrinkage=shrinkage, correction=at_n), n)[0]})
         for a in SHRINKAGES:
             for c in CORRECTIONS:
                 rows.append({"n": n, "head": f"shrinkage {a}, correction {c}",
-                             "test novel / all": test(WhitenedMeans(shrinkage=a, correction=c), n)})
+                             "test novel / all": test(WhitenedMeans(shrinkage=a, correction=c), n)[0]})
     sim = []
     for n in args.shots:
         for c, (nov, bas) in simulated(x, y, shrinkage, n, seed=args.seed).items():

@@ -30,6 +30,7 @@ def main() -> None:
     from imprinting import heads, protocol
     from imprinting.experiments.data import prepare
     from imprinting.methods import WhitenedMeans
+    from imprinting.methods.whitened import base_feature_map
     from imprinting.report import markdown_table, provenance
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -44,9 +45,8 @@ def main() -> None:
     nb, classes = data.num_base, len(data.order)
     counts = sorted({k for k in args.counts if 0 < k < classes - nb} | {classes - nb})
     base = data.base_train_idx.numpy()
-    raw = data.train_feats.numpy()[base]
-    fmap = heads.FeatureMap(0.5, heads.FeatureMap(0.5)(raw).mean(axis=0))  # as methods.WhitenedMeans maps them
-    shrinkage, correction, sim = heads.choose(fmap(raw), data.train_y.numpy()[base], seed=args.seed)
+    x = base_feature_map(data)(data.train_feats.numpy()[base])
+    shrinkage, correction, sim = heads.choose(x, data.train_y.numpy()[base], seed=args.seed)
     truth = data.test_y.numpy()
     rng = np.random.default_rng(args.seed)
     score = {(k, c): [] for k in counts for c in CORRECTIONS}

@@ -140,6 +140,24 @@ def simulated_episodes(x: np.ndarray, y: np.ndarray, shots=(1, 2, 5, 10), episod
             yield SimulatedEpisode(e, n, yy, cut, fit_base, support, query, means, counts)
 
 
+def scored_episodes(x: np.ndarray, y: np.ndarray, shrinkages, shots=(1, 2, 5, 10), episodes: int = 2,
+                    seed: int = 0, novel_share: float = 0.4, held_out: float = 0.3):
+    """``simulated_episodes`` that can be scored (queries of both kinds, every class with an
+    example), each as (episode, {shrinkage: its head, correction 0, from the episode's fake
+    base rows}, the queries' labels, which of them are novel): what ``choose`` and
+    ``novel_recall`` score."""
+    heads, current = {}, None
+    for ep in simulated_episodes(x, y, shots, episodes, seed, novel_share, held_out):
+        if ep.episode != current:  # a new episode: its base classes' covariance
+            current = ep.episode
+            scatter, dof = within_class_scatter(x[ep.fit_base], ep.labels[ep.fit_base])
+            heads = {a: WhitenedMeans(scatter / max(dof, 1), a, 0.0) for a in shrinkages}
+        truth = ep.labels[ep.query]
+        novel = truth >= ep.num_base
+        if novel.any() and not novel.all() and not (ep.counts == 0).any():
+            yield ep, heads, truth, novel
+
+
 def choose(x: np.ndarray, y: np.ndarray, shots=(1, 2, 5, 10), episodes: int = 2, seed: int = 0,
            shrinkages=SHRINKAGES, corrections=CORRECTIONS, novel_share: float = 0.4,
            held_out: float = 0.3, paper: np.ndarray | None = None) -> tuple[float, dict, dict]:
@@ -159,16 +177,7 @@ def choose(x: np.ndarray, y: np.ndarray, shots=(1, 2, 5, 10), episodes: int = 2,
     score = {(a, c, n): [] for a in shrinkages for c in corrections for n in shots}
     if paper is not None:
         score.update({("paper", n): [] for n in shots})
-    heads, current = {}, None
-    for ep in simulated_episodes(x, y, shots, episodes, seed, novel_share, held_out):
-        if ep.episode != current:  # a new episode: its base classes' covariance
-            current = ep.episode
-            scatter, dof = within_class_scatter(x[ep.fit_base], ep.labels[ep.fit_base])
-            heads = {a: WhitenedMeans(scatter / max(dof, 1), a, 0.0) for a in shrinkages}
-        truth = ep.labels[ep.query]
-        novel = truth >= ep.num_base
-        if not novel.any() or novel.all() or (ep.counts == 0).any():
-            continue
+    for ep, heads, truth, novel in scored_episodes(x, y, shrinkages, shots, episodes, seed, novel_share, held_out):
         for a, head in heads.items():
             for c in corrections:
                 head.correction = c
@@ -199,18 +208,10 @@ EPISODE_CORRECTIONS = tuple(round(0.25 + 0.05 * i, 2) for i in range(16))  # 0.2
 def novel_recall(x: np.ndarray, y: np.ndarray, shrinkage: float, shots=(1, 2, 5, 10), episodes: int = 2,
                  seed: int = 0, corrections=EPISODE_CORRECTIONS) -> dict:
     """{(correction, n): top-1 of the fake novel classes' queries among all classes} on the
-    simulated episodes ``choose`` scores (``simulated_episodes``), at ``shrinkage``."""
+    simulated episodes ``choose`` scores (``scored_episodes``), at ``shrinkage``."""
     out = {(c, n): [] for c in corrections for n in shots}
-    head, current = None, None
-    for ep in simulated_episodes(x, y, shots, episodes, seed):
-        if ep.episode != current:
-            current = ep.episode
-            scatter, dof = within_class_scatter(x[ep.fit_base], ep.labels[ep.fit_base])
-            head = WhitenedMeans(scatter / max(dof, 1), shrinkage, 0.0)
-        truth = ep.labels[ep.query]
-        novel = truth >= ep.num_base
-        if not novel.any() or (ep.counts == 0).any():
-            continue
+    for ep, heads, truth, novel in scored_episodes(x, y, (shrinkage,), shots, episodes, seed):
+        head = heads[shrinkage]
         base_scores = head.scores(x[ep.query][novel], ep.means, ep.counts)  # correction 0
         lift = 0.5 * head.excess / np.maximum(ep.counts, 1)  # a correction c adds c * lift per class
         for c in corrections:

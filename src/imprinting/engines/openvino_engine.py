@@ -8,8 +8,8 @@ A batch runs as one part per CPU thread, each part on its own single-threaded st
 (``PERFORMANCE_HINT=THROUGHPUT``, ``NUM_STREAMS`` = threads), all at once: no thread waits for
 another at every layer, as the threads of one request do (``benchmarks/engines.py``). A batch
 with fewer images than streams (the service's single pictures) runs on a second model, compiled
-for latency with every thread on its first such batch, so one image is not left to one core. A sample's output does not depend on
-the part it falls in (the convolutions are per sample).
+for latency with every thread on its first such batch, so one image is not left to one core.
+A sample's output does not depend on the part it falls in (the convolutions are per sample).
 """
 
 from __future__ import annotations

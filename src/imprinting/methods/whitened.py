@@ -24,6 +24,13 @@ from imprinting.methods import FitResult, Method
 from imprinting.protocol import Episode, LowShotData
 
 
+def base_feature_map(data: LowShotData, power: float | None = 0.5) -> heads.FeatureMap:
+    """The method's feature map: power transform, L2 normalization, centring on the mean of
+    the base classes' transformed training features."""
+    raw = data.train_feats.numpy()[data.base_train_idx.numpy()]
+    return heads.FeatureMap(power, heads.FeatureMap(power)(raw).mean(axis=0))
+
+
 class WhitenedMeans(Method):
     def __init__(self, power: float | None = 0.5, shrinkage: float | None = None,
                  correction: float | None = None, name: str | None = None, seed: int = 0):
@@ -39,10 +46,8 @@ class WhitenedMeans(Method):
         key = id(data.train_feats)
         if key not in self._prepared:
             base = data.base_train_idx.numpy()
-            raw = data.train_feats.numpy()[base]
-            plain = heads.FeatureMap(self.power)
-            fmap = heads.FeatureMap(self.power, plain(raw).mean(axis=0))
-            x, y = fmap(raw), data.train_y.numpy()[base]
+            fmap = base_feature_map(data, self.power)
+            x, y = fmap(data.train_feats.numpy()[base]), data.train_y.numpy()[base]
             shrinkage, recall = self.shrinkage, None
             if shrinkage is None:
                 shrinkage, _, _ = heads.choose(x, y, seed=self.seed)
