@@ -127,11 +127,14 @@ def test_files_keep_the_head_exactly(tmp_path):
     checkpoint.save(model, tmp_path / "m.safetensors")
     back = checkpoint.load(tmp_path / "m.safetensors")
     assert back.spec.power == 0.5 and back.describe()["head"]["kind"] == "whitened-means"
+    assert back.classes.head.rule is not None and back.classes.head.rule.labels == model.classes.head.rule.labels
+    assert back.describe()["head"] == model.describe()["head"] and "rule" in back.describe()["head"]
     p1, p2 = model.predict_embeddings(e[:7]), back.predict_embeddings(back.embedder.forward_head(feats[:7]))
     assert [p.classes for p in p1] == [p.classes for p in p2]
     np.testing.assert_allclose([p.probabilities for p in p1], [p.probabilities for p in p2], atol=1e-6)
     save_classes(ClassesData.from_table(model.classes), tmp_path / "classes.npz")
     table = load_classes(tmp_path / "classes.npz").table()
+    np.testing.assert_array_equal(table.head.rule.reference, model.classes.head.rule.reference)
     q = e[:7].numpy()
     np.testing.assert_array_equal(table.logits(table.cosines(q), q), model.classes.logits(model.classes.cosines(q), q))
     # and the model's predictions are the head's scores, not s * cos

@@ -18,8 +18,10 @@ methods only.
 
 Per-class fields live in one dict of growable buffers (``Rows``), so a head that needs more
 per-class statistics adds one entry and add / remove / snapshot carry it along. A closed-form
-head (``head``, e.g. ``imprinting.heads.WhitenedHead``) keeps its scoring rows there
-(``head_w``, ``head_b``): a changed class's row is recomputed alone, the others stay.
+head (``head``, e.g. ``imprinting.heads.WhitenedHead``) keeps its rows there (``head_w``, the
+correction-free bias ``head_b0``, ``head_lift`` and, with a correction rule, ``head_ref``): a
+changed class's rows are recomputed alone, the others stay; the biases in use (``head_rows``)
+follow the correction chosen for the classes held now.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imprinting.errors import ClassError, UnknownClassError
-from imprinting.rows import Rows, normalize_rows, template_of  # noqa: F401  (part of this module's API)
+from imprinting.rows import Rows, normalize_rows, template_of
 
 
 @dataclass(frozen=True)
@@ -69,13 +71,13 @@ class ClassTable:
             self._rows["scale"] = Rows(np.zeros(0, np.float32))
         self._shared_scale = np.full(1, self.initial_scale, np.float32)
         self._stale = False
-        self.head = None
+        self.head = self._head_b = self._head_state = None
         if head is not None:
             self.set_head(head)
 
     @classmethod
     def from_arrays(cls, names, weights, sums, counts, scale, per_class_scale: bool = False,
-                    initial_scale: float = 10.0, head=None) -> "ClassTable":
+                    initial_scale: float = 10.0, head=None) -> ClassTable:
         """A table holding exactly these rows (a checkpoint's or a classes file's)."""
         table = cls(np.asarray(weights).shape[1], per_class_scale, initial_scale)
         table._load(list(names), weights, sums, counts, scale)
@@ -89,23 +91,51 @@ class ClassTable:
         if head is not None and head.dim != self.dim:
             raise ClassError(f"a {head.dim}-d head for {self.dim}-d classes")
         self.head = head
+        for key in [k for k in self._rows if k.startswith("head_")]:
+            del self._rows[key]
+        self._head_b = self._head_state = None
         if head is None:
-            self._rows.pop("head_w", None), self._rows.pop("head_b", None)
             return
-        w, b = head.rows(self.sums, self.counts, self.templates)
-        self._rows["head_w"], self._rows["head_b"] = Rows(w), Rows(b)
+        self._rows.update({k: Rows(v) for k, v in head.table_rows(self.sums, self.counts, self.templates).items()})
+        self._rechoose()
 
     def head_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """The head's scoring rows (W (C, D), b (C,), float32, read-only)."""
         if self.head is None:
             raise ClassError("this table has no closed-form head")
-        return _readonly(self._rows["head_w"].view), _readonly(self._rows["head_b"].view)
+        return _readonly(self._rows["head_w"].view), _readonly(self._head_b)
 
-    def _head_row(self, index: int) -> None:
+    def head_info(self) -> dict:
+        """What the head is, for ``imprint info``: its settings and the corrections in use now."""
+        if self.head is None:
+            return {"kind": "normalized-mean"}
+        info = {k: v for k, v in self.head.header().items() if k != "rule"}
+        if self.head.rule is not None:
+            counts = self.counts
+            info["correction"] = {str(k): v for k, v in self._head_state.corrections(counts).items()}
+            info["rule"] = {"reference_rows": len(self.head.rule.labels), "chosen": "for the classes held now"}
+        return info
+
+    def _head_row(self, index: int, added: bool = False) -> None:
+        """Recompute one class's head rows (O(D^2)), then the biases (``_rechoose``)."""
         if self.head is not None:
             i = slice(index, index + 1)
-            w, b = self.head.rows(self.sums[i], self.counts[i], self.templates[i])
-            self._rows["head_w"].view[index], self._rows["head_b"].view[index] = w[0], b[0]
+            for key, value in self.head.table_rows(self.sums[i], self.counts[i], self.templates[i]).items():
+                self._rows[key].view[index] = value[0]
+            self._rechoose(index if added else None)
+
+    def _rechoose(self, added: int | None = None) -> None:
+        """The head's biases for the classes held now: with a correction rule, its choice for
+        them, updated for one ``added`` class in O(R D) or rebuilt (``heads.rule.RuleState``)."""
+        head, rows = self.head, self._rows
+        if head.rule is not None:
+            state = self._head_state
+            if added is None or state is None or not state.add(self._names[added], rows["head_ref"].view[added],
+                                                               rows["head_lift"].view[added]):
+                self._head_state = head.choice_state(self._names, self.sums, self.counts, rows["head_ref"].view,
+                                                     rows["head_lift"].view)
+        strength = head.strengths(self.counts, self._head_state)
+        self._head_b = (rows["head_b0"].view + strength * rows["head_lift"].view).astype(np.float32)
 
     def _load(self, names, weights, sums, counts, scale) -> None:
         names = [str(n) for n in names]
@@ -241,13 +271,13 @@ class ClassTable:
             row["scale"] = self._new_scale()
         if self.head is not None:
             self.templates  # noqa: B018  (stale templates first: the head rows read them)
-            row["head_w"], row["head_b"] = np.zeros(self.dim), 0
+            row.update({k: np.zeros(r.view.shape[1:]) for k, r in self._rows.items() if k.startswith("head_")})
         for key, value in row.items():
             self._rows[key].append(np.asarray(value, self._rows[key].view.dtype).reshape(1, *self._rows[key].view.shape[1:]))
         self._names.append(name)
         self._index[name] = index
         self._names_tuple = None
-        self._head_row(index)
+        self._head_row(index, added=True)
         return index
 
     def add(self, name: str, embeddings) -> int:
@@ -301,6 +331,8 @@ class ClassTable:
         del self._names[index]
         self._index = {n: i for i, n in enumerate(self._names)}
         self._names_tuple = None
+        if self.head is not None:
+            self._rechoose()
 
     def snapshot(self, name: str) -> ClassSnapshot:
         index = self.index_of(name)
@@ -314,6 +346,8 @@ class ClassTable:
             index = self._index[snap.name]
             for key, value in snap.fields.items():
                 self._rows[key].view[index] = value
+            if self.head is not None:
+                self._rechoose()
             return
         index = min(snap.index, len(self._names))
         for key, value in snap.fields.items():
@@ -321,15 +355,17 @@ class ClassTable:
         self._names.insert(index, snap.name)
         self._index = {n: i for i, n in enumerate(self._names)}
         self._names_tuple = None
+        if self.head is not None:
+            self._rechoose()
 
-    def select(self, indices) -> "ClassTable":
+    def select(self, indices) -> ClassTable:
         """A new table of the rows at ``indices``, in that order (copies)."""
         idx = [int(i) for i in indices]
         scale = self.scale[idx] if self.per_class_scale else self.scale
         return ClassTable.from_arrays([self._names[i] for i in idx], self.weights[idx], self.sums[idx],
                                       self.counts[idx], scale, self.per_class_scale, self.initial_scale, self.head)
 
-    def with_scale_mode(self, per_class_scale: bool) -> "ClassTable":
+    def with_scale_mode(self, per_class_scale: bool) -> ClassTable:
         """A copy with one scale per class (the shared one repeated) or one shared scale
         (refused if the classes' scales differ)."""
         scale = self.scale
@@ -342,7 +378,7 @@ class ClassTable:
         return ClassTable.from_arrays(self._names, self.weights, self.sums, self.counts, scale, per_class_scale,
                                       self.initial_scale, self.head)
 
-    def copy(self) -> "ClassTable":
+    def copy(self) -> ClassTable:
         return ClassTable.from_arrays(self._names, self.weights, self.sums, self.counts, self.scale,
                                       self.per_class_scale, self.initial_scale, self.head)
 
@@ -358,4 +394,4 @@ class ClassTable:
             return self.scale * cosines
         if embeddings is None:
             raise ClassError("this table's head scores embeddings, not cosines")
-        return self.head.logits(embeddings, self._rows["head_w"].view, self._rows["head_b"].view)
+        return self.head.logits(embeddings, self._rows["head_w"].view, self._head_b)

@@ -63,21 +63,25 @@ def imprint_folder(model, folder, views: int = 1, progress: Callable[[int], None
     labels = np.repeat(np.asarray(images.labels), views)
     for label, name in enumerate(images.class_names):
         model.imprint_embeddings(name, embeddings[torch.from_numpy(labels == label)])
-    report = fit_model_head(model, embeddings.numpy(), labels, head) if head is not None else None
+    report = fit_model_head(model, embeddings.numpy(), labels, head, names=images.class_names) if head is not None else None
     return {"classes": list(images.class_names), "head": report, "embeddings": embeddings, "labels": labels}
 
 
-def fit_model_head(model, embeddings, labels, choice: str = "auto", source: str = "examples", seed: int = 0) -> dict:
+def fit_model_head(model, embeddings, labels, choice: str = "auto", source: str = "examples", seed: int = 0,
+                   names=None) -> dict:
     """Fit the model's closed-form head (``imprinting.heads.fit_head``) on labelled embeddings
     the model made (its taught examples, or its base training data) and install it in the
-    class table (or keep the paper's head, as the choice rule says). Returns what was measured."""
+    class table (or keep the paper's head, as the choice rule says). ``names[label]`` is the
+    class of each label value (default: the model's classes in order); the head's correction
+    rule knows its reference rows by these names. Returns what was measured."""
     from imprinting import heads
 
     if choice != "normalized-mean" and model.spec.power is None:
         raise ClassError("the closed-form heads work on power-transformed embeddings: create the model with "
                          "a head (imprint create --head auto) or power=0.5")
     try:
-        head, report = heads.fit_head(embeddings, labels, choice, source, seed)
+        names = list(model.class_names) if names is None else list(names)
+        head, report = heads.fit_head(embeddings, labels, choice, source, seed, names=names)
     except ValueError as exc:
         raise ClassError(str(exc)) from None
     model.classes.set_head(head)
@@ -105,7 +109,7 @@ def fit_trained_head(model, features, labels, choice: str = "auto", seed: int = 
         z = power_transform(model.embedder.forward_head(torch.as_tensor(features, dtype=torch.float32)), 0.5)
     y = np.asarray(labels)
     try:
-        head, report = heads.fit_head(z.numpy(), y, choice, "base", seed)
+        head, report = heads.fit_head(z.numpy(), y, choice, "base", seed, names=list(model.class_names))
     except ValueError as exc:
         raise ClassError(str(exc)) from None
     if head is None:

@@ -331,7 +331,7 @@ class ImprintModel(nn.Module):
             "image_size": spec.preprocess.image_size if spec.preprocess else None,
             "unknown_threshold": self.unknown_threshold,
             "num_classes": len(table),
-            "head": table.head.header() if table.head is not None else {"kind": "normalized-mean"},
+            "head": table.head_info(),
             "classes": [{"name": n, "kind": "imprinted" if c else "base", "examples": int(c)}
                         for n, c in zip(table.names, table.counts.tolist())],
         }
