@@ -5,7 +5,9 @@ embeddings, synthetic unit vectors; the cost does not depend on the values).
     .venv/bin/python benchmarks/heads_cost.py --classes 1000 10000
 
 Prints one table: per class count, the median time of ``imprint_embeddings`` for a new class
-of 5 examples, and of ``predict_embeddings`` (top-5) for 64 queries, with each head.
+of 5 examples, and of ``predict_embeddings`` (top-5) for 64 queries, with each head: the paper's,
+the whitened head with a frozen correction by shot count (files from before the rule), and with
+the correction rule that chooses for the classes held (``heads.rule``, the default now).
 """
 
 from __future__ import annotations
@@ -30,14 +32,19 @@ def _unit(x):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def model_with(classes: int, dim: int, whitened: bool, rng) -> object:
+def model_with(classes: int, dim: int, whitened: bool, rng, rule: bool = False) -> object:
     model = build_model(ModelSpec(backbone=None, pretrained=False, dim=None, feature_dim=dim, power=0.5))
     sums = _unit(rng.normal(size=(classes, dim))) * 5
     table = ClassTable.from_arrays([f"c{i}" for i in range(classes)], _unit(sums), sums, np.full(classes, 5),
                                    model.classes.scale)
     if whitened:
         a = rng.normal(size=(dim, 2 * dim)) / np.sqrt(2 * dim)
-        table.set_head(heads.WhitenedHead(rng.normal(size=dim) * 0.01, a @ a.T, 0.8, {1: 0.5, 5: 0.75}))
+        taught = None
+        if rule:  # the correction rule: 512 reference rows of the first 128 classes, a made-up recall
+            refs = _unit(rng.normal(size=(512, dim)))
+            recall = {(c, n): rng.random() for c in heads.EPISODE_CORRECTIONS for n in (1, 2, 5, 10)}
+            taught = heads.TaughtSetRule(refs, [f"c{i // 4}" for i in range(512)], recall)
+        table.set_head(heads.WhitenedHead(rng.normal(size=dim) * 0.01, a @ a.T, 0.8, {1: 0.5, 5: 0.75}, rule=taught))
     model.set_classes(table, copy=False)
     return model
 
@@ -71,13 +78,14 @@ def main(argv=None) -> None:
     print("|---:|---|---:|---:|")
     queries = torch.from_numpy(_unit(rng.normal(size=(64, args.dim))).astype(np.float32))
     for c in args.classes:
-        for whitened in (False, True):
-            model = model_with(c, args.dim, whitened, rng)
+        for whitened, rule in ((False, False), (True, False), (True, True)):
+            model = model_with(c, args.dim, whitened, rng, rule)
             new = [torch.from_numpy(_unit(rng.normal(size=(5, args.dim))).astype(np.float32)) for _ in range(args.repeats)]
             add = median_ms(lambda i: model.imprint_embeddings(f"new{i}", new[i]), args.repeats)
             model.predict_embeddings(queries)  # warm up
             pred = median_ms(lambda i: model.predict_embeddings(queries, k=5), max(5, args.repeats // 5))
-            name = "whitened means" if whitened else "normalized mean (paper)"
+            name = ("whitened means, correction rule (512 reference rows)" if rule else "whitened means, frozen correction") \
+                if whitened else "normalized mean (paper)"
             print(f"| {c:,} | {name} | {add:.2f} | {pred:.1f} |", flush=True)
 
 
