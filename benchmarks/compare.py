@@ -53,7 +53,7 @@ from compare_report import REFERENCE, peer_wins, section, update_section, wins_m
 from imprinting import protocol  # noqa: E402
 from imprinting.experiments.beyond import BEST_NAME, best_method  # noqa: E402
 from imprinting.methods import Finetune, FitResult, Imprinting, ImprintInit, Method, RandomInit  # noqa: E402
-from imprinting.methods import RawFeatureNCM, WhitenedMeans  # noqa: E402
+from imprinting.methods import ProductHead, RawFeatureNCM, WhitenedMeans  # noqa: E402
 from imprinting.protocol import Episode, LowShotData  # noqa: E402
 from imprinting.report.plots import plot_accuracy_vs_time  # noqa: E402
 from imprinting.train import TrainConfig  # noqa: E402
@@ -72,6 +72,7 @@ OURS_NCM_MAKE: Callable[[LowShotData, object, int], Method] = lambda data, base,
 # The closed-form head of the product (`imprint create --head whitened`, imprinting.heads): whitened
 # class means with a shot-count correction, its choices made on simulated base episodes.
 OURS_WHITENED_NAME = "Ours: WhitenedMeans (chosen on training data)"
+OURS_PRODUCT_NAME = "Ours: WhitenedHead as a model ships it (imprint train --head whitened)"
 OURS_WHITENED_MAKE: Callable[[LowShotData, object, int], Method] = lambda data, base, seed: WhitenedMeans(seed=seed)  # noqa: E731
 # --------------------------------------------------------------------------------------
 
@@ -153,6 +154,7 @@ def ours(cfg: TrainConfig) -> list[Entry]:
         Entry(lambda data, base: OURS_BEST_MAKE(data, base, cfg.seed), "ours", OURS_BEST_NAME),
         Entry(lambda data, base: OURS_NCM_MAKE(data, base, cfg.seed), "ours", OURS_NCM_NAME),
         Entry(lambda data, base: OURS_WHITENED_MAKE(data, base, cfg.seed), "ours", OURS_WHITENED_NAME),
+        Entry(lambda data, base: ProductHead(True, cfg.seed), "ours", OURS_PRODUCT_NAME),
     ]
 
 

@@ -7,9 +7,9 @@ table) choose its correction as well as the protocol's row does?
 
 Rows, for CUB and Flowers-102 (EfficientNet-Lite0 ImageNet features at 224 px, the paper's split,
 the feature cache of ``benchmarks/compare.py``): the product head with its correction rule
-(``heads.rule``, the default), the same head with the frozen corrections of the base-only rule
-(files from before the rule), and the protocol's ``methods.WhitenedMeans``, whose covariance also
-pools each episode's examples. Top-1 (%) on novel and on all test images, mean ± std over draws.
+(``methods.ProductHead``; ``heads.rule``, the default), the same head with the frozen corrections of
+the base-only rule (files from before the rule), and the protocol's ``methods.WhitenedMeans``, whose
+covariance also pools each episode's examples. Top-1 (%) on novel and on all test images, mean ± std over draws.
 """
 
 from __future__ import annotations
@@ -19,48 +19,9 @@ import platform
 from datetime import datetime, timezone
 
 import numpy as np
-import torch
-
-from imprinting import heads, protocol
-from imprinting.classes import ClassTable
-from imprinting.layers import power_transform
-from imprinting.methods import FitResult, Method
+from imprinting import protocol
+from imprinting.methods.product_head import ProductHead
 from imprinting.methods.whitened import WhitenedMeans
-
-
-class ProductHead(Method):
-    """The product's path on cached features: ``heads.fit_head`` on the base classes' power-
-    transformed training embeddings (as ``imprint train --head whitened`` does), then a class
-    table of every base class's mean and the episode's novel classes."""
-
-    def __init__(self, rule: bool):
-        self.rule = rule
-        self.name = "product head, correction rule" if rule else "product head, frozen corrections"
-        self._prepared: dict = {}
-
-    def _prepare(self, data):
-        key = id(data.train_feats)
-        if key not in self._prepared:
-            z = power_transform(data.train_feats, 0.5).numpy()
-            base = data.base_train_idx.numpy()
-            y = data.train_y.numpy()
-            head, report = heads.fit_head(z[base], y[base], "whitened", "base", names=[str(c) for c in range(len(data.order))])
-            if not self.rule:
-                head = heads.WhitenedHead(head.centre, head.covariance, head.shrinkage, head.correction, source="base")
-            self._prepared = {key: (z, y, head, report)}
-        return self._prepared[key]
-
-    def fit(self, data, episode) -> FitResult:
-        z, y, head, report = self._prepare(data)
-        idx = torch.cat([data.base_train_idx, episode.shots]).numpy()
-        classes = len(data.order)
-        sums = np.zeros((classes, z.shape[1]))
-        np.add.at(sums, y[idx], z[idx].astype(np.float32).astype(np.float64))
-        counts = np.bincount(y[idx], minlength=classes)
-        unit = sums / np.linalg.norm(sums, axis=1, keepdims=True)
-        table = ClassTable.from_arrays([str(c) for c in range(classes)], unit, sums, counts, np.ones(1), head=head)
-        info = {"shrinkage": head.shrinkage, "correction": table.head_info()["correction"]}
-        return FitResult(lambda feats: torch.from_numpy(table.logits(None, power_transform(feats, 0.5).numpy())), info=info)
 
 
 def main(argv=None) -> None:
@@ -82,7 +43,7 @@ def main(argv=None) -> None:
     for ds in args.datasets:
         data = prepare(ds, args.data_root, augment=2, seed=args.seed, cache=args.cache, progress=True)
         eps = protocol.episodes(data, tuple(args.shots), args.draws, args.seed)
-        methods = [ProductHead(True), ProductHead(False), WhitenedMeans(seed=args.seed)]
+        methods = [ProductHead(True, args.seed), ProductHead(False, args.seed), WhitenedMeans(seed=args.seed)]
         results = protocol.run(data, methods, eps, progress=False)
         for m in methods:
             cells = []

@@ -136,3 +136,47 @@ def test_a_damaged_rule_is_named():
         heads.WhitenedHead.from_parts(header, arrays)
     with pytest.raises(ValueError, match="damaged head"):
         heads.WhitenedHead.from_parts(head.header(), {k: v for k, v in arrays.items() if k != "reference"})
+    for bad in (float("nan"), 10 ** 400):  # what a hand-edited JSON header can hold
+        header = head.header()
+        header["rule"]["corrections"][0] = bad
+        with pytest.raises(ValueError, match="finite|damaged"):
+            heads.WhitenedHead.from_parts(header, arrays)
+
+
+def test_restoring_a_class_with_another_sum_recomputes_its_rows():
+    """What a replica does when another one changed a class (``Service._set_state``): the
+    class's snapshot with the new sum and count put back in its place."""
+    from imprinting.classes import ClassSnapshot
+
+    z, y = _data(seed=4)
+    head, _, _ = _rule_head(z, y, list(range(6)))
+    t = ClassTable(z.shape[1], head=head)
+    for c in range(9):
+        t.add(f"c{c}", z[y == c][: 10 if c < 6 else 1])
+    scratch = ClassTable(z.shape[1])
+    scratch.add("c7", z[y == 7])  # c7 now has all ten examples
+    t.restore(ClassSnapshot("c7", t.index_of("c7"), {**t.snapshot("c7").fields, **scratch.snapshot("c7").fields}))
+    batch = ClassTable.from_arrays(t.names, t.weights, t.sums, t.counts, t.scale, head=head)
+    assert t.counts[t.index_of("c7")] == 10 and t.head_info() == batch.head_info()
+    q = z[::4].astype(np.float32)
+    np.testing.assert_array_equal(t.logits(None, q), batch.logits(None, q))
+
+
+def test_leave_one_out_scores_an_example_by_its_class_without_it_at_that_count():
+    from imprinting.calibration import head_scores
+
+    z, y = _data(seed=5)
+    head, centre, cov = _rule_head(z, y, list(range(6)))
+    t = ClassTable(z.shape[1], head=head)
+    for c in range(8):
+        t.add(f"c{c}", z[y == c][: 10 if c < 6 else 3])
+    e, labels = z[y == 6][:3].astype(np.float32), np.full(3, 6)
+    got = head_scores(t, e, labels, leave_out=True)
+    state = t._head_state
+    c2 = head.rule.choose(state.base_recall(), 2)  # the class has 2 examples without the one scored
+    plain = heads.WhitenedMeans(cov, head.shrinkage, c2)
+    for i in range(3):
+        rest = np.delete(z[y == 6][:3], i, axis=0)
+        w, b = plain.weights(rest.mean(axis=0, keepdims=True) - centre, np.array([2]))
+        assert got[i, 6] == pytest.approx(float((e[i] - centre) @ w[0] + b[0]), rel=1e-4, abs=1e-4)
+    np.testing.assert_allclose(np.delete(got, 6, axis=1), np.delete(head_scores(t, e, labels, False), 6, axis=1))

@@ -161,7 +161,8 @@ def calibrate_table(table, embeddings, labels, method: str = "leave-one-out",
 def head_scores(table, embeddings: np.ndarray, labels: np.ndarray, leave_out: bool) -> np.ndarray:
     """A closed-form head's scores at temperature 1 (``imprinting.heads.WhitenedHead``), (N, C);
     with ``leave_out``, each example's own class scored by the row its class would have without
-    it (its sum less the example, one example fewer: ``head.rows`` of those), as for cosines."""
+    it (its sum less the example, one example fewer, at the correction the table gives that many:
+    ``table.head_rows_of``), as for cosines."""
     head = table.head
     e = normalize_rows(np.asarray(embeddings, np.float32))
     scores = head.scores(e, *table.head_rows()).astype(np.float64)
@@ -169,7 +170,7 @@ def head_scores(table, embeddings: np.ndarray, labels: np.ndarray, leave_out: bo
         counts = np.asarray(table.counts)[labels]
         own = counts >= 2
         sums = np.asarray(table.sums)[labels][own] - e[own].astype(np.float64)
-        w1, b1 = head.rows(sums, counts[own] - 1, np.asarray(table.templates)[labels][own])
+        w1, b1 = table.head_rows_of(sums, counts[own] - 1, np.asarray(table.templates)[labels][own])
         idx = np.flatnonzero(own)
         scores[idx, labels[own]] = np.einsum("nd,nd->n", e[own] - head.centre, w1.astype(np.float64)) + b1
     return scores

@@ -105,6 +105,11 @@ class ClassTable:
             raise ClassError("this table has no closed-form head")
         return _readonly(self._rows["head_w"].view), _readonly(self._head_b)
 
+    def head_rows_of(self, sums, counts, templates) -> tuple[np.ndarray, np.ndarray]:
+        """The head's rows for classes with these sums, counts and templates, at the corrections
+        this table would give them now (e.g. a class less one example, for leave-one-out)."""
+        return self.head.rows(sums, counts, templates, self._head_state)
+
     def head_info(self) -> dict:
         """What the head is, for ``imprint info``: its settings and the corrections in use now."""
         if self.head is None:
@@ -346,8 +351,7 @@ class ClassTable:
             index = self._index[snap.name]
             for key, value in snap.fields.items():
                 self._rows[key].view[index] = value
-            if self.head is not None:
-                self._rechoose()
+            self._head_row(index)  # the head's rows of the restored sum and count, then the biases
             return
         index = min(snap.index, len(self._names))
         for key, value in snap.fields.items():
@@ -355,8 +359,7 @@ class ClassTable:
         self._names.insert(index, snap.name)
         self._index = {n: i for i, n in enumerate(self._names)}
         self._names_tuple = None
-        if self.head is not None:
-            self._rechoose()
+        self._head_row(index)
 
     def select(self, indices) -> ClassTable:
         """A new table of the rows at ``indices``, in that order (copies)."""

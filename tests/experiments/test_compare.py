@@ -174,7 +174,7 @@ def test_compare_runs_every_method_and_reports(data, eps, tmp_path, monkeypatch)
     text = md.read_text()
     assert text.count("compare:begin") == 1 and "intro kept" in text and "kept too" in text
     assert "### tiny: top-1 (%)" in text and "### tiny: cost" in text and "Where a peer beats us" in text
-    assert f"({compare.REFERENCE}; {compare.OURS_BEST_NAME}; {compare.OURS_NCM_NAME}; {compare.OURS_WHITENED_NAME})" in text
+    assert f"({compare.REFERENCE}; {compare.OURS_BEST_NAME}; {compare.OURS_NCM_NAME}; {compare.OURS_WHITENED_NAME}; {compare.OURS_PRODUCT_NAME})" in text
     compare.plot_accuracy_vs_time(summary, tmp_path / "plot.png")
     assert png_size(tmp_path / "plot.png") == (825, 1100)  # 7.5 x 10 inches at 110 dpi, one data set
 

@@ -87,7 +87,9 @@ class WhitenedHead:
         counts = np.asarray(counts, np.int64).reshape(-1)
         if self.rule is None:
             return self._means.strength(np.maximum(counts, 1).astype(np.float64))
-        chosen = state.corrections(counts) if state is not None else {}
+        if state is None:
+            raise ValueError("a head with a correction rule chooses for a class table: pass the table's state")
+        chosen = state.corrections(counts)
         return _lookup(chosen, counts) if chosen else np.zeros(len(counts))
 
     def choice_state(self, names, sums, counts, scores, lift) -> RuleState | None:
@@ -131,7 +133,7 @@ class WhitenedHead:
             rule = TaughtSetRule.from_parts(header["rule"], arrays) if header.get("rule") is not None else None
             return cls(arrays["centre"], arrays["covariance"], float(header["shrinkage"]), corr,
                        float(header.get("temperature", 1.0)), str(header.get("source", "examples")), rule)
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, OverflowError) as exc:
             raise ValueError(f"damaged head ({exc})") from None
 
     def __repr__(self) -> str:

@@ -57,6 +57,9 @@ class TaughtSetRule:
         missing = [(c, n) for c in self.corrections for n in self.shots if (c, n) not in self.recall]
         if not self.shots or missing or not self.corrections:
             raise ValueError(f"the rule's novel recall misses corrections and shot counts {missing[:3]}")
+        values = np.array(list(self.corrections) + list(self.recall.values()), np.float64)
+        if not np.isfinite(values).all() or len(set(self.corrections)) != len(self.corrections) or min(self.shots) < 1:
+            raise ValueError("the rule's corrections must be distinct finite numbers, its recall finite, its shot counts >= 1")
         self.label_set = frozenset(self.labels)
 
     def choose(self, base: dict, n: int) -> float:

@@ -46,6 +46,7 @@ from imprinting.methods.imprinting import Imprinting, RandomNovel  # noqa: E402
 from imprinting.methods.joint import AllClassJoint  # noqa: E402
 from imprinting.methods.lifted import LiftedEmbedding  # noqa: E402
 from imprinting.methods.nearest import NearestNeighbour  # noqa: E402
+from imprinting.methods.product_head import ProductHead  # noqa: E402
 from imprinting.methods.raw import RawFeatureNCM  # noqa: E402
 from imprinting.methods.whitened import WhitenedMeans  # noqa: E402
 
@@ -59,6 +60,7 @@ __all__ = [
     "LiftedEmbedding",
     "Method",
     "NearestNeighbour",
+    "ProductHead",
     "RandomInit",
     "RandomNovel",
     "RawFeatureNCM",
