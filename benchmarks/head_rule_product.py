@@ -19,6 +19,7 @@ import platform
 from datetime import datetime, timezone
 
 import numpy as np
+
 from imprinting import protocol
 from imprinting.methods.product_head import ProductHead
 from imprinting.methods.whitened import WhitenedMeans

@@ -16,6 +16,10 @@ against that class's mean without itself, and against every other class the tabl
 the correction under test (a class without examples, a trained template, has no correction).
 Adding a class costs O(R D) for R reference rows; changing or removing one costs O(R C) plus
 O(D^2) for each class the reference rows belong to.
+
+The leave-one-out assumes a reference row is still in its class's sum. That holds while the class
+keeps the examples it was fitted with (it may gain more); a class removed and taught again under
+the same name from other pictures makes its reference rows score against a wrong mean.
 """
 
 from __future__ import annotations

@@ -49,6 +49,8 @@ class ProductHead(Method):
         counts = np.bincount(y[idx], minlength=len(names))
         unit = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
         table = ClassTable.from_arrays(names, unit, sums, counts, np.ones(1), head=head)
-        info = {"shrinkage": head.shrinkage, "correction": table.head_info()["correction"]}
+        w, b = table.head_rows()  # what predicting reads: the rows, the biases and the centre
+        info = {"shrinkage": head.shrinkage, "correction": table.head_info()["correction"],
+                "nbytes": int(w.nbytes + b.nbytes + head.centre.nbytes)}
         return FitResult(lambda feats: torch.from_numpy(table.logits(None, power_transform(feats, 0.5).numpy())),
                          info=info)
