@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from experiments_fixtures import tiny_lowshot
+
 from imprinting import protocol
 from imprinting.imprint import fit_trained_head
 from imprinting.methods import ProductHead
