@@ -8,8 +8,9 @@ table) choose its correction as well as the protocol's row does?
 Rows, for CUB and Flowers-102 (EfficientNet-Lite0 ImageNet features at 224 px, the paper's split,
 the feature cache of ``benchmarks/compare.py``): the product head with its correction rule
 (``methods.ProductHead``; ``heads.rule``, the default), the same head with the frozen corrections of
-the base-only rule (files from before the rule), and the protocol's ``methods.WhitenedMeans``, whose
-covariance also pools each episode's examples. Top-1 (%) on novel and on all test images, mean ± std over draws.
+the base-only rule (files from before the rule), the product head with each episode's examples
+pooled into its covariance (not what a model does: what it gives up by not doing it), and the
+protocol's ``methods.WhitenedMeans``, whose covariance pools them too. Top-1 (%) on novel and on all test images, mean ± std over draws.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def main(argv=None) -> None:
     for ds in args.datasets:
         data = prepare(ds, args.data_root, augment=2, seed=args.seed, cache=args.cache, progress=True)
         eps = protocol.episodes(data, tuple(args.shots), args.draws, args.seed)
-        methods = [ProductHead(True, args.seed), ProductHead(False, args.seed), WhitenedMeans(seed=args.seed)]
+        methods = [ProductHead(True, args.seed), ProductHead(False, args.seed), ProductHead(True, args.seed, pool=True),
+                   WhitenedMeans(seed=args.seed)]
         results = protocol.run(data, methods, eps, progress=False)
         for m in methods:
             cells = []

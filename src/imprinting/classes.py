@@ -116,8 +116,7 @@ class ClassTable:
             return {"kind": "normalized-mean"}
         info = {k: v for k, v in self.head.header().items() if k != "rule"}
         if self.head.rule is not None:
-            counts = self.counts
-            info["correction"] = {str(k): v for k, v in self._head_state.corrections(counts).items()}
+            info["correction"] = {str(k): v for k, v in self._head_state.corrections(self.counts).items()}
             info["rule"] = {"reference_rows": len(self.head.rule.labels), "chosen": "for the classes held now"}
         return info
 

@@ -18,6 +18,7 @@ def _lookup(chosen: dict, counts: np.ndarray) -> np.ndarray:
     at = np.clip(np.searchsorted(keys, counts), 0, len(keys) - 1)
     return np.where(keys[at] == counts, values[at], 0.0)
 
+
 class WhitenedHead:
     """``WhitenedMeans`` as a model's head: frozen shared statistics (the centre and the
     within-class covariance of the embeddings, the shrinkage, a temperature and how the shot
