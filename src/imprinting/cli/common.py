@@ -65,12 +65,15 @@ def progress_bar(total, desc):
 
 # -- parameter types: every input checked before the command runs (exit 2) ------------
 class Finite(click.ParamType):
-    """A finite float (never NaN or infinite), optionally within [min, max]."""
+    """A finite float (never NaN or infinite), optionally within [min, max] (either end open).
+    click's own ``FloatRange`` lets NaN through (every comparison with NaN is false), so
+    every float option of ``imprint`` uses this type instead."""
 
     name = "number"
 
-    def __init__(self, min: float | None = None, max: float | None = None, min_open: bool = False):
-        self.min, self.max, self.min_open = min, max, min_open
+    def __init__(self, min: float | None = None, max: float | None = None, min_open: bool = False,
+                 max_open: bool = False):
+        self.min, self.max, self.min_open, self.max_open = min, max, min_open, max_open
 
     def convert(self, value, param, ctx):
         try:
@@ -80,11 +83,52 @@ class Finite(click.ParamType):
         if not math.isfinite(x):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         low = self.min is not None and (x <= self.min if self.min_open else x < self.min)
-        if low or (self.max is not None and x > self.max):
+        high = self.max is not None and (x >= self.max if self.max_open else x > self.max)
+        if low or high:
             lo = "-inf" if self.min is None else f"{self.min:g}"
             hi = "inf" if self.max is None else f"{self.max:g}"
-            self.fail(f"{x:g} is not in the range {'(' if self.min_open else '['}{lo}, {hi}]", param, ctx)
+            left, right = "(" if self.min_open else "[", ")" if self.max_open else "]"
+            self.fail(f"{x:g} is not in the range {left}{lo}, {hi}{right}", param, ctx)
         return x
+
+
+def unknown_threshold_option(help: str):
+    """``--unknown-threshold``, the same everywhere: a cosine, so a finite number in [-1, 1]
+    (NaN, infinities and anything outside are one ``Error:`` line, exit status 2); None when
+    not given (the model's own threshold)."""
+    return click.option("--unknown-threshold", type=Finite(-1, 1), default=None, help=help)
+
+
+def false_accept_option(help: str):
+    """``--false-accept``, the target share of never-taught images accepted as known when the
+    unknown threshold is calibrated: a finite number in [0, 1)."""
+    return click.option("--false-accept", type=Finite(0, 1, max_open=True), default=0.05, show_default=True,
+                        help=help)
+
+
+MAX_EXAMPLE_ID = 2**63 - 1  # the largest SQLite INTEGER: a larger id cannot even be looked up
+
+
+class ExampleId(click.ParamType):
+    """An id of a stored example: a whole number in 1..2**63-1. Checked here because SQLite
+    cannot bind a larger integer (an ``OverflowError`` with a traceback, not "no such
+    example"), and ids start at 1."""
+
+    name = "id"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            n = value
+        else:
+            try:
+                n = int(str(value).strip())
+            except ValueError:
+                self.fail(f"{str(value)[:40]!r} is not an example id (a whole number from 1 to {MAX_EXAMPLE_ID})",
+                          param, ctx)
+        if not 1 <= n <= MAX_EXAMPLE_ID:
+            shown = str(n) if len(str(n)) <= 40 else str(n)[:20] + "..."
+            self.fail(f"example id {shown} is out of range (ids are 1 to {MAX_EXAMPLE_ID})", param, ctx)
+        return n
 
 
 MAX_CLASS_NAME = 200

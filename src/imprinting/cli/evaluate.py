@@ -8,7 +8,12 @@ from pathlib import Path
 
 import click
 
-from imprinting.cli.common import embed_with_bar, progress_bar
+from imprinting.cli.common import (
+    embed_with_bar,
+    false_accept_option,
+    progress_bar,
+    unknown_threshold_option,
+)
 from imprinting.cli.models import engine_options
 
 
@@ -20,7 +25,7 @@ from imprinting.cli.models import engine_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for summary.json, per_class.csv, predictions.csv and confusion.png "
                    "[default: evaluation-<FOLDER name>].")
-@click.option("--unknown-threshold", type=float, default=None, help="Override the model's unknown threshold.")
+@unknown_threshold_option("Override the model's unknown threshold.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @engine_options
 def evaluate(model_path, folder, top_k, out, unknown_threshold, as_json):
@@ -91,8 +96,7 @@ def teach_and_calibrate(model, folder, false_accept: float, set_threshold: bool,
 @click.option("--method", type=click.Choice(["auto", "leave-one-out", "held-out"]), default="auto", show_default=True,
               help="leave-one-out: FOLDER holds exactly the examples the classes were taught from; held-out: "
                    "images never taught; auto: leave-one-out when FOLDER's images sum to the classes' examples.")
-@click.option("--false-accept", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True,
-              help="Target share of never-taught images accepted as known, for the unknown threshold.")
+@false_accept_option("Target share of never-taught images accepted as known, for the unknown threshold.")
 @click.option("--keep-threshold", is_flag=True, help="Fit the scale only; keep the model's unknown threshold.")
 @engine_options
 def calibrate_command(model_path, folder, method, false_accept, keep_threshold):

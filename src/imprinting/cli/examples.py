@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from imprinting.cli.common import ExampleId
+
 
 def _open(model_path, store_path):
     from imprinting.serve.service import Service
@@ -58,7 +60,7 @@ def list_examples(model_path, name, store_path, as_json):
 @examples.command("remove")
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("name")
-@click.argument("example_id", type=int)
+@click.argument("example_id", type=ExampleId())
 @_store_option
 def remove_example(model_path, name, example_id, store_path):
     """Remove example EXAMPLE_ID from class NAME; the class is recomputed from the others."""

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from imprinting.cli.common import ClassName, Finite, ModelFile, OutputFile, embed_with_bar
+from imprinting.cli.common import (
+    ClassName,
+    Finite,
+    ModelFile,
+    OutputFile,
+    embed_with_bar,
+    false_accept_option,
+    unknown_threshold_option,
+)
 from imprinting.heads import HEADS
 
 ENGINE_CHOICES = ["auto", "torch", "onnxruntime", "openvino"]
@@ -40,8 +48,7 @@ def engine_options(command):
 @click.option("--image-size", type=IMAGE_SIZE, default=None, help="Crop size in pixels (default: the backbone's own).")
 @click.option("--scale", type=Finite(0, 1000, min_open=True), default=10.0, show_default=True,
               help="Initial scale s of the cosine classifier.")
-@click.option("--unknown-threshold", type=Finite(-1, 1), default=None,
-              help="Predictions whose best cosine is below this are flagged unknown.")
+@unknown_threshold_option("Predictions whose best cosine is below this are flagged unknown.")
 @click.option("--from-folder", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A folder of class folders: imprint one class per sub-folder.")
 @click.option("--head", type=click.Choice(HEADS), default="auto", show_default=True,
@@ -50,9 +57,8 @@ def engine_options(command):
                    "whichever scores better on simulated low-shot episodes of the folder's classes (the paper's "
                    "head when there are too few to tell).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
-@click.option("--false-accept", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True,
-              help="With --from-folder: the unknown threshold accepts this share of never-taught images "
-                   "(estimated by leave-one-out; --unknown-threshold overrides it).")
+@false_accept_option("With --from-folder: the unknown threshold accepts this share of never-taught images "
+                     "(estimated by leave-one-out; --unknown-threshold overrides it).")
 @engine_options
 def create(out, backbone, dim, random_init, image_size, scale, unknown_threshold, from_folder, head, force,
            false_accept):
@@ -113,7 +119,7 @@ def add_class(model_path, images, name, augment, append):
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-k", "--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="How many classes to list per image.")
-@click.option("--unknown-threshold", type=Finite(-1, 1), default=None, help="Override the model's unknown threshold.")
+@unknown_threshold_option("Override the model's unknown threshold.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
               help="Also write the answers as CSV to this file (one row per image and rank; '-': print it instead).")
