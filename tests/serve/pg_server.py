@@ -121,7 +121,18 @@ class PostgresServer:
             time.sleep(0.02)
         raise RuntimeError("PostgreSQL processes still alive 10 s after SIGKILL")
 
+    def freeze(self) -> None:
+        """A hang: SIGSTOP the postmaster and every child (connections stay open, nothing answers)."""
+        for pid in self.pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT every process ``freeze`` stopped."""
+        for pid in self.pids():
+            os.kill(pid, signal.SIGCONT)
+
     def stop(self) -> None:
+        self.thaw()
         if self.pids():
             try:
                 self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")

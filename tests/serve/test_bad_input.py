@@ -210,11 +210,10 @@ def test_predict_with_no_classes_and_wrong_stores(tmp_path, kit):
 def test_a_failed_commit_changes_nothing(tmp_path, conv4_model, kit, monkeypatch):
     """In process: when the store cannot write (disk full, I/O error), the answer is a 503 and
     the classes in memory are as they were."""
-    import sqlite3
-
     from fastapi.testclient import TestClient
 
     from imprinting.serve.app import create_app
+    from imprinting.serve.integrity import StoreError
 
     app = create_app(conv4_model, tmp_path / "store.sqlite")
     probe = kit.files(("p.png", kit.image_bytes(seed=8)))
@@ -223,8 +222,8 @@ def test_a_failed_commit_changes_nothing(tmp_path, conv4_model, kit, monkeypatch
         before_classes = c.get("/classes").json()
         before = c.post("/predict", params={"k": 10}, files=probe).json()
 
-        def fail(*args, **kwargs):
-            raise sqlite3.OperationalError("disk I/O error")
+        def fail(*args, **kwargs):  # what the store makes of SQLite's error (tests/serve/test_store_contract.py)
+            raise StoreError(f"{tmp_path / 'store.sqlite'}: the disk refused the upload (disk I/O error)")
 
         monkeypatch.setattr(app.state.service.store, "add_examples", fail)
         for name in ("kept", "new one"):

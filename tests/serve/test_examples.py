@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from imprinting.classes import ClassTable
+from imprinting.serve.edits import THUMBNAIL_PIXELS
 from imprinting.serve.service import Service
 from imprinting.serve.validation import ApiError
 
@@ -50,7 +51,7 @@ def test_list_remove_one_rename_and_restart(conv4_model, kit, tmp_path):
         assert [e["filename"] for e in listed] == ["1.png", "2.png", "3.png", "4.png"]
         assert all(e["added"].endswith("+00:00") and len(e["sha256"]) == 64 for e in listed)
         thumb = Image.open(io.BytesIO(base64.b64decode(listed[0]["thumbnail"].split(",", 1)[1])))
-        assert thumb.format == "JPEG" and max(thumb.size) <= Service.THUMBNAIL_PIXELS
+        assert thumb.format == "JPEG" and max(thumb.size) <= THUMBNAIL_PIXELS
 
         kept = kit.read_store(store)["classes"]["mug"]
         removed = listed[1]["id"]

@@ -12,7 +12,6 @@ the last bits), and those embeddings are checked against the test's own.
 from __future__ import annotations
 
 import math
-import sqlite3
 
 import numpy as np
 import pytest
@@ -59,7 +58,8 @@ def test_health_and_the_model_files_classes(service, conv4):
     health = service.health()
     load = health.pop("load")
     assert health == {
-        "status": "ok", "classes": 3, "backbone": "conv4", "embedding_dim": conv4.embedder.dim,
+        "status": "ok", "ready": True, "store": {"state": "ok"}, "classes": 3, "backbone": "conv4",
+        "embedding_dim": conv4.embedder.dim,
         "image_size": conv4.preprocess.image_size, "unknown_threshold": None,
         "limits": {"max_images": 4, "max_pixels": MAX_PIXELS, "max_images_in_flight": 8, "memory_limit_mb": None,
                    "max_decode_mb": 768},
@@ -162,7 +162,7 @@ def test_a_failed_store_write_is_rolled_back(service, conv4, kit, tmp_path, monk
     before = service.predict(uploads(kit, 7), k=5)["predictions"]
     real_add = service.store.add_examples
 
-    for exc, status in [(sqlite3.OperationalError("disk I/O error"), 503), (StoreError("full"), 503),
+    for exc, status in [(StoreError("disk I/O error"), 503), (StoreError("full"), 503),
                         (RuntimeError("bug"), None)]:
         def fail(*args, exc=exc, **kwargs):
             raise exc

@@ -27,6 +27,7 @@ from imprinting.serve.service import Service
 from imprinting.serve.validation import MAX_NAME_LENGTH, ApiError, Upload
 
 STATIC = Path(__file__).parent / "static"
+MULTIPART_HEADER_BYTES = 4096 + 128  # python-multipart's limit on one header line of a part
 
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
@@ -62,10 +63,15 @@ class ErrorBody(BaseModel):
 _WHEN = {
     401: "No token, or a wrong one, for a write (when the server has a token)",
     404: "No such class, or no such endpoint",
-    409: "A class of the model file (read-only here), a class at its example limit, or no classes yet",
+    400: "A multipart body the server cannot parse (invalid_multipart): not multipart/form-data, or a part's header "
+         "line (such as its file name) over 4,224 bytes, or more than 8 headers in a part",
+    404: "No such class, no such example, or no such endpoint",
+    409: "A class of the model file (read-only here), a class at its example limit, a name taken or confusable "
+         "with an existing class's, or no classes yet",
     413: "The body, the number of images, or an image's pixels over the server's limits",
-    422: "A bad class name, an upload that is not a readable image, or a bad query or form field",
-    503: "The server is at its bounds (busy: retry after Retry-After seconds), or the disk refused a write",
+    422: "A bad class name or example id, an upload that is not a readable image, or a bad query or form field",
+    503: "The server is at its bounds (busy), or the store refused or cannot be reached (store_error): retry after "
+         "Retry-After seconds",
 }
 
 
@@ -86,6 +92,12 @@ def errors(*codes: int) -> dict:
         out[503]["headers"] = {"Retry-After": {"description": "Seconds to wait before retrying",
                                                "schema": {"type": "integer"}}}
     return out
+
+
+def parse_example_id(text: str) -> int | str:
+    """The id in the path as an int when it is one (the service checks its range), else the
+    text itself (the service refuses it with 422 invalid_example_id)."""
+    return int(text) if text.isascii() and text.lstrip("-").isdigit() and len(text) < 40 else text
 
 
 def _uploads(files: list[UploadFile]) -> list[Upload]:
@@ -160,6 +172,10 @@ def create_app(
         detail, headers = str(exc.detail), dict(exc.headers or {})
         if exc.status_code in (404, 405):
             detail = f"{detail}: {request.method} {request.url.path!r} (see /docs for the endpoints)"
+        if exc.status_code == 400 and "multipart" in detail.lower():  # python-multipart's refusal, as it says it
+            code, detail = "invalid_multipart", (
+                "the multipart body could not be parsed: it is not multipart/form-data, or a part's header line (such "
+                f"as its file name) is over {MULTIPART_HEADER_BYTES:,} bytes, or a part has more than 8 headers")
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(app.routes, request.scope))
         return JSONResponse({"error": code, "detail": detail}, status_code=exc.status_code, headers=headers)
@@ -179,13 +195,23 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/health", summary="Liveness, a summary of the model, the limits and the load now")
+    @app.get("/health", summary="Liveness (200 while the process answers), readiness and the store's state, "
+                                "a summary of the model, the limits and the load now")
     async def health():  # async: answered on the event loop, never queued behind inference
         body = service.health()
         limits = body.pop("limits")
         body["writes_need_token"] = token is not None
         body["limits"] = {"max_request_bytes": max_request_bytes, **limits}
         return body
+
+    @app.get("/ready", summary="Readiness for a load balancer: 200 while the store takes writes, 503 while it is "
+                               "degraded (predictions still work)", responses=errors(503))
+    async def ready():
+        store = service.store_state()
+        if store["state"] != "ok":
+            return JSONResponse({"error": "store_degraded", "detail": store.get("detail", store["state"])},
+                                status_code=503, headers={"Retry-After": "2"})
+        return {"ready": True, "store": store}
 
     @app.get("/classes", summary="Every class: name, kind (base or imprinted), example count, source")
     def list_classes():
@@ -199,7 +225,7 @@ def create_app(
         "/classes/{name:anytext}/examples",
         summary="Teach a class from one or more images (creates it, or adds to it)",
         status_code=200,
-        responses={201: {"description": "The class was created"}, **errors(*writes, 409, 413, 422, 503)},
+        responses={201: {"description": "The class was created"}, **errors(400, *writes, 409, 413, 422, 503)},
     )
     def add_examples(
         name: str = _name("Class name: 1-100 letters, digits, spaces, _ . , ' ( ) + & -"),
@@ -215,7 +241,7 @@ def create_app(
         return service.delete(name)
 
     @app.post("/predict", summary="Top-k classes of one or more images, with probabilities and cosines",
-              responses=errors(409, 413, 422, 503))
+              responses=errors(400, 409, 413, 422, 503))
     def predict(
         files: list[UploadFile] = File(description="One or more images",
                                        json_schema_extra={"minItems": 1, "maxItems": max_images}),
@@ -244,12 +270,16 @@ def _add_example_routes(app: FastAPI, service: Service, writes: tuple = ()) -> N
     def list_examples(name: str = _name("Class name")):
         return service.examples(name)
 
-    @app.delete("/classes/{name:anytext}/examples/{example_id:int}",
+    # the id is taken as text and checked by the service, so that any id (-1, 2**64, "x") gets
+    # its own 422 invalid_example_id instead of falling through to another route
+    @app.delete("/classes/{name:anytext}/examples/{example_id:anytext}",
                 summary="Remove one example; the class is recomputed from the others (deleted with its last)",
                 responses=errors(*writes, 404, 409, 422, 503))
     def remove_example(name: str = _name("Class name"),
-                       example_id: int = PathParam(ge=1, description="The example's id (from the list of examples)")):
-        return service.remove_example(name, example_id)
+                       example_id: str = PathParam(description="The example's id, a whole number from 1 to 2^63-1 "
+                                                               "(from the list of examples)",
+                                                   json_schema_extra={"pattern": r"^[1-9][0-9]{0,18}$"})):
+        return service.remove_example(name, parse_example_id(example_id))
 
     @app.post("/classes/{name:anytext}/rename", summary="Rename a class taught through the service",
               responses=errors(*writes, 404, 409, 422, 503))
@@ -257,7 +287,9 @@ def _add_example_routes(app: FastAPI, service: Service, writes: tuple = ()) -> N
                      new_name: str = Body(..., embed=True, description="The new name", json_schema_extra=NAME_SCHEMA)):
         return service.rename(name, new_name)
 
-    @app.post("/calibrate", summary="Fit the scale and the unknown threshold from the examples taught here",
+    @app.post("/calibrate", summary="Fit the scale and the unknown threshold from the examples taught here (a "
+                                    "threshold given at start with --unknown-threshold stays in force: see "
+                                    "unknown_threshold_applied)",
               responses=errors(*writes, 409, 422, 503))
     def calibrate(false_accept: float = Query(0.05, ge=0.0, lt=1.0,
                                               description="Target share of never-taught images accepted as known")):

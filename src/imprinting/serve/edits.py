@@ -1,159 +1,303 @@
-"""Example-level edits and calibration of a ``Service`` (issue 15): list a class's examples with
-thumbnails, remove one, rename a class, fit the scale and unknown threshold from the examples
-taught here. The ``Service`` methods of the same names call these functions, under its lock
-as every other change; the store's side is in ``serve.store``, the maths in ``imprinting.calibration``.
+"""The service's writes: teaching, deleting, the example-level edits (list a class's examples
+with thumbnails, remove one, rename a class) and calibration. ``ServiceEdits`` is a part of
+``serve.service.Service`` (its base class), split off where reading ends and changing begins.
+
+Every write follows one rule: under ``_writes`` (one write at a time in this process), the
+store commits first, outside the lock on the classes in memory; then memory takes what the store
+committed (``apply_committed`` / ``_sync``). A change the store refused, or did not find (a class another
+replica deleted or renamed meanwhile), changes nothing in memory but the class it found behind,
+which is reloaded from the store. The store's side is in ``serve.store`` / ``serve.store_pg``,
+the maths of calibration in ``imprinting.calibration``.
 """
 
 from __future__ import annotations
 
-import sqlite3
+import json
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
+import torch
 
 from imprinting.classes import ClassSnapshot
-from imprinting.serve.store import StoreError
-from imprinting.serve.validation import ApiError, check_class_name
+from imprinting.names import confusable_with
+from imprinting.rows import normalize_rows
+from imprinting.serve.integrity import MAX_COUNT, MAX_EXAMPLE_ID, ClassTaken, StoreError, StoreUnavailable
+from imprinting.serve.store import StoredClass
+from imprinting.serve.validation import ApiError, Upload, check_class_name, check_uploads
+
+WRITE_WAIT_SECONDS = 4.0  # the longest a write waits for the one before it (a store call is bounded too)
+THUMBNAIL_PIXELS = 128  # the longer side of the JPEG kept per example for the page
 
 
-def examples(service, name: str) -> dict:
-    """Class ``name``'s stored examples, oldest first: id, added (UTC, ISO 8601), SHA-256 of
-    the image bytes, upload name and a JPEG thumbnail as a data URL (None for examples
-    stored before thumbnails were kept). A model file's class has none here."""
-    from imprinting.serve.thumbnails import data_url, iso_time
-
-    check_class_name(name)
-    wait_for_thumbnails(service)
-    with service.lock:
-        service._require(name)
-        records = [] if name in service.model_classes else service.store.example_records(name)
-    return {"name": name, "source": "model" if name in service.model_classes else "store",
-            "examples": [{"id": r["id"], "added": iso_time(r["added"]), "sha256": r["sha256"], "filename": r["filename"],
-                          "thumbnail": data_url(r["thumbnail"])} for r in records]}
+def store_error(detail: str, exc: BaseException | None = None) -> ApiError:
+    """503 ``store_error`` with ``Retry-After``: the store refused a call or cannot be reached;
+    ``detail`` says what did not happen."""
+    retry = "2" if isinstance(exc, StoreUnavailable) else "10"
+    return ApiError(503, "store_error", detail + (f" ({exc})" if exc is not None else ""), headers={"Retry-After": retry})
 
 
-def remove_example(service, name: str, example_id: int) -> dict:
-    """Remove one example of a class taught here: the store deletes it and recomputes the
-    class's sum and count from the remaining examples in one transaction, then the class
-    in memory takes that state, at its place (the same weights as a batch imprint of the
-    remaining examples). The last example takes the class with it."""
-    check_class_name(name)
-    with service.lock:
-        service._require(name)
-        require_taught_here(service, name)
+def check_example_id(example_id) -> int:
+    """Example ids are whole numbers from 1 to 2**63 - 1 (SQL 64-bit integers): 422 otherwise."""
+    if isinstance(example_id, bool) or not isinstance(example_id, int) or not 1 <= example_id <= MAX_EXAMPLE_ID:
+        raise ApiError(422, "invalid_example_id", f"example id {str(example_id)[:40]!r} is not a whole number from 1 "
+                                                  f"to {MAX_EXAMPLE_ID} (ids come from the list of a class's examples)")
+    return example_id
+
+
+class ServiceEdits:
+    """The writes of ``Service`` (see the module): uses its model, store, locks and ``apply_committed``."""
+
+    def teach(self, name: str, uploads: Sequence[Upload]) -> dict:
+        """Create class ``name`` from the uploads, or add them to it; acknowledged (returned)
+        only once the store has committed them. ``created`` tells the two apart (the app
+        answers 201 or 200). ``seconds``: from this call to the commit; ``embed_seconds``:
+        decoding and embedding."""
+        start = time.perf_counter()
+        check_class_name(name)
+        if name in self.model_classes:
+            raise ApiError(409, "read_only_class", f"class {name!r} comes from the model file; "
+                                                   "the service adds examples only to classes it created")
+        self._check_not_confusable(name)  # before the work of embedding; again at the commit
+        check_uploads(uploads, self.max_images)
+        with self.admission.admit(len(uploads)):
+            embeddings, shas, names, images = self._read_and_embed(uploads)
+        embedded = time.perf_counter()
+        body = self._commit(name, embeddings, shas, names)
+        self.save_thumbnails(body["example_ids"], images)
+        body["seconds"] = round(time.perf_counter() - start, 4)
+        body["embed_seconds"] = round(embedded - start, 4)
+        return body
+
+
+    def delete(self, name: str) -> dict:
+        """Delete a class taught through the service, with its examples: from the store
+        first (durable), then from memory. The model file's classes are protected."""
+        check_class_name(name)
+        with self._writing():
+            with self.lock:
+                self._require(name)
+                if name in self.model_classes:
+                    kind = "an imprinted class of the model file" if self.model.is_imprinted(name) else "a base class"
+                    raise ApiError(409, "protected_class", f"class {name!r} is {kind} and cannot be deleted here")
+            try:
+                found = self.store.remove_class(name)
+            except StoreError as exc:
+                raise store_error(f"class {name!r} was not deleted, nothing changed", exc) from None
+            self._sync(name, None)
+            if not found:
+                raise ApiError(404, "unknown_class", f"no class named {name!r} (another replica deleted or renamed it)")
+            with self.lock:
+                left = self.model.num_classes
+        return {"deleted": name, "classes": left}
+
+
+    def _commit(self, name: str, embeddings: torch.Tensor, shas: list[str], names: list[str]) -> dict:
+        """Commit the upload to the store, then teach memory what the store committed (a
+        refused upload changes nothing). Returns the class as it is after this upload, with
+        ``created`` and ``example_ids``."""
+        e = embeddings.numpy()
+        with self._writing():
+            self._check_not_confusable(name)
+            with self.lock:
+                created = not self.model.has_class(name)
+                count = 0 if created else self._count(name)
+                if count + len(e) > MAX_COUNT:
+                    raise ApiError(409, "class_full", f"class {name!r} has {count} examples; the limit is {MAX_COUNT}")
+                old_sum = None if created else self._state(name)[0]
+            try:
+                if self.follower is None:  # one process: the new sum is the old one plus the upload's
+                    delta = normalize_rows(e.astype(np.float32).astype(np.float64)).sum(axis=0)
+                    stored = StoredClass(name, delta if old_sum is None else old_sum + delta, count + len(e))
+                    ids = self.store.add_examples(name, e, stored.sum, stored.count, shas, names)
+                    version = None
+                else:  # replicas: the database adds the upload to what it holds; memory takes that
+                    ids, stored, created = self.store.add_to_class(name, e, shas, names)
+                    version = stored.version
+            except StoreError as exc:
+                raise store_error("the upload was not saved, nothing changed", exc) from None
+            self.apply_committed([(name, stored, version)])
+        return {**self._describe(name, stored.count), "created": created, "added": len(ids), "example_ids": ids}
+
+    @contextmanager
+    def _writing(self):
+        """This process's writes one at a time; one that cannot start within
+        ``WRITE_WAIT_SECONDS`` (the store is slow or hung) is answered 503."""
+        if not self._writes.acquire(timeout=WRITE_WAIT_SECONDS):
+            raise store_error(f"the store is busy with an earlier write for over {WRITE_WAIT_SECONDS:g} s; "
+                              "nothing changed")
         try:
-            state = service.store.remove_example(name, example_id)
-        except KeyError:
-            raise ApiError(404, "unknown_example", f"class {name!r} has no example {example_id}") from None
-        except (sqlite3.Error, StoreError) as exc:
-            raise ApiError(503, "store_error", f"the example was not removed, nothing changed ({exc})") from exc
+            yield
+        finally:
+            self._writes.release()
+
+    def _check_not_confusable(self, name: str, renaming: str | None = None) -> None:
+        """409 when a new class name looks like an existing one (Unicode TR39 skeletons, e.g.
+        a Cyrillic 'а' for a Latin 'a', or a name differing only in case: ``imprinting.names``).
+        The names are copied under the lock and compared outside it (0.1 s at 100,000 classes)."""
+        with self.lock:
+            if self.model.has_class(name):
+                return
+            names = [n for n in self.model.class_names if n != renaming]
+        other = confusable_with(name, names)
+        if other is not None:
+            raise ApiError(409, "confusable_name", f"class name {name!r} looks like the existing class {other!r} "
+                                                   "(characters from other scripts that read alike); use that one "
+                                                   "or another name")
+
+    # -- example-level edits ------------------------------------------------------------
+    def examples(self, name: str) -> dict:
+        """Class ``name``'s stored examples, oldest first: id, added (UTC, ISO 8601), SHA-256 of
+        the image bytes, upload name and a JPEG thumbnail as a data URL (None for examples
+        stored before thumbnails were kept). A model file's class has none here."""
+        from imprinting.serve.thumbnails import data_url, iso_time
+
+        check_class_name(name)
+        self.wait_for_thumbnails()
+        with self.lock:
+            self._require(name)
+        source = "model" if name in self.model_classes else "store"
+        try:
+            records = [] if source == "model" else self.store.example_records(name)
+        except StoreError as exc:
+            raise store_error("the store could not be read", exc) from None
+        return {"name": name, "source": source,
+                "examples": [{"id": r["id"], "added": iso_time(r["added"]), "sha256": r["sha256"],
+                              "filename": r["filename"], "thumbnail": data_url(r["thumbnail"])} for r in records]}
+
+    def remove_example(self, name: str, example_id: int) -> dict:
+        """Remove one example of a class taught here: the store deletes it and recomputes the
+        class's sum and count from the remaining examples in one transaction, then the class
+        in memory takes that state, at its place (the same weights as a batch imprint of the
+        remaining examples). The last example takes the class with it."""
+        check_class_name(name)
+        check_example_id(example_id)
+        with self._writing():
+            self._require_taught_here(name)
+            try:
+                state = self.store.remove_example(name, example_id)
+            except KeyError:
+                self._sync(name)  # memory may be behind the store (another replica): reload the class
+                raise ApiError(404, "unknown_example", f"class {name!r} has no example {example_id}") from None
+            except StoreError as exc:
+                raise store_error("the example was not removed, nothing changed", exc) from None
+            self._sync(name, None if state is None else StoredClass(name, *state))
         if state is None:
-            service.model.remove_class(name)
             return {"removed": example_id, "name": name, "examples": 0, "class_deleted": True}
-        set_state(service, name, *state)
-        return {"removed": example_id, **service._describe(name, state[1]), "class_deleted": False}
+        return {"removed": example_id, **self._describe(name, state[1]), "class_deleted": False}
 
+    def rename(self, name: str, new_name: str) -> dict:
+        """Rename a class taught here, in the store, then in memory (examples kept; in its
+        place on this replica). Renaming a class to its own name changes nothing."""
+        check_class_name(name)
+        check_class_name(new_name)
+        with self._writing():
+            self._require_taught_here(name)
+            if new_name == name:
+                return {"renamed": name, **self._describe(name, self._count(name))}
+            with self.lock:
+                if self.model.has_class(new_name):
+                    raise ApiError(409, "class_exists", f"there is already a class named {new_name!r}")
+            self._check_not_confusable(new_name, renaming=name)
+            try:
+                renamed = self.store.rename_class(name, new_name)
+            except ClassTaken:
+                self._sync(new_name)  # another replica has it: memory learns of it now
+                raise ApiError(409, "class_exists", f"there is already a class named {new_name!r}") from None
+            except StoreError as exc:
+                raise store_error("the class was not renamed, nothing changed", exc) from None
+            if not renamed:
+                self._sync(name)
+                raise ApiError(404, "unknown_class", f"no class named {name!r} (another replica deleted or renamed it)")
+            if self.follower is None:
+                with self.lock:  # the same state and place, a new name
+                    snap = self.model.snapshot_class(name)
+                    self.model.remove_class(name)
+                    self.model.restore_class(ClassSnapshot(new_name, snap.index, snap.fields))
+            else:
+                self._sync_many([name, new_name])
+            return {"renamed": name, **self._describe(new_name, self._count(new_name))}
 
-def rename(service, name: str, new_name: str) -> dict:
-    """Rename a class taught here, in the store and in memory (examples and place kept)."""
-    check_class_name(name)
-    check_class_name(new_name)
-    with service.lock:
-        service._require(name)
-        require_taught_here(service, name)
-        if service.model.has_class(new_name):
-            raise ApiError(409, "class_exists", f"there is already a class named {new_name!r}")
+    def _require_taught_here(self, name: str) -> None:
+        with self.lock:
+            self._require(name)
+        if name in self.model_classes:
+            raise ApiError(409, "read_only_class", f"class {name!r} comes from the model file; "
+                                                   "only classes taught through the service can be edited")
+
+    # -- calibration ------------------------------------------------------------------
+    def calibrate(self, target_false_accept: float = 0.05) -> dict:
+        """Fit the scale and the unknown threshold by leave-one-out over the examples taught
+        here (the model file's classes compete; ``imprinting.calibration``), keep them in the
+        store (one transaction: a crash leaves the old calibration or the new one), then apply
+        them, so a restart applies them again. A threshold chosen at start
+        (``--unknown-threshold``) stays in force: ``unknown_threshold_applied`` says which."""
+        from imprinting.calibration import CalibrationError, apply, calibrate_table
+
         try:
-            service.store.rename_class(name, new_name)
-        except (sqlite3.Error, StoreError) as exc:
-            raise ApiError(503, "store_error", f"the class was not renamed, nothing changed ({exc})") from exc
-        rename_in_memory(service, name, new_name)
-        return {"renamed": name, **service._describe(new_name, service._count(new_name))}
-
-
-def calibrate(service, target_false_accept: float = 0.05) -> dict:
-    """Fit the scale and the unknown threshold by leave-one-out over the examples taught
-    here (the model file's classes compete; ``imprinting.calibration``), apply them and
-    keep them in the store, so a restart applies them again."""
-    import json
-
-    from imprinting.calibration import CalibrationError, calibrate
-
-    with service.lock:
-        names, embeddings = service.store.labelled_embeddings()
+            names, embeddings = self.store.labelled_embeddings()
+        except StoreError as exc:
+            raise store_error("the store could not be read, nothing changed", exc) from None
         if not names:
             raise ApiError(409, "no_examples", "no class has been taught here yet: nothing to calibrate from")
+        with self._writing():
+            with self.lock:
+                try:
+                    result = calibrate_table(self.model.classes, embeddings, [n for n in names], "leave-one-out",
+                                             target_false_accept)
+                except (CalibrationError, KeyError) as exc:
+                    raise ApiError(409, "cannot_calibrate", str(exc)) from None
+            saved = {"scale": result.scale, "unknown_threshold": result.unknown_threshold}
+            try:
+                self.store.set_setting("calibration", json.dumps(saved))
+            except StoreError as exc:
+                raise store_error("the calibration was not saved, nothing changed", exc) from None
+            with self.lock:
+                apply(self.model, result, set_threshold=not self.threshold_pinned)
+                in_force = self.model.unknown_threshold
+        return {**result.to_dict(), "unknown_threshold_applied": not self.threshold_pinned,
+                "unknown_threshold_in_force": in_force}
+
+    def apply_saved_calibration(self) -> None:
+        """The calibration ``calibrate`` kept in the store, if any (a threshold chosen at start
+        stays)."""
+        from imprinting.calibration import Calibration, apply
+
+        if (saved := self.store.setting("calibration")) is not None:
+            v = json.loads(saved)
+            before = float(self.model.classes.scale.mean())
+            calibration = Calibration("saved", before, float(v["scale"]), None, None, 0, v["unknown_threshold"], 0.0, None)
+            with self.lock:
+                apply(self.model, calibration, set_threshold=not self.threshold_pinned)
+
+    # -- thumbnails -------------------------------------------------------------------
+    def save_thumbnails(self, ids: list[int], images: list) -> None:
+        """Keep a small JPEG of each uploaded image with its example (for the page), made and
+        written by a background thread so that the upload's answer does not wait for it
+        (``examples`` waits for the pending ones). Best effort: a failure leaves them NULL."""
+        if self._thumbnails is None:
+            self._thumbnails, self._thumbnail_jobs = ThreadPoolExecutor(1, thread_name_prefix="thumbnails"), []
+        self._thumbnail_jobs = [j for j in self._thumbnail_jobs if not j.done()]
+        self._thumbnail_jobs.append(self._thumbnails.submit(self._write_thumbnails, ids, images))
+
+    def _write_thumbnails(self, ids: list[int], images: list) -> None:
+        from imprinting.serve.thumbnails import jpeg_thumbnail
+
         try:
-            result = calibrate(service.model, embeddings, names, "leave-one-out", target_false_accept)
-        except CalibrationError as exc:
-            raise ApiError(409, "cannot_calibrate", str(exc)) from None
-        saved = {"scale": result.scale, "unknown_threshold": result.unknown_threshold}
+            self.store.add_thumbnails(ids, [jpeg_thumbnail(img, THUMBNAIL_PIXELS) for img in images])
+        except Exception:  # noqa: BLE001  the class deleted meanwhile, the store closed or away: no thumbnail
+            pass
+
+    def wait_for_thumbnails(self) -> None:
+        for job in list(getattr(self, "_thumbnail_jobs", [])):
+            job.result()
+
+    def _sync_many(self, names: list[str]) -> None:
+        """``_sync`` of several classes of a shared store, applied in one step."""
         try:
-            service.store.set_setting("calibration", json.dumps(saved))
-        except (sqlite3.Error, StoreError) as exc:
-            raise ApiError(503, "store_error", f"calibrated in memory but not saved ({exc})") from exc
-    return result.to_dict()
-
-
-def apply_saved_calibration(service, keep_threshold: bool) -> None:
-    """The calibration ``calibrate`` kept in the store, if any (``keep_threshold``: the
-    caller chose the threshold)."""
-    import json
-
-    from imprinting.calibration import Calibration, apply
-
-    if (saved := service.store.setting("calibration")) is not None:
-        v = json.loads(saved)
-        before = float(service.model.classes.scale.mean())
-        saved_calibration = Calibration("saved", before, float(v["scale"]), None, None, 0, v["unknown_threshold"], 0.0, None)
-        apply(service.model, saved_calibration, set_threshold=not keep_threshold)
-
-
-def require_taught_here(service, name: str) -> None:
-    if name in service.model_classes:
-        raise ApiError(409, "read_only_class", f"class {name!r} comes from the model file; "
-                                              "only classes taught through the service can be edited")
-
-
-def save_thumbnails(service, ids: list[int], images: list) -> None:
-    """Keep a small JPEG of each uploaded image with its example (for the page), made and
-    written by a background thread so that the upload's answer does not wait for it
-    (``examples`` waits for the pending ones). Best effort: a failure leaves them NULL."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    if getattr(service, "_thumbnailer", None) is None:
-        service._thumbnailer, service._thumbnail_jobs = ThreadPoolExecutor(1, thread_name_prefix="thumbnails"), []
-    service._thumbnail_jobs = [j for j in service._thumbnail_jobs if not j.done()]
-    service._thumbnail_jobs.append(service._thumbnailer.submit(_write_thumbnails, service, ids, images))
-
-
-def _write_thumbnails(service, ids: list[int], images: list) -> None:
-    from imprinting.serve.thumbnails import jpeg_thumbnail
-
-    try:
-        blobs = [jpeg_thumbnail(img, service.THUMBNAIL_PIXELS) for img in images]
-        with service.lock:
-            service.store.add_thumbnails(ids, blobs)
-    except Exception:  # noqa: BLE001  the class deleted meanwhile, the store closed: no thumbnail
-        pass
-
-
-def wait_for_thumbnails(service) -> None:
-    for job in list(getattr(service, "_thumbnail_jobs", [])):
-        job.result()
-
-
-def set_state(service, name: str, total: np.ndarray, count: int) -> None:
-    """Class ``name`` becomes the class of this float64 sum and count, at its place."""
-    index = service.model.index_of(name)
-    service.model.remove_class(name)
-    service.model.add_class_from_sum(name, total, count)
-    snap = service.model.snapshot_class(name)
-    service.model.remove_class(name)
-    service.model.restore_class(ClassSnapshot(name, index, snap.fields))
-
-
-def rename_in_memory(service, name: str, new_name: str) -> None:  # the same state and place, a new name
-    snap = service.model.snapshot_class(name)
-    service.model.remove_class(name)
-    service.model.restore_class(ClassSnapshot(new_name, snap.index, snap.fields))
-
+            read = [(n, *self.store.class_as_of(n)) for n in names]
+        except StoreError:
+            return  # the follower applies every committed change
+        self.apply_committed([(n, c, c.version if c is not None else seq) for n, c, seq in read])

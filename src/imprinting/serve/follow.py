@@ -4,8 +4,10 @@ shared PostgreSQL store (``serve.store_pg``) that other ``imprint serve`` proces
 How a replica learns about the others' writes:
   * every committed change has a change number (gapless, in commit order) and sends
     ``NOTIFY imprint_<store id>, '<seq> <class name>'``; the follower LISTENs on its own
-    connection and, for each change it has not applied, reads that class's row and applies it
-    (``Service.apply_stored_class``), under the service's lock;
+    connection and, for each change it has not applied, reads that class's row (outside any
+    lock of the service: a hung database never holds up a prediction) and hands it to the
+    service with its change number (``Service.apply_committed``), which takes it only if it is newer
+    than the state in memory, so memory only moves forward whoever applies first;
   * when it connects (at start, after a lost connection, when a change number is skipped, and
     once a second whatever happens) it reads the change log from the last change it applied:
     a missed notification is never lost. A replica that was away longer than the log keeps
@@ -19,16 +21,15 @@ docs/scaling.md), and at most ``poll_seconds`` (1 s) after it even if the notifi
 as long as the database can be reached. While it cannot, predictions go on from memory and
 writes are refused (503); the follower reconnects every 0.2-1 s and catches up.
 
-A replica's own writes go through ``add_examples`` (the database adds the upload to what it
-holds, under the class's row lock) and memory then takes the committed class.
+A replica's own writes go through the store (the database adds an upload to what it holds,
+under the class's row lock) and memory then takes the committed class (``serve.edits``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-
-import numpy as np
+import time
 
 from imprinting.serve.store import StoreError
 
@@ -44,10 +45,14 @@ class Follower:
         self.service, self.store = service, store
         self.applied = since  # every change up to this one is in memory
         self.poll_seconds = poll_seconds
-        self.versions: dict[str, int] = {}  # class -> change number of the state in memory, when known
         self.connected = threading.Event()
+        self.last_contact = time.monotonic()  # when the database last answered the follower
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="imprint-follower", daemon=True)
+
+    def silent_for(self) -> float:
+        """Seconds since the database last answered the follower (it asks once a ``poll_seconds``)."""
+        return time.monotonic() - self.last_contact
 
     def start(self) -> Follower:
         self._thread.start()
@@ -58,16 +63,6 @@ class Follower:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(self.poll_seconds + 10)
-
-    # -- this replica's writes (the caller holds service.lock) --------------------------
-    def add_examples(self, name: str, embeddings: np.ndarray, sha256s: list[str],
-                     filenames: list[str]) -> tuple[list[int], bool, int]:
-        """Commit an upload to the shared store and make memory the committed class.
-        Returns (example ids, whether this created the class, its example count now)."""
-        ids, stored, created = self.store.add_to_class(name, embeddings, sha256s, filenames)
-        self.service.apply_stored_class(name, stored)
-        self.versions[name] = stored.version
-        return ids, created, stored.count
 
     # -- the others' writes ------------------------------------------------------------
     def _run(self) -> None:
@@ -85,6 +80,7 @@ class Follower:
                     while not self._stop.is_set():
                         self._listen(conn)
                         seq = conn.execute("SELECT seq FROM imprint_clock").fetchone()[0]
+                        self.last_contact = time.monotonic()
                         if seq > self.applied:
                             self.catch_up()  # a notification was missed: the log has it
                         elif seq < self.applied:
@@ -135,14 +131,11 @@ class Follower:
     def _resync(self) -> None:
         """Compare every class's version with memory: refresh what changed, drop what is gone."""
         seq, versions = self.store.versions()
-        service = self.service
         for name, version in versions.items():
             if version > self.applied:
                 self._refresh(name, version)
-        with service.lock:
-            stale = [n for n in service.model.class_names if n not in service.model_classes and n not in versions]
-            for name in stale:
-                service.apply_stored_class(name, None)
+        stale = [n for n in self.service.stored_names() if n not in versions]
+        self.service.apply_committed([(name, None, seq) for name in stale])
         self.applied = max(self.applied, seq)
         log.warning("caught up from every class's version (the change log did not reach back far enough)")
 
@@ -150,24 +143,16 @@ class Follower:
         """Make every class in memory what the store holds now, under the lock: for a database
         that went back in time (restored from a backup, or a failover to a standby that had not
         received the last commits), whose change numbers are behind the ones applied here."""
-        service = self.service
-        with service.lock:
-            stored = {c.name: c for c in self.store.classes()}
-            for name in service.model.class_names:
-                if name not in service.model_classes and name not in stored:
-                    service.apply_stored_class(name, None)
-            for name, c in stored.items():
-                service.apply_stored_class(name, c)
-            self.versions = {name: c.version for name, c in stored.items()}
-            self.applied = self.store.snapshot_seq
+        stored = self.store.classes()  # read outside the service's lock
+        self.service.replace_stored(stored, {c.name: c.version for c in stored})
+        self.applied = self.store.snapshot_seq
         log.warning("the store's change number went back: reloaded every class (now at change %d)", self.applied)
 
     def _refresh(self, name: str, seq: int) -> None:
         """Make class ``name`` in memory what the store holds now, unless memory already has
-        change ``seq`` of it. Reading under the lock keeps memory moving forward only."""
-        with self.service.lock:
-            if self.versions.get(name, -1) >= seq:
-                return
-            stored = self.store.get_class(name)
-            self.service.apply_stored_class(name, stored)
-            self.versions[name] = stored.version if stored is not None else seq
+        change ``seq`` of it. The row is read without the service's lock; the service takes it
+        only if it is newer than memory (a class that is gone: as of change ``seq``)."""
+        if self.service.version_of(name) >= seq:
+            return
+        stored = self.store.get_class(name)
+        self.service.apply_committed([(name, stored, stored.version if stored is not None else seq)])

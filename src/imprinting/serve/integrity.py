@@ -19,6 +19,8 @@ import numpy as np
 
 # The most examples one class may hold: far above any real use, far below int64 overflow.
 MAX_COUNT = 2**31 - 1
+# Example ids are SQL 64-bit integers from 1: any other id names no example.
+MAX_EXAMPLE_ID = 2**63 - 1
 
 # Stored sums against the sum recomputed from the examples: float64 sums of unit vectors,
 # accumulated in another order, agree to ~1e-15 per example; damage is far above this.
@@ -28,6 +30,16 @@ SUM_TOLERANCE = 1e-6
 class StoreError(RuntimeError):
     """A store that cannot be used: another model's, in use by another process, damaged,
     or a write the disk refused."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached now (a database down, restarting, hung, or a network
+    between): nothing was changed by this call, or (a write the database did not answer in
+    time) it is applied whole or not at all, and the replicas follow the database. Retry later."""
+
+
+class ClassTaken(StoreError):
+    """A rename onto a name another stored class has: nothing changed."""
 
 
 def check_meta(label: str, meta: dict, holds_classes: bool, dim: int, fingerprint: str, schema_version: int) -> bool:

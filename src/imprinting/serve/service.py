@@ -7,9 +7,18 @@ a client error. Images are embedded with ``model.embed_images``, classes are tau
 ``model.add_class`` / ``model.add_examples``, answers come from ``model.predict_embeddings``.
 
 Concurrency: methods may be called from many threads at once (FastAPI's thread pool).
-Decoding and embedding (the slow part) run outside the lock, in parallel; one lock covers
-the in-memory classes and the store, so the classes change in commit order and a prediction
-never sees a half-added class or an upload whose transaction has not committed.
+Decoding and embedding (the slow part) run outside any lock, in parallel. Two locks:
+
+* ``lock`` covers the classes in memory only, and is held for microseconds: no store call
+  ever happens under it, so a slow, hung or lost database never delays a prediction;
+* ``_writes`` puts this process's writes in one line: each one commits to the store first,
+  then memory takes what the store committed (``apply_committed``), so a prediction never sees a
+  half-added class or an upload whose transaction has not committed, and a write the store
+  refused changes nothing. A write waits for it at most ``WRITE_WAIT_SECONDS`` (503 after).
+
+Over a shared store (PostgreSQL replicas), memory takes each class as the database holds it,
+with the change number of that state; it only ever moves forward (``_versions``), whether the
+change comes from this replica's own write or from the follower (``serve.follow``).
 
 The model's per-class state (sums and counts) is read and written only by the small private
 methods at the end of the class (``_state``, ``_count``, ``_counts``, ``_undo``, ``_restore``,
@@ -18,7 +27,6 @@ methods at the end of the class (``_state``, ``_count``, ``_counts``, ``_undo``,
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -31,28 +39,27 @@ from imprinting import checkpoint
 from imprinting.data.images import MAX_PIXELS
 from imprinting.classes import ClassSnapshot, ClassTable
 from imprinting.errors import UserError
-from imprinting.serve.integrity import MAX_COUNT
-from imprinting.serve.store import Store, StoredClass, StoreError
 from imprinting.serve.admission import Admission
+from imprinting.serve.edits import ServiceEdits, store_error
+from imprinting.serve.integrity import StoreError
+from imprinting.serve.store import StoredClass
 from imprinting.serve.stores import open_store
 from imprinting.serve.validation import ApiError, Upload, check_class_name, check_uploads, read_images
 
 
-def _store_error(detail: str) -> ApiError:
-    """503 for a write the disk refused (full, read-only, I/O error): nothing was changed."""
-    return ApiError(503, "store_error", detail, headers={"Retry-After": "10"})
+class Service(ServiceEdits):
+    """The classes of one model, taught through the service and kept in one store. The
+    example-level edits and calibration are in ``serve.edits`` (a part of this class)."""
 
-
-class Service:
-    """The classes of one model, taught through the service and kept in one store."""
-
-    def __init__(self, model, store: Store, *, max_images: int = 16, max_pixels: int = MAX_PIXELS,
-                 admission: Admission | None = None):
+    def __init__(self, model, store, *, max_images: int = 16, max_pixels: int = MAX_PIXELS,
+                 admission: Admission | None = None, threshold_pinned: bool = False):
         """Take ``model`` (a cosine ``ImprintModel``) and ``store`` (opened for this model) and
         restore the store's classes into the model. The service owns the store from here:
         it is closed if restoring fails, and by ``close``. The classes the model has now are
         the model file's: read-only here. ``admission``: the bounds across all requests
-        (``serve.admission``; default: two full requests in flight, no ceiling on the process)."""
+        (``serve.admission``; default: two full requests in flight, no ceiling on the process).
+        ``threshold_pinned``: the unknown threshold was chosen at start (``--unknown-threshold``)
+        and calibration leaves it as it is."""
         from imprinting.data.transforms import eval_crop, image_mode
 
         self.model = model
@@ -64,7 +71,11 @@ class Service:
         pre = model.preprocess
         # decode straight to what the model's resize makes of an image (a no-op for it after)
         self._decoding = {"mode": image_mode(pre), "reduce_to": pre.resize_size, "shrink": eval_crop(pre).resize}
-        self.lock = threading.Lock()
+        self.threshold_pinned = threshold_pinned
+        self.lock = threading.Lock()  # the classes in memory (never held across a store call)
+        self._writes = threading.Lock()  # this process's writes, one at a time
+        self._versions: dict[str, int] = {}  # shared store: class -> change number of its state in memory
+        self._thumbnails = None  # the thumbnail writer (serve.edits), made on first use
         # one forward pass at a time: it already uses every core, and more at once only add
         # runnable threads (the event loop, /health, would wait for the CPU behind them)
         self._forward = threading.Lock()
@@ -105,7 +116,8 @@ class Service:
             model.unknown_threshold = unknown_threshold
         description = f"{model.spec.backbone}, image size {model.preprocess.image_size}"
         store = open_store(store_path, model.embedder.dim, cls._fingerprint(model), description)
-        service = cls(model, store, max_images=max_images, max_pixels=max_pixels, admission=admission)
+        service = cls(model, store, max_images=max_images, max_pixels=max_pixels, admission=admission,
+                      threshold_pinned=unknown_threshold is not None)
         try:
             if getattr(store, "shared", False):  # replicas: follow the others' writes (serve.follow)
                 from imprinting.serve.follow import Follower
@@ -116,14 +128,15 @@ class Service:
         except BaseException:
             service.close()
             raise
-        service._apply_saved_calibration(keep_threshold=unknown_threshold is not None)  # POST /calibrate's
+        service.apply_saved_calibration()  # POST /calibrate's
         return service
 
     def close(self) -> None:
-        """Close the store (once no request holds the lock)."""
+        """Close the store (once no write is in progress)."""
         if self.follower is not None:
             self.follower.stop()
-        with self.lock:
+        self.wait_for_thumbnails()
+        with self._writes:
             self.store.close()
 
     def __enter__(self) -> Service:
@@ -134,11 +147,15 @@ class Service:
 
     # -- the API ---------------------------------------------------------------
     def health(self) -> dict:
-        """Liveness and the model's summary. The app adds what only HTTP knows (whether
-        writes need a token, the request size limit)."""
+        """Liveness (always ``"status": "ok"`` while the process answers), readiness (whether
+        writes can be taken now: the store's state), and the model's summary. The app adds
+        what only HTTP knows (whether writes need a token, the request size limit)."""
         n = self.model.num_classes  # one read, without the lock: health never waits for a request
+        store = self.store_state()
         return {
             "status": "ok",
+            "ready": store["state"] == "ok",
+            "store": store,
             "classes": n,
             "backbone": self.model.spec.backbone,
             "embedding_dim": self.model.embedder.dim,
@@ -147,6 +164,20 @@ class Service:
             "limits": {"max_images": self.max_images, "max_pixels": self.max_pixels, **self.admission.limits()},
             "load": self.admission.state(),
         }
+
+    def store_state(self) -> dict:
+        """``{"state": "ok" | "degraded" | "closed", "detail": ...}``, read without waiting:
+        degraded while the store cannot be reached, a call to it is past its deadline, or (a
+        replica) the follower has lost the other replicas' changes and is reconnecting.
+        Predictions go on meanwhile; writes are answered 503."""
+        state = dict(self.store.state())
+        follower = self.follower
+        if state["state"] == "ok" and follower is not None:
+            if not follower.connected.is_set():
+                state = {"state": "degraded", "detail": "not following the other replicas' changes (reconnecting)"}
+            elif follower.silent_for() > 2 * follower.poll_seconds + 1:
+                state = {"state": "degraded", "detail": f"the database has not answered for {follower.silent_for():.0f} s"}
+        return state
 
     def classes(self) -> dict:
         """Every class, in the model's order: name, kind, example count, source."""
@@ -159,32 +190,12 @@ class Service:
         with self.lock:
             self._require(name)
             out = self._describe(name, self._count(name))
-            try:
-                examples = self.store.examples(name) if out["source"] == "store" else []
-            except (sqlite3.Error, StoreError) as exc:
-                raise _store_error(f"the store could not be read ({exc})") from exc
+        try:
+            examples = self.store.examples(name) if out["source"] == "store" else []
+        except StoreError as exc:
+            raise store_error("the store could not be read", exc) from None
         out["stored_examples"] = [{"id": e.id, "sha256": e.sha256, "filename": e.filename} for e in examples]
         return out
-
-    def teach(self, name: str, uploads: Sequence[Upload]) -> dict:
-        """Create class ``name`` from the uploads, or add them to it; acknowledged (returned)
-        only once the store has committed them. ``created`` tells the two apart (the app
-        answers 201 or 200). ``seconds``: from this call to the commit; ``embed_seconds``:
-        decoding and embedding."""
-        start = time.perf_counter()
-        check_class_name(name)
-        if name in self.model_classes:
-            raise ApiError(409, "read_only_class", f"class {name!r} comes from the model file; "
-                                                   "the service adds examples only to classes it created")
-        check_uploads(uploads, self.max_images)
-        with self.admission.admit(len(uploads)):
-            embeddings, shas, names, images = self._read_and_embed(uploads)
-        embedded = time.perf_counter()
-        body = self._commit(name, embeddings, shas, names)
-        self._save_thumbnails(body["example_ids"], images)
-        body["seconds"] = round(time.perf_counter() - start, 4)
-        body["embed_seconds"] = round(embedded - start, 4)
-        return body
 
     def predict(self, uploads: Sequence[Upload], k: int = 5, unknown_threshold: float | None = None) -> dict:
         """The top-k classes of each upload with probabilities and cosines, and whether its
@@ -209,23 +220,6 @@ class Service:
         ]
         return {"predictions": results, "unknown_threshold": threshold, "seconds": round(time.perf_counter() - start, 4)}
 
-    def delete(self, name: str) -> dict:
-        """Delete a class taught through the service, with its examples: from the store
-        first (durable), then from memory. The model file's classes are protected."""
-        check_class_name(name)
-        with self.lock:
-            self._require(name)
-            if name in self.model_classes:
-                kind = "an imprinted class of the model file" if self.model.is_imprinted(name) else "a base class"
-                raise ApiError(409, "protected_class", f"class {name!r} is {kind} and cannot be deleted here")
-            try:
-                self.store.remove_class(name)
-            except (sqlite3.Error, StoreError) as exc:
-                raise _store_error(f"class {name!r} was not deleted, nothing changed ({exc})") from exc
-            self.model.remove_class(name)
-            left = self.model.num_classes
-        return {"deleted": name, "classes": left}
-
     # -- helpers ---------------------------------------------------------------
     def _read_and_embed(self, uploads: Sequence[Upload]) -> tuple[torch.Tensor, list[str], list[str], list]:
         """Decode the uploads (shrunk at once, within the decoding bound) and embed them:
@@ -246,32 +240,36 @@ class Service:
                            f"{names[int(bad.nonzero()[0])]}: the model gives it a NaN or infinite embedding")
         return embeddings
 
-    def _commit(self, name: str, embeddings: torch.Tensor, shas: list[str], names: list[str]) -> dict:
-        """Teach ``name`` in memory and commit the upload, undoing the memory on any store
-        error. Returns the class as it is after this upload, with ``created`` and ``example_ids``."""
-        model = self.model
+    def apply_committed(self, changes: list[tuple[str, StoredClass | None, int | None]]) -> None:
+        """Memory takes classes as the store committed them, under the lock, in one step:
+        (name, the stored class or None for gone, its change number over a shared store or
+        None). A state older than the one in memory is skipped: memory only moves forward."""
         with self.lock:
-            created = not model.has_class(name)
-            count = 0 if created else self._count(name)
-            if count + len(embeddings) > MAX_COUNT:
-                raise ApiError(409, "class_full", f"class {name!r} has {count} examples; the limit is {MAX_COUNT}")
-            before = None if created else self.model.snapshot_class(name)
-            if created:
-                model.add_class(name, embeddings)
+            for name, stored, version in changes:
+                if version is not None:
+                    if self._versions.get(name, -1) >= version:
+                        continue
+                    self._versions[name] = version
+                self.apply_stored_class(name, stored)
+
+    def _sync(self, name: str, stored=...) -> None:
+        """After a write (or on finding memory behind): class ``name`` in memory becomes what
+        the store holds now. One process: ``stored`` is what it wrote (``...``: read it).
+        A shared store: read with the change number it is as of; a read that fails is left to
+        the follower, which applies every committed change."""
+        try:
+            if self.follower is not None:
+                current, seq = self.store.class_as_of(name)
+                self.apply_committed([(name, current, current.version if current is not None else seq)])
             else:
-                model.add_examples(name, embeddings)
-            new_sum, new_count = self._state(name)
-            try:
-                if self.follower is None:
-                    ids = self.store.add_examples(name, embeddings.numpy(), new_sum, new_count, shas, names)
-                else:  # replicas: the database adds the upload to what it holds; memory takes that
-                    ids, created, new_count = self.follower.add_examples(name, embeddings.numpy(), shas, names)
-            except BaseException as exc:
-                self._undo(name, before)
-                if isinstance(exc, (sqlite3.Error, StoreError)):
-                    raise _store_error(f"the upload was not saved, nothing changed ({exc})") from exc
+                self.apply_committed([(name, self.store.get_class(name) if stored is ... else stored, None)])
+        except StoreError:
+            if self.follower is None:
                 raise
-            return {**self._describe(name, new_count), "created": created, "added": len(ids), "example_ids": ids}
+
+    def version_of(self, name: str) -> int:
+        """The change number of class ``name``'s state in memory (shared store; -1: none known)."""
+        return self._versions.get(name, -1)
 
     def _describe(self, name: str, count: int) -> dict:
         """One class as the API shows it, given its example count."""
@@ -304,14 +302,6 @@ class Service:
         table = self.model.classes
         return list(zip(table.names, table.counts.tolist()))
 
-    def _undo(self, name: str, before: ClassSnapshot | None) -> None:
-        """Put class ``name`` back as it was before a failed upload: gone if the upload
-        created it (``before`` is None), else exactly as ``before`` saw it, in its place."""
-        if before is None:
-            self.model.remove_class(name)
-        else:
-            self.model.restore_class(before)
-
     def _restore(self, stored: list[StoredClass]) -> None:
         """Add the store's classes to the model, in the store's order, from their sums and
         counts: the same weights, bit for bit, as when they were taught."""
@@ -329,8 +319,8 @@ class Service:
 
     # -- replicas over a shared store (serve.follow) ---------------------------------
     def apply_stored_class(self, name: str, stored: StoredClass | None) -> None:
-        """Make class ``name`` in memory what the shared store holds (``None``: no such
-        class), e.g. after another replica changed it. The caller holds ``self.lock``.
+        """Make class ``name`` in memory what the store holds (``None``: no such class), e.g.
+        after another replica changed it. The caller holds ``self.lock`` (``apply_committed`` does).
         The model file's classes are never touched."""
         if name in self.model_classes:
             return
@@ -344,44 +334,23 @@ class Service:
             if count != stored.count or not np.array_equal(total, stored.sum):
                 self._set_state(name, stored.sum, stored.count)
 
+    def stored_names(self) -> list[str]:
+        """The classes in memory that came from the store (not the model file's)."""
+        with self.lock:
+            return [n for n in self.model.class_names if n not in self.model_classes]
+
+    def replace_stored(self, stored: list[StoredClass], versions: dict[str, int]) -> None:
+        """Memory's store classes become exactly ``stored`` (a shared store reloaded after it
+        went back in time), with these change numbers, in one step under the lock."""
+        with self.lock:
+            keep = {c.name for c in stored}
+            for name in [n for n in self.model.class_names if n not in self.model_classes and n not in keep]:
+                self.apply_stored_class(name, None)
+            for c in stored:
+                self.apply_stored_class(c.name, c)
+            self._versions = dict(versions)
+
     @staticmethod
     def _fingerprint(model) -> str:
         """The store's key for ``model``: a store opens only for the model it was made with."""
         return model.store_fingerprint()
-
-    # -- example-level edits and calibration (issue 15; the work is in serve/edits.py) ----
-    THUMBNAIL_PIXELS = 128  # the longer side of the JPEG kept per example for the page
-
-    def examples(self, name: str) -> dict:
-        """Class ``name``'s stored examples, oldest first, with thumbnails (``edits.examples``)."""
-        from imprinting.serve import edits
-
-        return edits.examples(self, name)
-
-    def remove_example(self, name: str, example_id: int) -> dict:
-        """Remove one example; the class becomes a batch imprint of the others (``edits.remove_example``)."""
-        from imprinting.serve import edits
-
-        return edits.remove_example(self, name, example_id)
-
-    def rename(self, name: str, new_name: str) -> dict:
-        """Rename a class taught here, in the store and in memory (``edits.rename``)."""
-        from imprinting.serve import edits
-
-        return edits.rename(self, name, new_name)
-
-    def calibrate(self, target_false_accept: float = 0.05) -> dict:
-        """Fit the scale and the unknown threshold from the examples taught here (``edits.calibrate``)."""
-        from imprinting.serve import edits
-
-        return edits.calibrate(self, target_false_accept)
-
-    def _apply_saved_calibration(self, keep_threshold: bool) -> None:
-        from imprinting.serve import edits
-
-        edits.apply_saved_calibration(self, keep_threshold)
-
-    def _save_thumbnails(self, ids: list[int], images: list) -> None:
-        from imprinting.serve import edits
-
-        edits.save_thumbnails(self, ids, images)

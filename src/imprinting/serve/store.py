@@ -16,6 +16,8 @@ One service process owns a store: ``Store`` holds an exclusive advisory lock (``
 the database file itself, so a hard link, a symlink or any other path to the same file finds
 it taken (the kernel drops the lock when the process dies, even by kill -9), because the
 service keeps the classes in memory and a second writer would make the two disagree.
+Within the process, every call holds the store's own lock (one SQLite connection serves all
+threads, one transaction at a time); the service never holds its in-memory lock around a call.
 
 At open the store checks itself (``PRAGMA quick_check``, the model fingerprint, every class's
 count and sum against its examples: ``serve.integrity``) and refuses damage with a
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,9 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from imprinting.serve.store_edits import StoreEdits
-from imprinting.serve.integrity import ExampleSums, StoreError, check_count, check_meta, check_rows
+from imprinting.serve.integrity import ClassTaken, ExampleSums, StoreError, check_count, check_meta, check_rows
 
-__all__ = ["Store", "StoreError", "StoredClass", "StoredExample", "SCHEMA_VERSION"]
+__all__ = ["Store", "StoreError", "ClassTaken", "StoredClass", "StoredExample", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 
@@ -85,6 +88,7 @@ class Store(StoreEdits):
         self.path = Path(path)
         self.dim = dim
         self._db = self._lock_file = None
+        self._lock = threading.RLock()  # one transaction at a time on the shared connection
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock_file = lock_file(self.path)
@@ -139,16 +143,29 @@ class Store(StoreEdits):
     # -- reading ---------------------------------------------------------------
     def classes(self) -> list[StoredClass]:
         """Every stored class, in the order it was created."""
-        rows = self._db.execute("SELECT name, sum, count FROM classes ORDER BY id").fetchall()
+        with self._reading("the classes"):
+            rows = self._db.execute("SELECT name, sum, count FROM classes ORDER BY id").fetchall()
         return [StoredClass(name, np.frombuffer(blob, dtype="<f8").copy(), count) for name, blob, count in rows]
 
+    def get_class(self, name: str) -> StoredClass | None:
+        """Class ``name`` as stored, or None."""
+        with self._reading(f"class {name!r}"):
+            row = self._db.execute("SELECT name, sum, count FROM classes WHERE name = ?", (name,)).fetchone()
+        return None if row is None else StoredClass(row[0], np.frombuffer(row[1], dtype="<f8").copy(), row[2])
+
     def examples(self, name: str) -> list[StoredExample]:
-        rows = self._db.execute(
-            "SELECT e.id, e.embedding, e.sha256, e.filename FROM examples e JOIN classes c ON c.id = e.class_id "
-            "WHERE c.name = ? ORDER BY e.id",
-            (name,),
-        ).fetchall()
+        with self._reading(f"the examples of class {name!r}"):
+            rows = self._db.execute(
+                "SELECT e.id, e.embedding, e.sha256, e.filename FROM examples e JOIN classes c ON c.id = e.class_id "
+                "WHERE c.name = ? ORDER BY e.id",
+                (name,),
+            ).fetchall()
         return [StoredExample(i, np.frombuffer(b, dtype="<f4").copy(), s, f) for i, b, s, f in rows]
+
+    def state(self) -> dict:
+        """Whether the store can be used now: ``{"state": "ok"}`` while it is open (a local
+        file: a write the disk refuses is answered for that write alone)."""
+        return {"state": "ok" if self._db is not None else "closed"}
 
     # -- writing ---------------------------------------------------------------
     def add_examples(
@@ -214,27 +231,46 @@ class Store(StoreEdits):
     def close(self) -> None:
         """Close the database, then release the lock (in this order: closing another
         descriptor of the file first would drop SQLite's own POSIX locks)."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-        if self._lock_file is not None:
-            os.close(self._lock_file)
-            self._lock_file = None
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            if self._lock_file is not None:
+                os.close(self._lock_file)
+                self._lock_file = None
 
     def _transaction(self):
         return _Transaction(self._db)
 
     @contextmanager
     def _writing(self, what: str):
-        """One write transaction; what the disk refuses (full, read-only, I/O error, a
-        damaged page) becomes a ``StoreError`` naming it, with nothing written."""
-        if self._db is None:
-            raise StoreError(f"{self.path}: the store is closed")
-        try:
-            with self._transaction():
+        """One write transaction, under the store's lock; what the disk refuses (full,
+        read-only, I/O error, a damaged page) becomes a ``StoreError`` naming it, with nothing
+        written. A unique name taken is ``ClassTaken``."""
+        with self._lock:
+            if self._db is None:
+                raise StoreError(f"{self.path}: the store is closed")
+            try:
+                with self._transaction():
+                    yield
+            except sqlite3.IntegrityError as exc:
+                if "UNIQUE" in str(exc) and "name" in str(exc):
+                    raise ClassTaken(f"{self.path}: {what}: the name is taken by another class") from None
+                raise StoreError(f"{self.path}: the disk refused {what} ({exc})") from exc
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: the disk refused {what} ({exc})") from exc
+
+    @contextmanager
+    def _reading(self, what: str):
+        """Reads under the store's lock; a failed read (I/O error, damaged page) is a
+        ``StoreError`` naming what was read."""
+        with self._lock:
+            if self._db is None:
+                raise StoreError(f"{self.path}: the store is closed")
+            try:
                 yield
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: the disk refused {what} ({exc})") from exc
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: could not read {what} ({exc})") from exc
 
 
 class _Transaction:

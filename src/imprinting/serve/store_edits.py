@@ -9,35 +9,40 @@ import time
 
 import numpy as np
 
+from imprinting.serve.integrity import MAX_EXAMPLE_ID
+
 
 class StoreEdits:
-    """Needs ``self._db`` (a sqlite3 connection), ``self._transaction()`` and ``self.dim``."""
+    """Needs ``self._db`` (a sqlite3 connection), ``self._writing(what)`` and
+    ``self._reading(what)`` (the store's lock, its errors as ``StoreError``) and ``self.dim``."""
 
     # A small JPEG per example lives in ``examples.thumbnail``, a column added on first use
     # (stores of earlier versions have none: their examples' thumbnails are NULL).
     def _ensure_thumbnails(self) -> None:
         if not getattr(self, "_thumbnails_ready", False):
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(examples)")}
+            with self._reading("the examples table"):
+                columns = {row[1] for row in self._db.execute("PRAGMA table_info(examples)")}
             if "thumbnail" not in columns:
-                with self._transaction():
+                with self._writing("adding the thumbnail column"):
                     self._db.execute("ALTER TABLE examples ADD COLUMN thumbnail BLOB")
             self._thumbnails_ready = True
 
     def add_thumbnails(self, ids: list[int], jpegs: list[bytes]) -> None:
         """Keep a small JPEG per example (``ids`` from ``add_examples``), in one transaction."""
         self._ensure_thumbnails()
-        with self._transaction():
+        with self._writing("the thumbnails"):
             self._db.executemany("UPDATE examples SET thumbnail = ? WHERE id = ?", list(zip(jpegs, ids)))
 
     def example_records(self, name: str) -> list[dict]:
         """Class ``name``'s examples in the order they were added: id, added (Unix time),
         sha256, filename and thumbnail (JPEG bytes, or None for examples stored without one)."""
         self._ensure_thumbnails()
-        rows = self._db.execute(
-            "SELECT e.id, e.created, e.sha256, e.filename, e.thumbnail FROM examples e JOIN classes c ON c.id = e.class_id "
-            "WHERE c.name = ? ORDER BY e.id",
-            (name,),
-        ).fetchall()
+        with self._reading(f"the examples of class {name!r}"):
+            rows = self._db.execute(
+                "SELECT e.id, e.created, e.sha256, e.filename, e.thumbnail FROM examples e "
+                "JOIN classes c ON c.id = e.class_id WHERE c.name = ? ORDER BY e.id",
+                (name,),
+            ).fetchall()
         return [{"id": i, "added": created, "sha256": sha, "filename": fname, "thumbnail": jpeg}
                 for i, created, sha, fname, jpeg in rows]
 
@@ -51,7 +56,9 @@ class StoreEdits:
         remaining examples gives, bit for bit."""
         from imprinting.classes import normalize_rows
 
-        with self._transaction():
+        if not isinstance(example_id, int) or not 1 <= example_id <= MAX_EXAMPLE_ID:
+            raise KeyError(example_id)  # no stored example can have it (SQL integers are 64-bit)
+        with self._writing(f"removing example {example_id} of class {name!r}"):
             row = self._db.execute(
                 "SELECT c.id FROM examples e JOIN classes c ON c.id = e.class_id WHERE c.name = ? AND e.id = ?",
                 (name, int(example_id)),
@@ -73,26 +80,29 @@ class StoreEdits:
 
     def rename_class(self, name: str, new_name: str) -> bool:
         """Rename a stored class (its examples follow: they reference its id); False if there
-        was none. Raises ``sqlite3.IntegrityError`` if ``new_name`` is taken."""
-        with self._transaction():
+        was none. Raises ``ClassTaken`` (a ``StoreError``) if ``new_name`` is taken."""
+        with self._writing(f"renaming class {name!r} to {new_name!r}"):
             cur = self._db.execute("UPDATE classes SET name = ?, updated = ? WHERE name = ?",
                                    (new_name, time.time(), name))
         return cur.rowcount > 0
 
     def labelled_embeddings(self) -> tuple[list[str], np.ndarray]:
         """Every stored example's class name and float32 embedding, by class then id."""
-        rows = self._db.execute(
-            "SELECT c.name, e.embedding FROM examples e JOIN classes c ON c.id = e.class_id ORDER BY c.id, e.id"
-        ).fetchall()
+        with self._reading("the stored examples"):
+            rows = self._db.execute(
+                "SELECT c.name, e.embedding FROM examples e JOIN classes c ON c.id = e.class_id ORDER BY c.id, e.id"
+            ).fetchall()
         if not rows:
             return [], np.zeros((0, self.dim), np.float32)
         return [n for n, _ in rows], np.stack([np.frombuffer(b, dtype="<f4") for _, b in rows])
 
     def setting(self, key: str) -> str | None:
         """A value kept in ``meta`` under ``setting:<key>`` (e.g. the calibration), or None."""
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"setting:{key}",)).fetchone()
+        with self._reading(f"the setting {key!r}"):
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"setting:{key}",)).fetchone()
         return row[0] if row else None
 
     def set_setting(self, key: str, value: str) -> None:
-        with self._transaction():
+        """Keep ``value`` under ``key``, in one transaction (the old value or the new one, never a mix)."""
+        with self._writing(f"the setting {key!r}"):
             self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"setting:{key}", value))

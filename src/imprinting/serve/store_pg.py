@@ -27,69 +27,32 @@ and in commit order, so a replica that has applied changes 1..N has missed none 
 Every write takes the class row first and the clock second: no deadlocks.
 
 A database that cannot be reached (down, restarting, network) is ``StoreUnavailable``, a
-``StoreError``: the service answers 503 and nothing changes.
+``StoreError``: the service answers 503 and nothing changes. One that hangs is the same within
+``timeout`` seconds: every public call runs under a deadline (``serve.deadline``), and each
+connection also has server-side statement, lock and idle-transaction timeouts.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
 from imprinting.classes import normalize_rows
-from imprinting.serve.store import SCHEMA_VERSION, StoredClass, StoredExample, StoreError
+from imprinting.serve.deadline import Deadline, bounded
+from imprinting.serve.integrity import ClassTaken, StoreUnavailable
+from imprinting.serve.store import StoredClass, StoredExample, StoreError
 from imprinting.serve.store_pg_edits import PgEdits
+from imprinting.serve.store_pg_schema import LOG_CHANGE, SCHEMA, check_meta, configure, problems
+
+__all__ = ["PgStore", "PgStoredClass", "StoreUnavailable", "StoreError"]
 
 KEEP_CHANGES = 100_000  # change-log rows kept; a replica away for longer reloads every class's version
 RETRY_SECONDS = 0.5  # after a failed connection, requests are refused at once for this long
 LOCK_KEY = 0x1A9B_5107  # pg_advisory_xact_lock key: one replica at a time creates or upgrades the tables
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS imprint_meta (key text PRIMARY KEY, value text NOT NULL);
-CREATE TABLE IF NOT EXISTS imprint_classes (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    name text NOT NULL UNIQUE,
-    count integer NOT NULL CHECK (count > 0),
-    sum bytea NOT NULL,
-    version bigint NOT NULL DEFAULT 0,
-    created double precision NOT NULL,
-    updated double precision NOT NULL
-);
-CREATE TABLE IF NOT EXISTS imprint_examples (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    class_id bigint NOT NULL REFERENCES imprint_classes(id) ON DELETE CASCADE,
-    embedding bytea NOT NULL,
-    sha256 text NOT NULL,
-    filename text NOT NULL,
-    created double precision NOT NULL,
-    thumbnail bytea
-);
-CREATE INDEX IF NOT EXISTS imprint_examples_by_class ON imprint_examples(class_id);
-CREATE TABLE IF NOT EXISTS imprint_clock (one boolean PRIMARY KEY DEFAULT true CHECK (one), seq bigint NOT NULL);
-INSERT INTO imprint_clock (seq) VALUES (0) ON CONFLICT DO NOTHING;
-CREATE TABLE IF NOT EXISTS imprint_changes (
-    seq bigint PRIMARY KEY,
-    name text NOT NULL,
-    kind text NOT NULL,
-    at double precision NOT NULL
-)
-"""
-
-# The last step of every write, in one round trip: the next change number, the change log,
-# the class's version, and the notification (delivered at the commit, in commit order).
-LOG_CHANGE = """
-WITH c AS (UPDATE imprint_clock SET seq = seq + 1 RETURNING seq),
-     l AS (INSERT INTO imprint_changes (seq, name, kind, at) SELECT seq, %(name)s, %(kind)s, %(at)s FROM c),
-     v AS (UPDATE imprint_classes SET version = (SELECT seq FROM c), updated = %(at)s WHERE id = %(id)s)
-SELECT seq, pg_notify(%(channel)s, seq::text || ' ' || %(name)s) FROM c
-"""
-
-
-class StoreUnavailable(StoreError):
-    """The database cannot be reached now (down, restarting, network): retry later."""
+DEADLINE_SECONDS = 3.0  # the longest a store call may take before the caller gets StoreUnavailable
 
 
 @dataclass
@@ -104,12 +67,12 @@ class PgStore(PgEdits):
     shared = True  # other processes write here too: the service follows them (serve.follow)
 
     def __init__(self, url: str, dim: int, fingerprint: str, description: str = "", *,
-                 timeout: float = 1.0, connect_timeout: float = 5.0):
+                 timeout: float = 1.0, connect_timeout: float = 5.0, deadline: float = DEADLINE_SECONDS):
         """Connect to ``url`` (``postgresql://user@host:port/dbname``; a password is best given
         by ``PGPASSWORD`` or ``~/.pgpass``), create the tables when missing, and check that the
         store belongs to this model and is whole. ``timeout``: how long a request waits for a
-        connection before it is refused with ``StoreUnavailable`` (the service's lock is held
-        meanwhile, so keep it short)."""
+        connection before it is refused with ``StoreUnavailable``. ``deadline``: how long any
+        call may take in all before the caller gets ``StoreUnavailable`` (``serve.deadline``)."""
         from imprinting.serve.stores import redact
 
         try:
@@ -120,10 +83,12 @@ class PgStore(PgEdits):
         self._psycopg = psycopg
         self.url, self.path, self.dim = url, redact(url), int(dim)
         self.snapshot_seq = 0
-        self._pool = None
+        self._pool = self._deadline = None
         self._down: tuple[float, str] | None = None  # (until when, why): fail at once, not after `timeout`
+        # keepalives: a peer that vanished (a network cut, a host gone) is found in ~10 s, not hours
         options = {"autocommit": True, "connect_timeout": max(1, round(connect_timeout)),
-                   "application_name": "imprint serve"}
+                   "application_name": "imprint serve", "keepalives": 1, "keepalives_idle": 5,
+                   "keepalives_interval": 2, "keepalives_count": 3}
         try:
             psycopg.connect(url, **options).close()  # the clear reason (no such database, password), not a pool timeout
         except psycopg.Error as exc:
@@ -132,7 +97,7 @@ class PgStore(PgEdits):
         # tries at once instead of waiting out the pool's doubling back-off: writes resume as soon
         # as the database is back, however long it was away.
         self._pool = ConnectionPool(url, kwargs=options, min_size=1, max_size=2, timeout=timeout, open=False,
-                                    configure=_configure, check=ConnectionPool.check_connection,
+                                    configure=configure, check=ConnectionPool.check_connection,
                                     reconnect_timeout=1.0, name="imprint-store")
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
@@ -140,59 +105,28 @@ class PgStore(PgEdits):
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
                 for statement in SCHEMA.split(";"):
                     conn.execute(statement)
-                self.store_id = self._check_meta(conn, fingerprint, description)
+                self.store_id = check_meta(conn, self.path, self.dim, fingerprint, description)
             self.channel = f"imprint_{self.store_id}"
             problems = self.verify()
             if problems:
                 raise StoreError(f"{self.path}: the store is damaged: " + "; ".join(problems))
+            self._deadline = Deadline(deadline, self.path)  # from here on, every public call is bounded
         except BaseException as exc:
             self.close()
             if isinstance(exc, self._psycopg.Error):
                 raise StoreError(f"{self.path}: not a usable class store ({_reason(exc)})") from None
             raise
 
-    def _check_meta(self, conn, fingerprint: str, description: str) -> str:
-        meta = dict(conn.execute("SELECT key, value FROM imprint_meta").fetchall())
-        if not meta:
-            rows = {"schema": str(SCHEMA_VERSION), "dim": str(self.dim), "model": fingerprint,
-                    "model_description": description, "created": str(time.time()), "store_id": uuid.uuid4().hex}
-            conn.cursor().executemany("INSERT INTO imprint_meta VALUES (%s, %s)", list(rows.items()))
-            return rows["store_id"]
-        if int(meta.get("schema", 0)) > SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: written by a newer version of imprinting (schema {meta['schema']})")
-        if meta.get("model") != fingerprint or int(meta.get("dim", -1)) != self.dim:
-            raise StoreError(
-                f"{self.path}: this store holds classes of another model "
-                f"({meta.get('model_description') or 'unknown'}, {meta.get('dim')}-d embeddings); its embeddings "
-                "mean nothing to this one. Use the model it was made with, or another database."
-            )
-        if "store_id" not in meta:
-            raise StoreError(f"{self.path}: imprint_meta has no store_id: not a store made by imprinting")
-        return meta["store_id"]
-
     def verify(self) -> list[str]:
         """What is wrong with the store, checked in the database (empty when it is whole):
         counts that differ from the examples, sums and embeddings of the wrong size, versions
         ahead of the clock. Run at open: a scan of both tables (the whole open took 0.4 s with
         100,000 classes of one example: docs/scaling.md)."""
-        d = self.dim
-        checks = [
-            ("SELECT c.name, c.count, count(e.id) FROM imprint_classes c LEFT JOIN imprint_examples e "
-             "ON e.class_id = c.id GROUP BY c.id HAVING c.count <> count(e.id) ORDER BY c.id LIMIT 5",
-             lambda r: f"class {r[0]!r} records {r[1]} examples but has {r[2]}"),
-            (f"SELECT name, octet_length(sum) FROM imprint_classes WHERE octet_length(sum) <> {8 * d} LIMIT 5",
-             lambda r: f"class {r[0]!r} has a sum of {r[1]} bytes, not {8 * d}"),
-            (f"SELECT count(*) FROM imprint_examples WHERE octet_length(embedding) <> {4 * d} HAVING count(*) > 0",
-             lambda r: f"{r[0]} examples have an embedding of the wrong size (not {4 * d} bytes)"),
-            ("SELECT name, version FROM imprint_classes WHERE version > (SELECT seq FROM imprint_clock) LIMIT 5",
-             lambda r: f"class {r[0]!r} is at change {r[1]}, after the store's last change"),
-            ("SELECT count(*) FROM imprint_clock HAVING count(*) <> 1",
-             lambda r: f"imprint_clock has {r[0]} rows instead of 1"),
-        ]
         with self._transaction() as conn:
-            return [say(row) for query, say in checks for row in conn.execute(query).fetchall()]
+            return problems(conn, self.dim)
 
     # -- reading ---------------------------------------------------------------
+    @bounded
     def classes(self) -> list[PgStoredClass]:
         """Every stored class, in the order it was created; ``snapshot_seq`` becomes the change
         number this list is as of (what a follower tails from)."""
@@ -203,12 +137,34 @@ class PgStore(PgEdits):
         self.snapshot_seq = seq
         return [PgStoredClass(n, _f8(s), c, v) for n, s, c, v in rows]
 
+    @bounded
     def get_class(self, name: str) -> PgStoredClass | None:
-        with self._transaction() as conn:
+        return self.class_as_of(name)[0]
+
+    @bounded
+    def class_as_of(self, name: str) -> tuple[PgStoredClass | None, int]:
+        """(class ``name`` as stored or None, the change number that is true as of), from one
+        snapshot: what a replica applies when it finds itself behind (``serve.follow``)."""
+        with self._transaction(snapshot=True) as conn:
+            seq = conn.execute("SELECT seq FROM imprint_clock").fetchone()[0]
             row = conn.execute("SELECT name, sum, count, version FROM imprint_classes WHERE name = %s",
                                (name,), binary=True).fetchone()
-        return None if row is None else PgStoredClass(row[0], _f8(row[1]), row[2], row[3])
+        return (None if row is None else PgStoredClass(row[0], _f8(row[1]), row[2], row[3])), seq
 
+    def state(self) -> dict:
+        """``{"state": "ok"}``, or ``{"state": "degraded", "detail": why}`` while a call is past
+        its deadline or the last one could not reach the database (read without waiting)."""
+        if self._pool is None:
+            return {"state": "closed"}
+        hung = self._deadline.hung_for() if self._deadline is not None else None
+        if hung is not None:
+            return {"state": "degraded", "detail": f"the database has not answered for {hung:.0f} s"}
+        down = self._down
+        if down is not None:
+            return {"state": "degraded", "detail": down[1]}
+        return {"state": "ok"}
+
+    @bounded
     def examples(self, name: str) -> list[StoredExample]:
         with self._transaction() as conn:
             rows = conn.execute(
@@ -217,17 +173,20 @@ class PgStore(PgEdits):
             ).fetchall()
         return [StoredExample(i, np.frombuffer(b, dtype="<f4").copy(), s, f) for i, b, s, f in rows]
 
+    @bounded
     def sequence(self) -> int:
         """The last change number."""
         with self._transaction() as conn:
             return conn.execute("SELECT seq FROM imprint_clock").fetchone()[0]
 
+    @bounded
     def changes_since(self, seq: int, limit: int = 10_000) -> list[tuple[int, str]]:
         """(change number, class name) of the changes after ``seq``, in order."""
         with self._transaction() as conn:
             return conn.execute("SELECT seq, name FROM imprint_changes WHERE seq > %s ORDER BY seq LIMIT %s",
                                 (seq, limit)).fetchall()
 
+    @bounded
     def versions(self) -> tuple[int, dict[str, int]]:
         """(the last change number, {class name: version}), from one snapshot."""
         with self._transaction(snapshot=True) as conn:
@@ -235,6 +194,7 @@ class PgStore(PgEdits):
             return seq, dict(conn.execute("SELECT name, version FROM imprint_classes").fetchall())
 
     # -- writing ---------------------------------------------------------------
+    @bounded
     def add_examples(self, name: str, embeddings: np.ndarray, new_sum: np.ndarray, new_count: int,
                      sha256s: list[str], filenames: list[str]) -> list[int]:
         """As ``Store.add_examples``: record an upload and the class's new sum and count, in one
@@ -260,6 +220,7 @@ class PgStore(PgEdits):
             self._log(conn, row[0], name, "add", now)
         return ids
 
+    @bounded
     def add_to_class(self, name: str, embeddings: np.ndarray, sha256s: list[str],
                      filenames: list[str]) -> tuple[list[int], PgStoredClass, bool]:
         """Add an upload to class ``name`` as the database holds it (created when missing), in
@@ -287,6 +248,7 @@ class PgStore(PgEdits):
             seq = self._log(conn, class_id, name, "add", now)
         return ids, PgStoredClass(name, total, count, seq), new is not None
 
+    @bounded
     def remove_class(self, name: str) -> bool:
         """Delete a class and its examples in one transaction; False if there was none."""
         now = time.time()
@@ -297,8 +259,10 @@ class PgStore(PgEdits):
         return row is not None
 
     def close(self) -> None:
+        if self._deadline is not None:
+            self._deadline.close()
         if self._pool is not None:
-            self._pool.close()
+            self._pool.close(timeout=2.0)
             self._pool = None
 
     # -- helpers ---------------------------------------------------------------
@@ -362,14 +326,12 @@ class PgStore(PgEdits):
             why = f"{self.path}: the database cannot be reached ({_reason(exc)})"
             self._down = (time.monotonic() + RETRY_SECONDS, why)
             raise StoreUnavailable(why) from None
+        except psycopg.errors.UniqueViolation as exc:
+            raise ClassTaken(f"{self.path}: the name is taken by another class ({_reason(exc)})") from None
+        except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:  # the session timeouts
+            raise StoreUnavailable(f"{self.path}: the database is too slow now ({_reason(exc)})") from None
         except psycopg.Error as exc:
             raise StoreError(f"{self.path}: {_reason(exc)}") from None
-
-
-def _configure(conn) -> None:
-    """Each new pooled connection: a commit is acknowledged only once it is durable."""
-    if conn.execute("SHOW synchronous_commit").fetchone()[0] == "off":
-        conn.execute("SET synchronous_commit TO on")
 
 
 def _f8(blob: bytes) -> np.ndarray:

@@ -17,17 +17,21 @@ import time
 import numpy as np
 
 from imprinting.classes import normalize_rows
+from imprinting.serve.deadline import bounded
+from imprinting.serve.integrity import MAX_EXAMPLE_ID
 
 
 class PgEdits:
     """Mixed into ``PgStore``: uses its ``_transaction`` and ``_log``."""
 
+    @bounded
     def add_thumbnails(self, ids: list[int], jpegs: list[bytes]) -> None:
         """Keep a small JPEG per example (``ids`` from ``add_examples``), in one transaction."""
         with self._transaction() as conn:
             conn.cursor().executemany("UPDATE imprint_examples SET thumbnail = %s WHERE id = %s",
                                       list(zip(jpegs, ids)))
 
+    @bounded
     def example_records(self, name: str) -> list[dict]:
         """Class ``name``'s examples in the order they were added: id, added (Unix time),
         sha256, filename and thumbnail (JPEG bytes, or None for examples stored without one)."""
@@ -39,11 +43,14 @@ class PgEdits:
         return [{"id": i, "added": created, "sha256": sha, "filename": fname, "thumbnail": jpeg}
                 for i, created, sha, fname, jpeg in rows]
 
+    @bounded
     def remove_example(self, name: str, example_id: int) -> tuple[np.ndarray, int] | None:
         """Delete one example of class ``name`` and recompute the class's sum and count from
         the remaining examples' stored embeddings (float32 in float64, L2-normalized, summed in
         their stored order: the sum a batch imprint of them gives), in one transaction; the
         class goes with its last example (returns None). ``KeyError``: no such example."""
+        if not isinstance(example_id, int) or not 1 <= example_id <= MAX_EXAMPLE_ID:
+            raise KeyError(example_id)  # no stored example can have it (SQL integers are 64-bit)
         now = time.time()
         with self._transaction() as conn:
             row = conn.execute(
@@ -66,9 +73,10 @@ class PgEdits:
             self._log(conn, class_id, name, "edit", now)
         return total, len(blobs)
 
+    @bounded
     def rename_class(self, name: str, new_name: str) -> bool:
         """Rename a stored class (its examples follow: they reference its id); False if there
-        was none. A ``new_name`` that is taken is a ``StoreError`` and changes nothing."""
+        was none. A ``new_name`` that is taken is ``ClassTaken`` (a ``StoreError``) and changes nothing."""
         now = time.time()
         with self._transaction() as conn:
             row = conn.execute("UPDATE imprint_classes SET name = %s WHERE name = %s RETURNING id",
@@ -78,6 +86,7 @@ class PgEdits:
                 self._log(conn, row[0], new_name, "rename", now)  # the new one: there
         return row is not None
 
+    @bounded
     def labelled_embeddings(self) -> tuple[list[str], np.ndarray]:
         """Every stored example's class name and float32 embedding, by class then id."""
         with self._transaction() as conn:
@@ -87,6 +96,7 @@ class PgEdits:
             return [], np.zeros((0, self.dim), np.float32)
         return [n for n, _ in rows], np.stack([np.frombuffer(b, dtype="<f4") for _, b in rows])
 
+    @bounded
     def setting(self, key: str) -> str | None:
         """A value kept in ``imprint_meta`` under ``setting:<key>`` (e.g. the calibration), or None.
         Replicas read it at start: one that changes it reaches the others when they restart."""
@@ -94,6 +104,7 @@ class PgEdits:
             row = conn.execute("SELECT value FROM imprint_meta WHERE key = %s", (f"setting:{key}",)).fetchone()
         return row[0] if row else None
 
+    @bounded
     def set_setting(self, key: str, value: str) -> None:
         with self._transaction() as conn:
             conn.execute("INSERT INTO imprint_meta (key, value) VALUES (%s, %s) "
