@@ -23,13 +23,25 @@ head_*     float64         only with a closed-form head (header ``head``: its ki
 ``ClassesData`` is the file's content: a ``ClassTable`` (``table()``, ``from_table``) plus
 the header fields that are not class state. Files are written atomically (temporary file,
 fsync, rename), so a crash mid-save leaves the old file intact.
+
+A classes file may come from anywhere (a device, a download), so ``load_classes`` trusts
+nothing in it: every array's dtype, shape and size are read from its ``.npy`` header and
+checked against the header's class names and ``dim`` before the array is allocated, and no
+array may declare more than ``MAX_EXPANSION`` times the file's size (the writer stores the
+arrays uncompressed, so a genuine file's arrays are never bigger than the file; a 2 MiB
+compressed archive declaring 2 GiB of zeros is refused in milliseconds). The values are then
+checked by ``ClassesData.validate``, which ``save_classes`` runs too, so a file that saves
+also loads: finite vectors and sums, no all-zero class vector, counts >= 0, every scale in
+(0, ``MAX_SCALE``], an unknown threshold that is a cosine (in [-1, 1]) or null.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +56,17 @@ CLASSES_VERSION = 1
 CLASSES = "classes.npz"
 
 _KEYS = ("header", "weights", "scale", "sums", "counts")
+
+# The largest scale s a file may hold. s multiplies cosines in [-1, 1]: trained and calibrated
+# values lie between 1 and 100 (``imprinting.calibration`` searches up to 1000); beyond 1e4
+# the softmax is one-hot in float32 for any cosine gap over 0.01, so the value is damage.
+MAX_SCALE = 1e4
+
+# No array in a classes file may declare more than this many times the file's size on disk
+# (plus ``EXPANSION_SLACK`` bytes). ``save_classes`` stores arrays uncompressed (ratio <= 1);
+# the margin admits a hand-compressed copy of real-valued arrays, never a compression bomb.
+MAX_EXPANSION = 64
+EXPANSION_SLACK = 1 << 20
 
 
 @dataclass
@@ -83,15 +106,35 @@ class ClassesData:
         want_scale = c if self.per_class_scale else 1
         if self.scale.shape != (want_scale,):
             problems.append(f"scale has shape {self.scale.shape}, expected ({want_scale},)")
-        if (self.counts < 0).any():
-            problems.append("negative example counts")
-        for name, arr in (("weights", self.weights), ("scale", self.scale), ("sums", self.sums)):
-            if not np.isfinite(arr).all():
-                problems.append(f"{name} has NaN or infinite values")
-        if self.unknown_threshold is not None and not np.isfinite(self.unknown_threshold):
-            problems.append("unknown_threshold is not finite")
+        if not problems:  # the per-class checks need rows that line up with the names
+            problems += self._value_problems()
         if problems:
             raise ExportFormatError(f"{where}: inconsistent classes ({'; '.join(problems)})")
+
+    def _value_problems(self) -> list[str]:
+        """What is wrong with the values (the shapes being right): each problem names the
+        field and, for per-class values, the first few classes that have it."""
+        problems = []
+        weights_finite = np.isfinite(self.weights).all(axis=1)
+        rows = {
+            "weights has NaN or infinite values": ~weights_finite,
+            "weights: the class vector is all zeros": weights_finite & ~(self.weights != 0).any(axis=1),
+            "sums has NaN or infinite values": ~np.isfinite(self.sums).all(axis=1),
+            "counts: negative example counts": self.counts < 0,
+        }
+        if self.per_class_scale:
+            rows[f"scale is not a finite number in (0, {MAX_SCALE:g}]"] = ~_good_scale(self.scale)
+        elif not _good_scale(self.scale).all():
+            problems.append(f"scale is {float(self.scale[0]):g}, not a finite number in (0, {MAX_SCALE:g}]")
+        for what, bad in rows.items():
+            if bad.any():
+                problems.append(f"{what} (class {_some(self.class_names, bad)})")
+        if not _good_scale(np.array([self.initial_scale], np.float64)).all():
+            problems.append(f"initial_scale is {self.initial_scale!r}, not a finite number in (0, {MAX_SCALE:g}]")
+        t = self.unknown_threshold
+        if t is not None and not (isinstance(t, (int, float)) and not isinstance(t, bool) and -1.0 <= t <= 1.0):
+            problems.append(f"unknown_threshold is {t!r}, not a cosine in [-1, 1] or null")
+        return problems
 
     @property
     def num_classes(self) -> int:
@@ -125,6 +168,19 @@ class ClassesData:
         }
 
 
+def _good_scale(scale: np.ndarray) -> np.ndarray:
+    """Which scales are usable: finite, positive, at most ``MAX_SCALE``."""
+    scale = np.asarray(scale, np.float64)
+    return np.isfinite(scale) & (scale > 0) & (scale <= MAX_SCALE)
+
+
+def _some(names: list[str], mask: np.ndarray) -> str:
+    """The names where ``mask`` is set, the first five quoted, for an error message."""
+    index = np.flatnonzero(mask)
+    shown = ", ".join(repr(names[i]) for i in index[:5])
+    return shown + (f" and {len(index) - 5} more" if len(index) > 5 else "")
+
+
 def save_classes(data: ClassesData, path: str | os.PathLike) -> None:
     """Write ``data`` to ``path`` (a .npz file), atomically."""
     data.validate(str(path))
@@ -146,76 +202,169 @@ def save_classes(data: ClassesData, path: str | os.PathLike) -> None:
     atomic_write(path, write)
 
 
-def load_classes(path: str | os.PathLike) -> ClassesData:
-    """Read a classes file; errors name the file and the problem."""
+def load_classes(path: str | os.PathLike, dim: int | None = None) -> ClassesData:
+    """Read a classes file; errors name the file and the problem.
+
+    ``dim``, when given (an export's embedding size), must be the file's. Nothing is
+    allocated for an array before its declared dtype, shape and size have been checked
+    (see the module docstring), so a damaged or hostile file costs no memory to refuse.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CLASSES
     if not path.is_file():
         raise ExportFormatError(f"{path}: no such classes file")
     try:
-        npz = np.load(path, allow_pickle=False)
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise ExportFormatError(f"{path}: not an imprinting classes file (a single array, not an archive)")
-        with npz:
-            missing = [k for k in _KEYS if k not in npz.files]
-            if "header" in missing:
-                raise ExportFormatError(f"{path}: not an imprinting classes file (no header)")
-            header_bytes = npz["header"]
-            if header_bytes.dtype != np.uint8:
-                raise ExportFormatError(f"{path}: not an imprinting classes file (header is {header_bytes.dtype})")
-            try:
-                header = json.loads(header_bytes.tobytes().decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ExportFormatError(f"{path}: damaged header ({exc})") from None
-            if not isinstance(header, dict) or header.get("format") != CLASSES_FORMAT:
-                raise ExportFormatError(f"{path}: not an imprinting classes file (no '{CLASSES_FORMAT}' header)")
-            version = header.get("version")
-            if not isinstance(version, int) or version < 1:
-                raise ExportFormatError(f"{path}: damaged header (version {version!r})")
-            if version > CLASSES_VERSION:
-                raise ExportFormatError(
-                    f"{path}: written by a newer version (classes format {version}, this reads "
-                    f"{CLASSES_VERSION}); upgrade imprinting"
-                )
-            if missing:
-                raise ExportFormatError(f"{path}: truncated classes file (missing {', '.join(missing)})")
-            arrays = {k: npz[k] for k in _KEYS[1:]}
-            head_arrays = {k[len("head_"):]: npz[k] for k in npz.files if k.startswith("head_")}
+        with open(path, "rb") as f:
+            if f.read(6) == b"\x93NUMPY":
+                raise ExportFormatError(f"{path}: not an imprinting classes file (a single array, not an archive)")
+            f.seek(0)
+            limit = MAX_EXPANSION * os.fstat(f.fileno()).st_size + EXPANSION_SLACK
+            with zipfile.ZipFile(f) as archive:
+                header, arrays, head_arrays = _read_archive(archive, path, dim, limit)
     except ExportFormatError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise ExportFormatError(f"{path}: truncated or corrupt classes file ({exc.__class__.__name__}: {exc})") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RuntimeError, NotImplementedError,
+            zlib.error) as exc:  # RuntimeError, NotImplementedError: encrypted or unknown zip members
+        problem = f"{exc.__class__.__name__}: {exc}"
+        raise ExportFormatError(f"{path}: truncated or corrupt classes file ({problem})") from None
+    return _classes_data(path, header, arrays, head_arrays)
+
+
+def _read_archive(archive: zipfile.ZipFile, path: Path, dim: int | None, limit: int) -> tuple[dict, dict, dict]:
+    """(header, arrays, head arrays) of an open classes archive, each array checked from its
+    ``.npy`` header (dtype, shape, size) before it is read."""
+    members = {info.filename[: -len(".npy")]: info for info in archive.infolist() if info.filename.endswith(".npy")}
+    if "header" not in members:
+        raise ExportFormatError(f"{path}: not an imprinting classes file (no header)")
+    shape, dtype = _member_header(archive, members["header"], "header", path, limit)
+    if dtype != np.uint8 or len(shape) != 1:
+        raise ExportFormatError(f"{path}: not an imprinting classes file (header is {dtype} {shape})")
+    try:
+        header = json.loads(_read_member(archive, members["header"]).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportFormatError(f"{path}: damaged header ({exc})") from None
+    if not isinstance(header, dict) or header.get("format") != CLASSES_FORMAT:
+        raise ExportFormatError(f"{path}: not an imprinting classes file (no '{CLASSES_FORMAT}' header)")
+    version = header.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ExportFormatError(f"{path}: damaged header (version {version!r})")
+    if version > CLASSES_VERSION:
+        raise ExportFormatError(
+            f"{path}: written by a newer version (classes format {version}, this reads {CLASSES_VERSION}); "
+            "upgrade imprinting"
+        )
+    missing = [k for k in _KEYS if k not in members]
+    if missing:
+        raise ExportFormatError(f"{path}: truncated classes file (missing {', '.join(missing)})")
+    c, d = _check_header_fields(header, path)
+    if dim is not None and d != dim:
+        raise ExportFormatError(f"{path}: {d}-d classes for a {dim}-d embedder")
+    want = {  # key: (shape, dtype kind)
+        "weights": ((c, d), np.floating),
+        "scale": ((c,) if header.get("per_class_scale", False) else (1,), np.floating),
+        "sums": ((c, d), np.floating),
+        "counts": ((c,), np.integer),
+    }
+    heads = [k for k in members if k.startswith("head_")] if header.get("head") is not None else []
+    for key in heads:  # a closed-form head: centre (D,), covariance (D, D), reference rows (R, D)
+        want[key] = ((d, d) if key == "head_covariance" else (d,) if key == "head_centre" else None, np.floating)
+    for key, (expected, kind) in want.items():
+        shape, dtype = _member_header(archive, members[key], key, path, limit)
+        if not np.issubdtype(dtype, kind):
+            raise ExportFormatError(f"{path}: damaged classes file ({key} has dtype {dtype})")
+        if expected is None and (len(shape) != 2 or shape[1] != d):
+            raise ExportFormatError(f"{path}: damaged classes file ({key} has shape {shape}, expected (rows, {d}))")
+        if expected is not None and shape != expected:
+            raise ExportFormatError(f"{path}: damaged classes file ({key} has shape {shape}, "
+                                    f"expected {expected} for {c} classes of {d} dimensions)")
+    arrays = {key: _read_member(archive, members[key]) for key in _KEYS[1:]}
+    return header, arrays, {key[len("head_"):]: _read_member(archive, members[key]) for key in heads}
+
+
+def _member_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, path: Path,
+                   limit: int) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) from the ``.npy`` header of one archive member, without reading its data.
+
+    Refuses an object array (it would need pickle), a member whose declared size differs from
+    what the archive holds for it, and one larger than ``limit`` bytes (the module docstring)."""
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise ExportFormatError(f"{path}: damaged classes file ({key} is a .npy file of version {version})")
+        start = member.tell()
+    if dtype.hasobject:
+        raise ExportFormatError(f"{path}: truncated or corrupt classes file ({key} holds Python objects, "
+                                "which only pickle could read)")
+    size = start + math.prod(shape) * dtype.itemsize
+    if size > limit or info.file_size > limit:
+        raise ExportFormatError(
+            f"{path}: refused: {key} declares {shape} {dtype} ({max(size, info.file_size):,} bytes), more than "
+            f"{MAX_EXPANSION} times the file's size; the file is damaged or made to exhaust memory"
+        )
+    if size != info.file_size:
+        raise ExportFormatError(f"{path}: truncated or corrupt classes file ({key} declares {shape} {dtype}, "
+                                f"{size:,} bytes, but the archive holds {info.file_size:,} bytes for it)")
+    return shape, dtype
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """One member's array (its header already checked by ``_member_header``)."""
+    with archive.open(info) as member:
+        return np.lib.format.read_array(member, allow_pickle=False)
+
+
+def _check_header_fields(header: dict, path: Path) -> tuple[int, int]:
+    """(classes, dim) of a classes header, after checking the type of every field it uses."""
+    problem = _header_problem(header)
+    if problem:
+        raise ExportFormatError(f"{path}: damaged classes file (header field {problem})")
+    return len(header["class_names"]), header["dim"]
+
+
+def _header_problem(header: dict) -> str | None:
+    """The first header field of the wrong type, described, or None."""
+    names, dim = header.get("class_names"), header.get("dim")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return "class_names is not a list of strings"
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        return f"dim is {dim!r}, not a positive integer"
+    if not isinstance(header.get("per_class_scale", False), bool):
+        return f"per_class_scale is {header['per_class_scale']!r}, not true or false"
+    for key in ("initial_scale", "unknown_threshold"):
+        value = header.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            return f"{key} is {value!r}, not a number"
+    if header.get("embedder_id") is not None and not isinstance(header["embedder_id"], str):
+        return f"embedder_id is {header['embedder_id']!r}, not a string"
+    return None
+
+
+def _classes_data(path: Path, header: dict, arrays: dict, head_arrays: dict) -> ClassesData:
+    """The ``ClassesData`` of a checked header and arrays (``validate`` checks the values)."""
     known = {"format", "version", "class_names", "dim", "per_class_scale", "initial_scale",
              "unknown_threshold", "embedder_id", "head"}
+    threshold = header.get("unknown_threshold")
     try:
-        names = header["class_names"]
-        dim = int(header["dim"])
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise TypeError("class_names is not a list of strings")
-        for key, want in (("weights", np.floating), ("scale", np.floating), ("sums", np.floating), ("counts", np.integer)):
-            if not np.issubdtype(arrays[key].dtype, want):
-                raise TypeError(f"{key} has dtype {arrays[key].dtype}")
-        c = len(names)
-        for key, shape in (("weights", (c, dim)), ("sums", (c, dim)), ("counts", (c,))):
-            if arrays[key].shape != shape:
-                raise TypeError(f"{key} has shape {arrays[key].shape}, expected {shape} for {c} classes")
-        threshold = header.get("unknown_threshold")
         head = None
         if header.get("head") is not None:
             from imprinting.heads import WhitenedHead
 
             head = WhitenedHead.from_parts(header["head"], head_arrays)
-            if head.dim != dim:
-                raise TypeError(f"a {head.dim}-d head for {dim}-d classes")
+            if head.dim != header["dim"]:
+                raise TypeError(f"a {head.dim}-d head for {header['dim']}-d classes")
         return ClassesData(
-            class_names=names,
+            class_names=header["class_names"],
             weights=arrays["weights"],
             scale=arrays["scale"],
             sums=arrays["sums"],
             counts=arrays["counts"],
-            dim=dim,
-            per_class_scale=bool(header.get("per_class_scale", False)),
+            dim=header["dim"],
+            per_class_scale=header.get("per_class_scale", False),
             initial_scale=float(header.get("initial_scale", 10.0)),
             unknown_threshold=None if threshold is None else float(threshold),
             embedder_id=header.get("embedder_id"),

@@ -39,6 +39,12 @@ class LiteModel:
     vector is the normalized sum. ``predict(images)`` returns top-k classes with the
     unknown flag. ``save()`` writes the classes file, atomically, in the format that
     ``imprinting.export.import_classes`` reads into a PyTorch model.
+
+    Loading checks everything before using it: the manifest's and the recipe's fields and
+    that every file the manifest names stays inside the folder (``imprinting.lite.format``),
+    and the classes file's array sizes (before allocating them) and values
+    (``imprinting.classes_file``); a bad folder is one ``ExportFormatError`` naming the file
+    and the field.
     """
 
     def __init__(
@@ -52,21 +58,22 @@ class LiteModel:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise fmt.ExportFormatError(f"{self.folder}: no such export folder")
-        self.manifest = fmt.read_manifest(self.folder)
+        self.manifest = fmt.read_manifest(self.folder)  # every field checked, every file inside the folder
         self.recipe = fmt.read_preprocess(self.folder)
-        files = self.manifest.get("files", {})
-        name = files.get("embedder_int8" if quantized else "embedder")
-        if not name:
+        key = "embedder_int8" if quantized else "embedder"
+        if key not in self.manifest["files"]:
             what = "int8 embedder (export with --quantize)" if quantized else "embedder"
             raise fmt.ExportFormatError(f"{self.folder / fmt.MANIFEST}: the export has no {what}")
         self.quantized = quantized
-        self.session = _session(self.folder / name, threads, providers)
+        self.session = _session(fmt.export_file(self.folder, self.manifest, key), threads, providers)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
-        self.dim = int(self.manifest["embedding_dim"])
+        self.dim = self.manifest["embedding_dim"]
         self.embedder_id = self.manifest.get("embedder_id")
-        self.classes_path = Path(classes) if classes is not None else self.folder / files.get("classes", fmt.CLASSES)
-        self._load_classes(fmt.load_classes(self.classes_path))
+        # the caller's own classes file is the caller's choice; the export's must stay in its folder
+        self.classes_path = (Path(classes) if classes is not None
+                             else fmt.export_file(self.folder, self.manifest, "classes", fmt.CLASSES))
+        self._load_classes(fmt.load_classes(self.classes_path, dim=self.dim))
 
     # -- classes -----------------------------------------------------------------
     def _load_classes(self, data: fmt.ClassesData) -> None:
