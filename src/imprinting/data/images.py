@@ -1,4 +1,5 @@
-"""Reading images from disk with errors that name the file."""
+"""Reading images from disk with errors that name the file, and the bound on the work an
+image may cause (``check_image_size``), decided from its header before anything is decoded."""
 
 from __future__ import annotations
 
@@ -16,9 +17,72 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 # Refuse decompression bombs: more pixels than this is an error, not a warning.
 MAX_PIXELS = 64_000_000
 
+# The long side may be at most this many times the short side. Every path to a model resizes
+# the short side to its ``resize_size`` s (torchvision's rule: the long side becomes
+# int(s * long / short)), so the resized image depends only on this ratio: at most s x 50 s
+# pixels, e.g. 256 x 12,800 = 3.3 M pixels (13 MiB in RGB), whatever the file. Without it a
+# 116-byte 1 x 8000 PNG becomes 256 x 2,048,000 (2 GiB in RGB), a 1 x 60,000 one 15 GiB.
+# 50:1 passes every camera format, stitched 360-degree panoramas (about 20:1 at most) and
+# web banners (about 10:1).
+MAX_ASPECT_RATIO = 50
+
 
 class ImageError(UserError):
     """An image that cannot be read: missing, not an image, truncated, too large."""
+
+
+class ImageSizeError(ImageError):
+    """An image refused for its size alone, from its header. ``code`` says which bound:
+    ``too_many_pixels`` (decoding it), ``extreme_aspect_ratio`` (resizing it) or
+    ``empty_image`` (no pixels); the service maps them to its error codes."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) after resizing the short side to ``size`` (torchvision's rule)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def check_image_size(width: int, height: int, name, max_pixels: int | None = MAX_PIXELS,
+                     resize_to: int | None = None, max_aspect: int = MAX_ASPECT_RATIO) -> None:
+    """The one rule for what an image may cost, from its size alone; raises ``ImageSizeError``
+    naming ``name``.
+
+    * more than ``max_pixels`` pixels (width x height as the header says, before any JPEG
+      draft, so never fewer than are decoded): ``too_many_pixels``. ``None``: not checked
+      (an image already decoded);
+    * a long side more than ``max_aspect`` times the short side (compared exactly, in
+      integers): ``extreme_aspect_ratio``. Resizing the short side to s then makes at most
+      s x ``max_aspect`` s pixels. ``resize_to`` (s, when known) only adds the size the resize
+      would have made to the message; the rule is the same without it.
+    """
+    if width < 1 or height < 1:
+        raise ImageSizeError(f"{name}: {width}x{height} pixels is an image without pixels", "empty_image")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageSizeError(f"{name}: {width}x{height} pixels is more than the limit of {max_pixels}",
+                             "too_many_pixels")
+    short, long = min(width, height), max(width, height)
+    if long > max_aspect * short:
+        ratio = f"{long / short:,.3f}".rstrip("0").rstrip(".")
+        message = f"{name}: {width}x{height} pixels has an aspect ratio of {ratio}:1, over the limit of {max_aspect}:1"
+        if resize_to:
+            w, h = resized_size(width, height, resize_to)
+            message += f" (resizing its short side to {resize_to} would make it {w:,}x{h:,} pixels)"
+        raise ImageSizeError(message, "extreme_aspect_ratio")
+
+
+def check_decoded(img: Image.Image, name=None, resize_to: int | None = None) -> None:
+    """``check_image_size`` for an image already in memory (a PIL image a caller passes, or
+    one drafted: its full size, from ``info``, is what the resize makes), before it is
+    resized. Its pixels are not counted: they are decoded already."""
+    width, height = img.info.get("full_size", img.size)
+    label = name or getattr(img, "filename", None) or "image"
+    check_image_size(width, height, label, None, resize_to)
 
 
 def load_image(path: str | os.PathLike, mode: str = "RGB", max_pixels: int = MAX_PIXELS,
@@ -29,14 +93,17 @@ def load_image(path: str | os.PathLike, mode: str = "RGB", max_pixels: int = MAX
     the smallest of its DCT scales (1/2, 1/4, 1/8) that keeps the short side at least that
     long (Pillow's ``draft``): several times faster, and the resized pixels change a little
     (``tests/engines/test_pipeline.py`` states how much). ``None``: full size.
+
+    Before decoding, the header's size must pass ``check_image_size`` (pixels and aspect
+    ratio): every caller resizes the short side, and a thin image would be resized to
+    gigabytes.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
     try:
         with Image.open(path) as img:
-            if img.width * img.height > max_pixels:
-                raise ImageError(f"{path}: {img.width}x{img.height} pixels is more than the limit of {max_pixels}")
+            check_image_size(img.width, img.height, path, max_pixels, reduce_to)
             full = img.size
             scale = draft(img, reduce_to) if reduce_to and img.format == "JPEG" else 1
             img.load()

@@ -30,7 +30,8 @@ class eval_crop:
     An image decoded at a reduced JPEG scale (``load_image(..., reduce_to=...)``, which
     records ``full_size`` and ``draft_scale`` in its ``info``) is resized to the size the full
     image would take, from the region the full image covers, so only the pixels' values
-    change, not where they are.
+    change, not where they are. An image too thin to resize (``check_image_size``: its
+    aspect ratio) is an ``ImageError`` before anything is resized.
     """
 
     def __init__(self, pre: Preprocess):
@@ -42,13 +43,14 @@ class eval_crop:
         self.resize_size = pre.resize_size
 
     def __call__(self, img):
+        from imprinting.data.images import check_decoded, resized_size
+
+        check_decoded(img, resize_to=self.resize_size)  # a thin image would resize to gigabytes
         full = img.info.get("full_size")
         if full is None:
             return self.center(self.resize(img))
         (w, h), k = full, img.info["draft_scale"]
-        short, long = (w, h) if w <= h else (h, w)
-        size = (self.resize_size, int(self.resize_size * long / short))  # torchvision's rule
-        tw, th = size if w <= h else size[::-1]
+        tw, th = resized_size(w, h, self.resize_size)  # torchvision's rule
         return self.center(img.resize((tw, th), self.resample, box=(0, 0, w / k, h / k)))
 
 

@@ -38,10 +38,13 @@ def decode_workers() -> int:
 
 
 def decode(source, mode: str, reduce_to: int | None = None):
-    """A path (decoded, errors name the file) or a PIL image, in ``mode``."""
-    from imprinting.data.images import load_image
+    """A path (decoded, errors name the file) or a PIL image, in ``mode``. Either must pass
+    ``imprinting.data.images.check_image_size`` first (a path from its header), since every
+    caller resizes the short side next and a thin image would resize to gigabytes."""
+    from imprinting.data.images import check_decoded, load_image
 
     if hasattr(source, "convert"):
+        check_decoded(source, resize_to=reduce_to)
         return source.convert(mode)
     return load_image(source, mode, reduce_to=reduce_to)
 

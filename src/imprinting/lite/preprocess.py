@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from imprinting.data.images import ImageError
+from imprinting.data.images import ImageError, check_decoded, resized_size
 
 # torchvision.transforms.functional.pil_modes_mapping, for the modes our recipes use
 PIL_INTERPOLATION = {
@@ -32,14 +32,10 @@ def image_mode(recipe: dict) -> str:
     return "L" if int(recipe.get("in_chans", 3)) == 1 else "RGB"
 
 
-def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """(width, height) after resizing the short side to ``size`` (torchvision's rule)."""
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = size, int(size * long / short)
-    return (new_short, new_long) if width <= height else (new_long, new_short)
-
-
 def resize_short_side(img: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
+    """The short side resized to ``size`` (``resized_size``); an image too thin for that
+    (``imprinting.data.images.check_image_size``) is an ``ImageError`` before any resizing."""
+    check_decoded(img, resize_to=size)
     try:
         resample = PIL_INTERPOLATION[interpolation]
     except KeyError:
@@ -67,6 +63,7 @@ def center_crop(arr: np.ndarray, size: int) -> np.ndarray:
 
 def to_array(img: Image.Image, recipe: dict) -> np.ndarray:
     """One PIL image -> float32 (C, H, W), preprocessed like ``eval_transform``."""
+    check_decoded(img, resize_to=int(recipe["resize_size"]))  # before converting: the message keeps its file name
     mode = image_mode(recipe)
     if img.mode != mode:
         img = img.convert(mode)

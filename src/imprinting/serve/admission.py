@@ -9,7 +9,9 @@ Three bounds keep the memory of the process under a ceiling whatever the request
   after Pillow's JPEG ``draft`` has chosen a reduced scale) from ``max_decode_bytes`` while
   it is decoded, then it is shrunk at once to the size the model resizes it to, so an
   8000x8000 PNG lives in memory whole only inside that reservation;
-* the process's resident memory: over ``memory_limit_bytes`` nothing new is admitted.
+* the process's resident memory: over ``memory_limit_bytes`` nothing new is admitted, and
+  a request already admitted stops at its next check (``check_memory``: before each image
+  it decodes), so the ceiling holds while requests run, not only when they arrive.
 
 What does not fit within ``wait_seconds`` is refused fast with ``Busy`` (the service answers
 503 with ``Retry-After``): a queue that grows without bound is a slow death for everyone.
@@ -89,13 +91,21 @@ class Admission:
     def _retry_after(self) -> int:
         return max(1, math.ceil(self.wait_seconds))
 
+    def check_memory(self, name: str | None = None) -> None:
+        """``Busy`` (503) when the process's resident memory is over the ceiling now: at
+        admission, and while a request works (``serve.validation.read_images``: before each
+        image, ``name``), so work that makes the process grow stops at the next image. No
+        ceiling (``memory_limit_mb=None``) or no /proc: nothing to check."""
+        rss = resident_bytes() if self.memory_limit is not None else None
+        if rss is not None and rss > self.memory_limit:
+            where = f"{name}: " if name else ""
+            raise Busy(f"{where}the server is using {rss / 2**20:.0f} MiB, over its ceiling of "
+                       f"{self.memory_limit / 2**20:.0f} MiB; retry shortly", self._retry_after())
+
     @contextmanager
     def admit(self, n: int):
         """Hold ``n`` image slots (the request's images) for the ``with`` block."""
-        rss = resident_bytes() if self.memory_limit is not None else None
-        if rss is not None and rss > self.memory_limit:
-            raise Busy(f"the server is using {rss / 2**20:.0f} MiB, over its ceiling of "
-                       f"{self.memory_limit / 2**20:.0f} MiB; retry shortly", self._retry_after())
+        self.check_memory()
         n = min(n, self.max_images)  # a request over the bound alone still runs, by itself
         self._take("images", n, self.max_images,
                    f"{self.max_images} images are being processed already (the limit across all requests)")

@@ -63,19 +63,23 @@ def display_name(filename: str | None, index: int) -> str:
 
 
 def open_image(data: bytes, name: str, max_pixels: int, reduce_to: int | None = None) -> Image.Image:
-    """The image's header only (nothing decoded yet); too many pixels and non-images are
-    ApiErrors. ``reduce_to``: a JPEG is set to decode at the smallest DCT scale that keeps its
-    short side at least that long (Pillow's ``draft``; recorded in ``info`` for the crop)."""
-    from imprinting.data.images import draft
+    """The image's header only (nothing decoded yet); non-images and a size the model cannot
+    afford are ApiErrors: more than ``max_pixels`` pixels (413 ``too_many_pixels``) or a long
+    side over 50 times the short one (422 ``extreme_aspect_ratio``: the model's short-side
+    resize would make a few hundred bytes of PNG gigabytes; ``imprinting.data.images.
+    check_image_size``). ``reduce_to``: the short side the model resizes to; a JPEG is set to
+    decode at the smallest DCT scale that keeps its short side at least that long (Pillow's
+    ``draft``; recorded in ``info`` for the crop)."""
+    from imprinting.data.images import ImageSizeError, check_image_size, draft
 
     if not data:
         raise ApiError(422, "empty_image", f"{name}: the file is empty (0 bytes)")
     with _image_errors(name, max_pixels):
         img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)  # reads the header only
-        if img.width * img.height > max_pixels:
-            raise ApiError(
-                413, "too_many_pixels", f"{name}: {img.width}x{img.height} pixels is more than the limit of {max_pixels}"
-            )
+        try:
+            check_image_size(img.width, img.height, name, max_pixels, reduce_to)
+        except ImageSizeError as exc:
+            raise ApiError(413 if exc.code == "too_many_pixels" else 422, exc.code, str(exc)) from None
         full = img.size
         scale = draft(img, reduce_to) if reduce_to and img.format == "JPEG" else 1
         if scale > 1:
@@ -145,11 +149,16 @@ def read_images(
     One bad file refuses the whole request, so an upload is taught whole or not at all.
 
     One image is decoded at a time, inside ``admission.decoding`` (``serve.admission``) for
-    the memory its header says it needs, and shrunk at once (``reduce_to``, ``shrink``)."""
+    the memory its header says it needs, and shrunk at once (``reduce_to``, ``shrink``).
+    Before each image, and once all are read, the process's resident memory is checked
+    against the ceiling (``admission.check_memory``: 503 over it), so a request stops as
+    soon as the process is over it, not only when it is admitted."""
     check_uploads(uploads, max_images)
     images, shas, names = [], [], []
     for i, (filename, data) in enumerate(uploads):
         name = display_name(filename, i)
+        if admission is not None:
+            admission.check_memory(name)
         if not isinstance(data, bytes):
             data = data.read()
         img = open_image(data, name, max_pixels, reduce_to)
@@ -158,4 +167,6 @@ def read_images(
             del img
         shas.append(hashlib.sha256(data).hexdigest())
         names.append(name)
+    if admission is not None:
+        admission.check_memory()
     return images, shas, names
