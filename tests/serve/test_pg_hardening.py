@@ -159,4 +159,4 @@ def test_a_hung_database_never_freezes_predictions(conv4_model, pg_url, frozen_d
             ("d.png", kit.image_bytes(seed=4)))).status_code == 200, timeout=30, what="writes to be taken again")
         service = app.state.service
         wait_until(lambda: memory_state(service) == db_state(pg_url), what="memory to be the database's state")
-        assert c.get("/ready").status_code == 200
+        wait_until(lambda: c.get("/ready").status_code == 200, what="the store to be ready again (the follower back)")
