@@ -28,15 +28,21 @@ def test_the_api_conforms_to_its_openapi_document(app):
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {f"{op.method.upper()} {op.path}" for op in operations} >= {
-        "GET /health", "GET /classes", "GET /classes/{name}", "DELETE /classes/{name}",
-        "POST /classes/{name}/examples", "POST /predict"}
+        "GET /health", "GET /ready", "GET /classes", "GET /classes/{name}", "DELETE /classes/{name}",
+        "POST /classes/{name}/examples", "POST /predict",
+        # the edit routes (issue 15), and with them the id and rename edges of issue 23
+        "GET /classes/{name}/examples", "DELETE /classes/{name}/examples/{example_id}",
+        "POST /classes/{name}/rename", "POST /calibrate"}
     from schemathesis.checks import positive_data_acceptance
 
     for op in operations:
         # An upload's bytes are "format: binary" to OpenAPI, which cannot say "an image": random
         # bytes are schema-valid yet rightly refused (422 not_an_image, with a documented body).
         uploads = op.path in ("/predict", "/classes/{name}/examples")
-        excluded = [positive_data_acceptance] if uploads else []
+        # An example id's pattern says "digits, no leading zero"; OpenAPI cannot say "at most
+        # 2^63-1", so a schema-valid 19-digit id over it is rightly refused (422 invalid_example_id).
+        ids = op.path == "/classes/{name}/examples/{example_id}"
+        excluded = [positive_data_acceptance] if uploads or ids else []
 
         @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
                   database=None)
@@ -56,6 +62,11 @@ def test_every_error_status_sent_is_documented_with_its_body(app):
     assert documented[("/predict", "post")] >= {"200", "409", "413", "422", "503"}
     assert documented[("/classes/{name}", "delete")] >= {"200", "404", "409", "422", "503"}
     assert documented[("/classes/{name}", "get")] >= {"200", "404", "422"}
+    assert documented[("/classes/{name}/examples/{example_id}", "delete")] >= {"200", "404", "409", "422", "503"}
+    assert documented[("/classes/{name}/rename", "post")] >= {"200", "404", "409", "422", "503"}
+    assert documented[("/classes/{name}/examples", "get")] >= {"200", "404", "422", "503"}
+    assert documented[("/calibrate", "post")] >= {"200", "409", "422", "503"}
+    assert documented[("/predict", "post")] >= {"400"} and documented[("/ready", "get")] >= {"200", "503"}
     predict_422 = spec["paths"]["/predict"]["post"]["responses"]["422"]["content"]["application/json"]["schema"]
     assert predict_422 == {"$ref": "#/components/schemas/ErrorBody"}
 
