@@ -62,7 +62,6 @@ class ErrorBody(BaseModel):
 
 _WHEN = {
     401: "No token, or a wrong one, for a write (when the server has a token)",
-    404: "No such class, or no such endpoint",
     400: "A multipart body the server cannot parse (invalid_multipart): not multipart/form-data, or a part's header "
          "line (such as its file name) over 4,224 bytes, or more than 8 headers in a part",
     404: "No such class, no such example, or no such endpoint",

@@ -7,7 +7,7 @@ the pool's connection timeout bounds it. So each store call runs in a small pool
 threads, and the caller waits for it at most ``seconds``:
 
 * answered in time: the call's result or its exception, as if it had run in the caller;
-* not answered: the caller gets ``StoreUnavailable`` at the deadline, and until that call
+* not answered: the caller gets ``StoreInDoubt`` at the deadline, and until that call
   finally returns, every new call is refused at once with the same error (no pile-up of
   threads and connections behind a hung server). The late call still finishes on its own:
   a write is then committed whole or rolled back whole, and the replicas follow the database
@@ -22,7 +22,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from imprinting.serve.integrity import StoreUnavailable
+from imprinting.serve.integrity import StoreInDoubt, StoreUnavailable
 
 
 class Deadline:
@@ -58,10 +58,8 @@ class Deadline:
             with self._lock:
                 if self._late is None or self._late.done():
                     self._late, self._late_since = future, start
-            raise StoreUnavailable(
-                f"{self.label}: the database did not answer within {self.seconds:g} s (hung or unreachable); a "
-                "write still in flight is applied whole or not at all, and every replica follows the database"
-            ) from None
+            raise StoreInDoubt(f"{self.label}: the database did not answer within {self.seconds:g} s (hung or "
+                               "unreachable)") from None
 
     def close(self) -> None:
         self._workers.shutdown(wait=False, cancel_futures=True)

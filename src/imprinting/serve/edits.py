@@ -24,7 +24,7 @@ import torch
 from imprinting.classes import ClassSnapshot
 from imprinting.names import confusable_with
 from imprinting.rows import normalize_rows
-from imprinting.serve.integrity import MAX_COUNT, MAX_EXAMPLE_ID, ClassTaken, StoreError, StoreUnavailable
+from imprinting.serve.integrity import MAX_COUNT, MAX_EXAMPLE_ID, ClassTaken, StoreError, StoreInDoubt, StoreUnavailable
 from imprinting.serve.store import StoredClass
 from imprinting.serve.validation import ApiError, Upload, check_class_name, check_uploads
 
@@ -32,10 +32,14 @@ WRITE_WAIT_SECONDS = 4.0  # the longest a write waits for the one before it (a s
 THUMBNAIL_PIXELS = 128  # the longer side of the JPEG kept per example for the page
 
 
-def store_error(detail: str, exc: BaseException | None = None) -> ApiError:
+def store_error(detail: str, exc: BaseException | None = None, write: bool = True) -> ApiError:
     """503 ``store_error`` with ``Retry-After``: the store refused a call or cannot be reached;
-    ``detail`` says what did not happen."""
-    retry = "2" if isinstance(exc, StoreUnavailable) else "10"
+    ``detail`` says what did not happen. A write the database did not answer in time
+    (``StoreInDoubt``) may still be committed later, and the answer says so instead."""
+    if write and isinstance(exc, StoreInDoubt):
+        detail = ("the store did not answer in time: this change may still be saved, whole, when it answers (check "
+                  "before retrying: GET /classes/{name}/examples lists each example's sha256)")
+    retry = "2" if isinstance(exc, StoreUnavailable) or exc is None else "10"
     return ApiError(503, "store_error", detail + (f" ({exc})" if exc is not None else ""), headers={"Retry-After": retry})
 
 
@@ -144,8 +148,8 @@ class ServiceEdits:
         other = confusable_with(name, names)
         if other is not None:
             raise ApiError(409, "confusable_name", f"class name {name!r} looks like the existing class {other!r} "
-                                                   "(characters from other scripts that read alike); use that one "
-                                                   "or another name")
+                                                   "(the same letters in another case, or characters that read "
+                                                   "alike); use that one or another name")
 
     # -- example-level edits ------------------------------------------------------------
     def examples(self, name: str) -> dict:
@@ -162,7 +166,7 @@ class ServiceEdits:
         try:
             records = [] if source == "model" else self.store.example_records(name)
         except StoreError as exc:
-            raise store_error("the store could not be read", exc) from None
+            raise store_error("the store could not be read", exc, write=False) from None
         return {"name": name, "source": source,
                 "examples": [{"id": r["id"], "added": iso_time(r["added"]), "sha256": r["sha256"],
                               "filename": r["filename"], "thumbnail": data_url(r["thumbnail"])} for r in records]}
@@ -239,7 +243,7 @@ class ServiceEdits:
         try:
             names, embeddings = self.store.labelled_embeddings()
         except StoreError as exc:
-            raise store_error("the store could not be read, nothing changed", exc) from None
+            raise store_error("the store could not be read, nothing changed", exc, write=False) from None
         if not names:
             raise ApiError(409, "no_examples", "no class has been taught here yet: nothing to calibrate from")
         with self._writing():

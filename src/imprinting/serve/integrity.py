@@ -34,8 +34,12 @@ class StoreError(RuntimeError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached now (a database down, restarting, hung, or a network
-    between): nothing was changed by this call, or (a write the database did not answer in
-    time) it is applied whole or not at all, and the replicas follow the database. Retry later."""
+    between): this call changed nothing. Retry later."""
+
+
+class StoreInDoubt(StoreUnavailable):
+    """A call the database did not answer in time: if it was a write, it may still commit
+    when the database answers (whole, never in part), and every replica then follows it."""
 
 
 class ClassTaken(StoreError):

@@ -193,7 +193,7 @@ class Service(ServiceEdits):
         try:
             examples = self.store.examples(name) if out["source"] == "store" else []
         except StoreError as exc:
-            raise store_error("the store could not be read", exc) from None
+            raise store_error("the store could not be read", exc, write=False) from None
         out["stored_examples"] = [{"id": e.id, "sha256": e.sha256, "filename": e.filename} for e in examples]
         return out
 
@@ -304,9 +304,12 @@ class Service(ServiceEdits):
 
     def _restore(self, stored: list[StoredClass]) -> None:
         """Add the store's classes to the model, in the store's order, from their sums and
-        counts: the same weights, bit for bit, as when they were taught."""
+        counts: the same weights, bit for bit, as when they were taught (over a shared store,
+        with the change number each is as of)."""
         for c in stored:
             self.model.add_class_from_sum(c.name, c.sum, c.count)
+            if getattr(c, "version", None) is not None:
+                self._versions[c.name] = c.version
 
     def _set_state(self, name: str, total: np.ndarray, count: int) -> None:
         """Give the existing class ``name`` this sum and count, in its place: the row the
