@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## The main job: transfer learning by imprinting on Flowers-102 (paper Table 3), then the paper's
-## two-stage protocol (Tables 1 and 2) on CUB at 160 px. Features are cached: a second run takes minutes.
+## two-stage protocol (Tables 1 and 2) on CUB at 160 px, into runs/ (ignored: the committed results/ are
+## `make results`). Features are cached: a second run takes minutes.
 demo: $(STAMP)
-	$(BIN)/imprint transfer --data-root $(IMPRINTING_DATA) --out results/flowers102 --save-model models/flowers102.safetensors
+	$(BIN)/imprint transfer --data-root $(IMPRINTING_DATA) --out runs/flowers102 --save-model models/flowers102.safetensors
 	$(BIN)/imprint reproduce tables --dataset cub --data-root $(IMPRINTING_DATA) --image-size 160 --augment 2 --draws 2 --out runs/cub-160
 
 ## The test suite (real-data tests read ../shared/data, skipped with the reason when absent).
