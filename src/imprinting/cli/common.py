@@ -1,9 +1,16 @@
 """What every ``imprint`` command shares: the group that turns the library's user-facing
-errors into one line, the parameter types that check every input at the edge (a bad value
-is click's one-line ``Error:`` and exit status 2, before any work), and progress bars."""
+errors into one line and loads its commands on first use, the command class that does the
+set-up of a run, the parameter types that check every input at the edge (a bad value is
+click's one-line ``Error:`` and exit status 2, before any work), and progress bars.
+
+Nothing here imports PyTorch, numpy or PIL at module level: ``imprint --help``, every
+``--help`` and every error in the command line answer at once (``tests/test_cli_startup.py``).
+What needs them is imported where a command runs (``Command.invoke``, the command bodies).
+"""
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import sys
@@ -18,6 +25,14 @@ from imprinting.errors import UserError
 # The library's own error types only: anything else is a bug and keeps its traceback.
 USER_ERRORS = (UserError,)
 
+# The command line of this process (``imprint ...``), for the provenance of result tables
+# (``imprinting.report.COMMAND``, set from it where a table is written).
+COMMAND_LINE: list[str] | None = None
+
+_CHECKS = "imprinting.cli.checks"  # ctx.meta key: checks of parameters run when the command runs
+_ENGINE = "imprinting.cli.engine"  # ctx.meta keys: --engine / --precision, applied when the command runs
+_PRECISION = "imprinting.cli.precision"
+
 
 class OneLineUsageError(click.ClickException):
     """A bad command line as one ``Error:`` line (no usage block), exit status 2."""
@@ -28,12 +43,69 @@ class OneLineUsageError(click.ClickException):
 class Group(click.Group):
     """Turns the library's user-facing errors into one line and exit status 1, a bad command
     line (a value out of range, a bad file) into one line and exit status 2, and records the
-    command line for the provenance of result tables."""
+    command line for the provenance of result tables.
+
+    ``lazy``: commands by name, each ``("module:attribute", summary)``, imported on first use
+    (click's LazyGroup pattern), so that ``imprint X`` imports the module of X alone. A
+    summary (or None: the command's own) is what ``--help`` lists without importing it.
+    ``commands`` holds every command (loading them all), as in any click group."""
+
+    def __init__(self, *args, lazy: dict[str, tuple[str, str | None]] | None = None, **kwargs):
+        self._lazy = dict(lazy or {})
+        super().__init__(*args, **kwargs)
+
+    @property
+    def commands(self) -> dict[str, click.Command]:
+        for name in list(self._lazy):
+            self._load(name)
+        return self._loaded
+
+    @commands.setter
+    def commands(self, value: dict[str, click.Command]) -> None:
+        self._loaded = value
+
+    def _load(self, name: str) -> click.Command:
+        module, attribute = self._lazy.pop(name)[0].split(":")
+        command = getattr(importlib.import_module(module), attribute)
+        self._loaded[name] = command
+        return command
+
+    def list_commands(self, ctx):
+        return sorted({*self._loaded, *self._lazy})
+
+    def get_command(self, ctx, cmd_name):
+        if cmd_name in self._lazy:
+            return self._load(cmd_name)
+        return self._loaded.get(cmd_name)
+
+    def resolve_command(self, ctx, args):
+        # click suggests from ``self.commands`` (loading every command): from the names here
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and not ctx.resilient_parsing and self.get_command(ctx, name) is None:
+            raise click.exceptions.NoSuchCommand(name, possibilities=self.list_commands(ctx), ctx=ctx)
+        return super().resolve_command(ctx, args)
+
+    def format_commands(self, ctx, formatter):
+        # click's listing, except that a command not loaded yet whose summary is in the table is
+        # listed from it (a stand-in that click shortens as it would the command's own help)
+        rows = []
+        for name in self.list_commands(ctx):
+            summary = self._lazy.get(name, (None, None))[1]
+            command = click.Command(name, help=summary) if summary is not None else self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command))
+        if rows:
+            limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, command.get_short_help_str(limit)) for name, command in rows])
 
     def main(self, args=None, *a, **kw):
-        from imprinting import report
+        global COMMAND_LINE
 
-        report.COMMAND = ["imprint", *(sys.argv[1:] if args is None else [str(x) for x in args])]
+        COMMAND_LINE = ["imprint", *(sys.argv[1:] if args is None else [str(x) for x in args])]
+        report = sys.modules.get("imprinting.report")  # imported (it imports torch): keep it current
+        if report is not None:
+            report.COMMAND = COMMAND_LINE
         return super().main(args, *a, **kw)
 
     def invoke(self, ctx):
@@ -46,6 +118,59 @@ class Group(click.Group):
             message = " ".join(exc.format_message().split())  # one line, whatever the value held
             raise OneLineUsageError(f"{message} (see '{where} --help')") from None
 
+
+class Command(click.Command):
+    """Every ``imprint`` command that does work (not a group): once its command line has
+    parsed, and only then, it runs the checks its parameters left for the run (a model file's
+    header: ``ModelFile``), tunes the allocator (``engines.allocator.keep_freed_memory``) and
+    sets the ``--engine`` / ``--precision`` defaults, all of which import PyTorch."""
+
+    def invoke(self, ctx):
+        for check in ctx.meta.pop(_CHECKS, []):
+            check()
+        # heavy (imports torch): only when the command runs
+        from imprinting.engines.allocator import keep_freed_memory
+
+        keep_freed_memory()  # glibc keeps freed blocks: no page faults per batch (training, extraction)
+        if _ENGINE in ctx.meta or _PRECISION in ctx.meta:
+            from imprinting import engines
+
+            engines.set_default(engine=ctx.meta.pop(_ENGINE, None), precision=ctx.meta.pop(_PRECISION, None))
+        return super().invoke(ctx)
+
+
+def check_when_run(ctx: click.Context | None, check) -> None:
+    """Run ``check()`` when ``ctx``'s command runs (an ``imprint`` ``Command``: after the whole
+    command line parsed, so a bad value elsewhere is reported without importing anything
+    heavy), else now."""
+    if ctx is not None and isinstance(ctx.command, Command):
+        ctx.meta.setdefault(_CHECKS, []).append(check)
+    else:
+        check()
+
+
+ENGINE_CHOICES = ["auto", "torch", "onnxruntime", "openvino"]
+
+
+def _remember(key: str):
+    def callback(ctx, param, value):
+        ctx.meta[key] = value
+
+    return callback
+
+
+def engine_options(command):
+    """``--engine`` and ``--precision``: the runtime of the frozen backbone wherever the
+    command embeds images or computes features (``imprinting.engines.set_default``, called
+    by ``Command.invoke`` when the command runs)."""
+    command = click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
+                           expose_value=False, callback=_remember(_PRECISION),
+                           help="Precision of the frozen backbone [default: auto = float32; bfloat16 only when "
+                                "asked for].")(command)
+    return click.option("--engine", type=click.Choice(ENGINE_CHOICES), default=None, expose_value=False,
+                        callback=_remember(_ENGINE),
+                        help="Runtime of the frozen backbone [default: auto = the fastest exact one installed, "
+                             "measured once; or $IMPRINTING_ENGINE].")(command)
 
 
 def embed_with_bar(model, files, views):
@@ -154,19 +279,27 @@ class ClassName(click.ParamType):
 
 class ModelFile(click.Path):
     """An existing imprinting model file whose header reads (the weights are checked when
-    the command loads them)."""
+    the command loads them). A missing file fails at once; the header (``checkpoint``
+    imports PyTorch) is read when the command runs, before its body."""
 
     def __init__(self):
         super().__init__(dir_okay=False, path_type=Path)
 
     def convert(self, value, param, ctx):
-        from imprinting.checkpoint import CheckpointError, read_metadata
-
         path = super().convert(value, param, ctx)
-        try:
-            read_metadata(path)
-        except CheckpointError as exc:
-            self.fail(str(exc), param, ctx)
+        if not path.is_file():
+            self.fail(f"{path}: no such model file", param, ctx)  # checkpoint.read_metadata's words
+
+        def read_header():
+            # heavy (imports torch): only when the command runs
+            from imprinting.checkpoint import CheckpointError, read_metadata
+
+            try:
+                read_metadata(path)
+            except CheckpointError as exc:
+                self.fail(str(exc), param, ctx)
+
+        check_when_run(ctx, read_header)
         return path
 
 
@@ -210,10 +343,13 @@ class StoreFile(OutputFile):
             return value  # a PostgreSQL store (imprinting.serve.store_pg): checked when it opens
         path = super().convert(value, param, ctx)
         if path.is_file():
-            from imprinting.serve.store import foreign_tables
+            def not_foreign():
+                # numpy and the store's SQL: only when the command runs
+                from imprinting.serve.store import foreign_tables
 
-            problem = foreign_tables(path)
-            if problem:
-                self.fail(problem, param, ctx)
+                problem = foreign_tables(path)
+                if problem:
+                    self.fail(problem, param, ctx)
+
+            check_when_run(ctx, not_foreign)
         return path
-

@@ -9,15 +9,16 @@ from pathlib import Path
 import click
 
 from imprinting.cli.common import (
+    Command,
     embed_with_bar,
+    engine_options,
     false_accept_option,
     progress_bar,
     unknown_threshold_option,
 )
-from imprinting.cli.models import engine_options
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("-k", "--top-k", type=click.IntRange(1, 100), default=5, show_default=True,
@@ -32,6 +33,7 @@ def evaluate(model_path, folder, top_k, out, unknown_threshold, as_json):
     """Score MODEL on FOLDER: one sub-folder per class (named as the model's class), images
     at any depth below each. Prints top-1, top-k, the worst classes and the most confused
     pairs; writes the CSV, JSON and a confusion-matrix PNG."""
+    # heavy: only when the command runs
     from imprinting import checkpoint
     from imprinting.evaluate import evaluate as run
 
@@ -77,6 +79,7 @@ def teach_and_calibrate(model, folder, false_accept: float, set_threshold: bool,
     images; the ``head`` fitted on them, None: the paper's), then the scale (a head's
     temperature) and the unknown threshold calibrated by leave-one-out over those examples.
     Returns what the head choice measured (or None)."""
+    # heavy: only when the command runs
     from imprinting.calibration import calibrate
     from imprinting.data.folder import read_folder
     from imprinting.imprint import imprint_folder
@@ -90,7 +93,7 @@ def teach_and_calibrate(model, folder, false_accept: float, set_threshold: bool,
     return taught["head"]
 
 
-@click.command("calibrate")
+@click.command("calibrate", cls=Command)
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--method", type=click.Choice(["auto", "leave-one-out", "held-out"]), default="auto", show_default=True,
@@ -103,6 +106,7 @@ def calibrate_command(model_path, folder, method, false_accept, keep_threshold):
     """Fit MODEL's scale (so probabilities mean what they say) and its unknown threshold from
     FOLDER (one sub-folder per class, named as the model's class, images at any depth), and
     save MODEL (atomically)."""
+    # heavy: only when the command runs
     from imprinting import checkpoint
     from imprinting.calibration import CalibrationError, calibrate
     from imprinting.data import DatasetError
@@ -125,6 +129,3 @@ def calibrate_command(model_path, folder, method, false_accept, keep_threshold):
     checkpoint.save(model, model_path)
     click.echo(describe_calibration(result))
     click.echo(f"wrote {model_path}")
-
-
-COMMANDS = [evaluate, calibrate_command]

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
-from imprinting.cli.common import ExampleId
+from imprinting.cli.common import Command, ExampleId
 
 
 def _open(model_path, store_path):
+    # heavy: only when the command runs
     from imprinting.serve.service import Service
     from imprinting.serve.store import StoreError
 
@@ -22,6 +23,7 @@ def _open(model_path, store_path):
 
 
 def _call(method, *args):
+    # heavy: only when the command runs
     from imprinting.serve.validation import ApiError
 
     try:
@@ -40,7 +42,7 @@ def examples() -> None:
     """List, remove and rename what a service was taught (MODEL and --store as for imprint serve)."""
 
 
-@examples.command("list")
+@examples.command("list", cls=Command)
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("name")
 @_store_option
@@ -57,7 +59,7 @@ def list_examples(model_path, name, store_path, as_json):
     click.echo(f"{name}: {len(body['examples'])} examples")
 
 
-@examples.command("remove")
+@examples.command("remove", cls=Command)
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("name")
 @click.argument("example_id", type=ExampleId())
@@ -70,7 +72,7 @@ def remove_example(model_path, name, example_id, store_path):
                                                     else f"{name} now has {body['examples']} examples"))
 
 
-@examples.command("rename")
+@examples.command("rename", cls=Command)
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("name")
 @click.argument("new_name")
@@ -80,6 +82,3 @@ def rename_class(model_path, name, new_name, store_path):
     with _open(model_path, store_path) as service:
         body = _call(service.rename, name, new_name)
     click.echo(f"renamed {name} to {body['name']} ({body['examples']} examples)")
-
-
-COMMANDS = [examples]

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import click
 
+from imprinting.cli.common import Command
+
 
 def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--quantize", is_flag=True,
@@ -36,6 +38,7 @@ def export(model_path, out_dir, quantize, check_images, classes_only, force, ops
     Open OUT_DIR with imprinting.lite.load(); bring classes taught there back with
     imprinting.export.import_classes(model, OUT_DIR).
     """
+    # heavy: only when the command runs
     from imprinting import checkpoint
     from imprinting.export import export as export_model
     from imprinting.export import update_classes
@@ -65,6 +68,3 @@ def export(model_path, out_dir, quantize, check_images, classes_only, force, ops
         if "top1_agreement" in q:
             line += f", top-1 agreement {100 * q['top1_agreement']:.1f}%"
         click.echo(line)
-
-
-COMMANDS = [export]

@@ -9,35 +9,22 @@ import click
 
 from imprinting.cli.common import (
     ClassName,
+    Command,
     Finite,
     ModelFile,
     OutputFile,
     embed_with_bar,
+    engine_options,
     false_accept_option,
     unknown_threshold_option,
 )
-from imprinting.heads import HEADS
 
-ENGINE_CHOICES = ["auto", "torch", "onnxruntime", "openvino"]
+# imprinting.heads.HEADS (that package imports numpy); tests/test_cli_startup.py checks they match
+HEADS = ("auto", "whitened", "normalized-mean")
 IMAGE_SIZE = click.IntRange(8, 4096)  # pixels of the square crop
 
 
-def engine_options(command):
-    """``--engine`` and ``--precision``: the runtime of the frozen backbone wherever the
-    command embeds images or computes features (``imprinting.engines.set_default``)."""
-    from imprinting import engines
-
-    command = click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
-                           expose_value=False, callback=lambda ctx, p, v: engines.set_default(precision=v),
-                           help="Precision of the frozen backbone [default: auto = float32; bfloat16 only when "
-                                "asked for].")(command)
-    return click.option("--engine", type=click.Choice(ENGINE_CHOICES), default=None, expose_value=False,
-                        callback=lambda ctx, p, v: engines.set_default(engine=v),
-                        help="Runtime of the frozen backbone [default: auto = the fastest exact one installed, "
-                             "measured once; or $IMPRINTING_ENGINE].")(command)
-
-
-@click.command()
+@click.command(cls=Command)
 @click.argument("out", type=OutputFile())
 @click.option("--backbone", default="efficientnet_lite0", show_default=True,
               help="Backbone name: efficientnet_lite0/1/2, googlenet, resnet18, resnet50, conv4, timm:<name>.")
@@ -63,13 +50,14 @@ def engine_options(command):
 def create(out, backbone, dim, random_init, image_size, scale, unknown_threshold, from_folder, head, force,
            false_accept):
     """Create a model file OUT from a backbone, with no classes or with the classes of a folder."""
-    from imprinting import checkpoint
-    from imprinting.model import create_model
-
     if out.exists() and not force:
         raise click.ClickException(f"{out} already exists (use --force to overwrite)")
     if head == "whitened" and from_folder is None:
         raise click.ClickException("--head whitened is fitted on the classes of --from-folder; give one")
+    # heavy: only when the command runs
+    from imprinting import checkpoint
+    from imprinting.model import create_model
+
     power = None if head == "normalized-mean" or (head == "auto" and from_folder is None) else 0.5
     model = create_model(backbone, dim=dim or None, pretrained=not random_init, image_size=image_size,
                          scale=scale, unknown_threshold=unknown_threshold, power=power)
@@ -86,7 +74,7 @@ def create(out, backbone, dim, random_init, image_size, scale, unknown_threshold
                f"head {chosen}{why}")
 
 
-@click.command("add-class")
+@click.command("add-class", cls=Command)
 @click.argument("model_path", metavar="MODEL", type=ModelFile())
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--name", required=True, type=ClassName(), help="The class name (1-200 printable characters).")
@@ -100,6 +88,7 @@ def add_class(model_path, images, name, augment, append):
     The model file is replaced atomically only when every image was read; on any error it
     is left as it was.
     """
+    # heavy: only when the command runs
     from imprinting import checkpoint
     from imprinting.data.images import collect_images
 
@@ -114,7 +103,7 @@ def add_class(model_path, images, name, augment, append):
     click.echo(f"{name}: {count} examples; {model_path} now has {model.num_classes} classes")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("model_path", metavar="MODEL", type=ModelFile())
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-k", "--top-k", type=click.IntRange(min=1), default=5, show_default=True,
@@ -129,6 +118,7 @@ def predict(model_path, images, top_k, unknown_threshold, as_json, csv_path):
     import csv
     import sys
 
+    # heavy: only when the command runs
     from imprinting import checkpoint
     from imprinting.evaluate import find_images
 
@@ -159,13 +149,13 @@ def predict(model_path, images, top_k, unknown_threshold, as_json, csv_path):
             click.echo(f"  {rank}. {c:<30} p={prob:.3f}  cos={cos:+.3f}")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("model_path", metavar="MODEL", type=ModelFile())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @engine_options
 def info(model_path, as_json):
     """Describe MODEL: backbone, embedding size, scale, and each class with its example count."""
-    from imprinting import checkpoint
+    from imprinting import checkpoint  # heavy: only when the command runs
 
     model = checkpoint.load(model_path)
     engine = model.frozen_engine().describe() if model.spec.backbone else None  # None: takes cached features
@@ -181,7 +171,7 @@ def info(model_path, as_json):
         click.echo(f"  {c['name']:<30} {c['kind']:<10} {c['examples']} examples")
 
 
-@click.command("train")
+@click.command("train", cls=Command)
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=OutputFile())
 @click.option("--backbone", default="efficientnet_lite0", show_default=True, help="Pretrained backbone to start from.")
@@ -216,15 +206,15 @@ def train_command(folder, out, backbone, random_init, dim, mode, epochs, batch_s
 
     The result is an ordinary model file: imprint new classes into it with add-class.
     """
+    # heavy: only when the command runs
+    import torch
+
     from imprinting import checkpoint as ckpt
+    from imprinting import distributed as dd
     from imprinting.data.features import View, cached_features
     from imprinting.data.folder import read_folder
     from imprinting.model import create_model
     from imprinting.train import FeatureDataset, ImageDataset, TrainConfig, train
-
-    import torch
-
-    from imprinting import distributed as dd
 
     images = read_folder(folder)
     torch.manual_seed(seed)  # the new layers' initial weights depend on the seed alone
@@ -255,6 +245,3 @@ def train_command(folder, out, backbone, random_init, dim, mode, epochs, batch_s
                f"final loss {last.get('loss', float('nan')):.3f}, train top-1 {last.get('train_top1', 0):.1f}%, "
                f"head {report['head']}" + (f" ({report['reason']})" if "reason" in report else ""))
 
-
-
-COMMANDS = [create, add_class, predict, info, train_command]

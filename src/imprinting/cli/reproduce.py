@@ -1,5 +1,10 @@
 """``imprint transfer`` and ``imprint reproduce``: the paper's tables and figures, one command
-per experiment of ``imprinting.experiments.REGISTRY``."""
+per experiment of ``imprinting.experiments.REGISTRY``.
+
+The registry imports PyTorch (its experiments import ``protocol`` and ``train`` at module
+level), so the commands are built from it on first use: ``transfer`` when this module's
+attribute is read, those of ``reproduce`` when the group lists or runs one. ``imprint
+--help`` lists both without importing it."""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ from pathlib import Path
 
 import click
 
-from imprinting.experiments import REGISTRY, Experiment
+from imprinting.cli import common
+from imprinting.cli.common import Command, engine_options
 
 
 def _shared_options(defaults: dict) -> list:
@@ -50,12 +56,17 @@ def _option(flags: tuple, attrs: dict) -> click.Option:
     return click.Option(list(flags), **attrs)
 
 
-def command(experiment: Experiment, name: str | None = None) -> click.Command:
-    """The command that runs ``experiment`` and prints its table (and what it adds)."""
+def command(experiment, name: str | None = None) -> click.Command:
+    """The command that runs ``experiment`` (an ``experiments.Experiment``) and prints its
+    table (and what it adds)."""
 
     def callback(**options):
+        # heavy: only when the command runs
+        from imprinting import report
         from imprinting.experiments.runner import run
 
+        if common.COMMAND_LINE is not None:
+            report.COMMAND = common.COMMAND_LINE  # the command line heads every table written
         r = run(experiment, options)
         click.echo(r.path.read_text())
         for line in r.messages:
@@ -63,13 +74,34 @@ def command(experiment: Experiment, name: str | None = None) -> click.Command:
 
     params = _shared_options(experiment.defaults) if experiment.shared_options else []
     params += [_option(flags, attrs) for flags, attrs in experiment.options]
-    from imprinting.cli.models import engine_options  # --engine / --precision of the frozen backbone
-
-    return engine_options(click.Command(name or experiment.name, callback=callback, params=params,
-                                        help=experiment.help))
+    # --engine / --precision of the frozen backbone
+    return engine_options(Command(name or experiment.name, callback=callback, params=params, help=experiment.help))
 
 
-@click.group()
+class ExperimentGroup(click.Group):
+    """A group whose commands are those of the registry's experiments (but ``transfer``),
+    built when they are first listed or looked up."""
+
+    _built = False
+
+    @property
+    def commands(self) -> dict[str, click.Command]:
+        if not self._built:
+            self._built = True
+            # heavy (imports torch): only when listed or run
+            from imprinting.experiments import REGISTRY
+
+            for name, experiment in REGISTRY.items():
+                if name != "transfer":
+                    self._commands[name] = command(experiment)
+        return self._commands
+
+    @commands.setter
+    def commands(self, value: dict[str, click.Command]) -> None:
+        self._commands = value
+
+
+@click.group(cls=ExperimentGroup)
 def reproduce():
     """The paper's tables and figures, written under results/<dataset>/ with their command.
 
@@ -80,10 +112,11 @@ def reproduce():
     """
 
 
-for _name, _experiment in REGISTRY.items():
-    if _name != "transfer":
-        reproduce.add_command(command(_experiment))
+def __getattr__(name: str):
+    if name == "transfer":  # `imprint transfer`, built on first use (see the module's help)
+        # heavy (imports torch): only when transfer is used
+        from imprinting.experiments import REGISTRY
 
-transfer = command(REGISTRY["transfer"])
-
-COMMANDS = [transfer, reproduce]
+        globals()["transfer"] = value = command(REGISTRY["transfer"])
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

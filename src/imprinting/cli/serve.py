@@ -1,5 +1,6 @@
-"""``imprint serve MODEL --store PATH``: the click command. FastAPI and uvicorn are imported
-only when it runs, so ``imprint --help`` stays fast and works without the ``serve`` extra."""
+"""``imprint serve MODEL --store PATH``: the click command. FastAPI, uvicorn and the service
+(PyTorch) are imported only when it runs, so ``imprint serve --help`` stays fast and works
+without the ``serve`` extra (the two constants below import PIL, not the service)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import ipaddress
 
 import click
 
-from imprinting.cli.common import Finite, ModelFile, StoreFile
+from imprinting.cli.common import Command, Finite, ModelFile, StoreFile
 from imprinting.data.images import MAX_PIXELS
 from imprinting.serve.admission import DEFAULT_MEMORY_LIMIT_MB
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("model_path", metavar="MODEL", type=ModelFile())
 @click.option("--store", "store_path", required=True, type=StoreFile(), metavar="PATH|URL",
               help="Where the classes taught through the service live: a SQLite file (created when missing), "
@@ -59,7 +60,7 @@ def serve(model_path, store_path, host, port, token, unknown_threshold, max_requ
     it is on disk, and they are all back after a restart. Memory stays under
     --memory-limit-mb: over the bounds a request is answered 503 with Retry-After.
     """
-    try:
+    try:  # heavy: only when the command runs
         import uvicorn
 
         from imprinting.serve.app import create_app
@@ -114,6 +115,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-COMMANDS = [serve]
