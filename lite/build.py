@@ -29,6 +29,7 @@ MODULES = (
     "files.py",
     "classes.py",
     "classes_file.py",
+    "conformal.py",
     "rows.py",
     "heads/__init__.py",
     "heads/episodes.py",

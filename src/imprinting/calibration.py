@@ -20,12 +20,20 @@ A table with a closed-form head (``table.head``) scores classes with the head's 
 ``s * cos``: its scale is kept (only the threshold, on cosines, is fitted) until the head has a
 temperature of its own.
 
-The unknown threshold: every example, scored against the *other* classes only, plays an
-image of a class the model was never taught (its class left out entirely); the threshold is
-the lowest best cosine that accepts at most ``target_false_accept`` of them. ``false_reject``
-is the share of known examples (scored as above) that the threshold would call unknown.
+The unknown threshold, in one of two modes:
+
+- **false reject** (the default, ``target_false_reject=0.05``): the conformal threshold of
+  ``imprinting.conformal``: at most that share of photos of taught classes are flagged unknown,
+  guaranteed (n examples allow rates down to 1 / (n + 1); below that there is no threshold);
+- **false accept** (``target_false_accept``): every example, scored against the *other* classes
+  only, plays an image of a class the model was never taught (its class left out entirely); the
+  threshold is the lowest best cosine that accepts at most that share of them.
+
+Either way the result reports both rates: ``false_reject`` (the share of the known examples the
+threshold flags) and ``false_accept`` (the estimated share of never-taught images it accepts).
 The best cosine is the rejection score the project's measurements favour
-(``results/cub/unknown_96px.md``).
+(``results/cub/unknown_96px.md``, ``results/open_set.md``). The same leave-one-out scores give
+the prediction sets' threshold (``Calibration.conformal``, kept with the model).
 """
 
 from __future__ import annotations
@@ -35,7 +43,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from imprinting.classes import normalize_rows
+from imprinting.conformal import ConformalScores, scores_from
 from imprinting.errors import UserError
+
+DEFAULT_FALSE_REJECT = 0.05
 
 SCALE_BOUNDS = (0.5, 1000.0)  # s multiplies cosines, in [-1, 1]
 TEMPERATURE_BOUNDS = (1e-3, 100.0)  # a closed-form head's temperature multiplies scores of tens to hundreds
@@ -55,12 +66,19 @@ class Calibration:
     nll_before: float | None  # mean NLL of the scored examples at scale_before (None: none scored)
     nll_after: float | None
     scored: int  # examples in the NLL
-    unknown_threshold: float | None  # None: fewer than two classes
-    target_false_accept: float
+    unknown_threshold: float | None  # None: fewer than two classes, or too few examples for the rate
+    target_false_accept: float | None  # the false-accept mode's target (None: false-reject mode)
     false_reject: float | None  # share of known scored examples below the threshold
+    target_false_reject: float | None = None  # the false-reject mode's target, guaranteed (None: the other mode)
+    false_accept: float | None = None  # estimated share of never-taught images accepted (leave-one-class-out)
+    conformal: ConformalScores | None = None  # the scores behind the threshold and the prediction sets
+    note: str | None = None  # why there is no threshold, when there is none
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-able: the conformal scores as their count (``calibration_examples``)."""
+        out = {k: v for k, v in asdict(self).items() if k != "conformal"}
+        out["calibration_examples"] = 0 if self.conformal is None else self.conformal.n
+        return out
 
 
 def nll(scale: float, cosines: np.ndarray, labels: np.ndarray) -> float:
@@ -122,12 +140,19 @@ def threshold_for(unknown_scores: np.ndarray, target_false_accept: float) -> flo
     return float(np.nextafter(s[k], np.float32(np.inf)))
 
 
-def calibrate_table(table, embeddings, labels, method: str = "leave-one-out",
-                    target_false_accept: float = 0.05) -> Calibration:
+def calibrate_table(table, embeddings, labels, method: str = "leave-one-out", target_false_accept: float | None = None,
+                    *, target_false_reject: float | None = None) -> Calibration:
     """Fit the scale and the unknown threshold of ``table``'s classes (a ``ClassTable``) from
-    ``embeddings`` (N, D) labelled with class indices or names (see the module)."""
-    if not 0 <= target_false_accept < 1:
+    ``embeddings`` (N, D) labelled with class indices or names (see the module): for
+    ``target_false_accept`` if given, else for ``target_false_reject`` (default 0.05)."""
+    if target_false_accept is not None and target_false_reject is not None:
+        raise CalibrationError("choose one: a target false-accept rate or a target false-reject rate")
+    if target_false_accept is None and target_false_reject is None:
+        target_false_reject = DEFAULT_FALSE_REJECT
+    if target_false_accept is not None and not 0 <= target_false_accept < 1:
         raise CalibrationError(f"the target false-accept rate must be in [0, 1), got {target_false_accept}")
+    if target_false_reject is not None and not 0 < target_false_reject < 1:
+        raise CalibrationError(f"the target false-reject rate must be in (0, 1), got {target_false_reject}")
     if method not in ("leave-one-out", "held-out"):
         raise CalibrationError(f"method must be 'leave-one-out' or 'held-out', got {method!r}")
     labels = np.array([table.index_of(y) if isinstance(y, str) else int(y) for y in labels], np.int64)
@@ -146,16 +171,36 @@ def calibrate_table(table, embeddings, labels, method: str = "leave-one-out",
         scores = head_scores(table, e, labels, method == "leave-one-out")
     bounds = SCALE_BOUNDS if getattr(table, "head", None) is None else TEMPERATURE_BOUNDS
     scale = fit_scale(scores[scored], y, bounds) if scored.any() else before
-    threshold = false_reject = None
+    others_best = np.zeros(0)
     if len(table) >= 2:
         others = cos.copy()
         others[np.arange(len(e)), labels] = -np.inf  # its class never taught: the best of the others
-        threshold = threshold_for(others.max(axis=1), target_false_accept)
-        if scored.any():
-            false_reject = float(np.mean(cos[scored].max(axis=1) < threshold))
+        others_best = others.max(axis=1)
+    conformal = scores_from(cos[scored], others_best[scored] if len(others_best) else others_best,
+                            softmax(scale * scores[scored]), y) if scored.any() else None
+    threshold = note = None
+    if target_false_accept is not None:
+        threshold = threshold_for(others_best, target_false_accept) if len(others_best) else None
+        note = None if threshold is not None else "one class: nothing to tell it from, no unknown threshold"
+    elif conformal is None:
+        note = "no class has two examples: nothing to score by leave-one-out, no unknown threshold"
+    else:
+        threshold = conformal.unknown_threshold(target_false_reject)
+        if threshold is None:
+            note = (f"{conformal.n} examples scored: too few for a false-reject rate of {target_false_reject:g} (it "
+                    f"needs {ConformalScores.min_examples(target_false_reject)}); no unknown threshold")
+    false_reject = conformal.false_reject_at(threshold) if conformal is not None else None
+    false_accept = conformal.false_accept_at(threshold) if conformal is not None else None
     return Calibration(method, before, scale, nll(before, scores[scored], y) if scored.any() else None,
                        nll(scale, scores[scored], y) if scored.any() else None, int(scored.sum()), threshold,
-                       target_false_accept, false_reject)
+                       target_false_accept, false_reject, target_false_reject, false_accept, conformal, note)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (the prediction's probabilities, from its logits)."""
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
 
 
 def head_scores(table, embeddings: np.ndarray, labels: np.ndarray, leave_out: bool) -> np.ndarray:
@@ -176,13 +221,14 @@ def head_scores(table, embeddings: np.ndarray, labels: np.ndarray, leave_out: bo
     return scores
 
 
-def calibrate(model, embeddings, labels, method: str = "leave-one-out", target_false_accept: float = 0.05,
-              set_threshold: bool = True) -> Calibration:
+def calibrate(model, embeddings, labels, method: str = "leave-one-out", target_false_accept: float | None = None,
+              set_threshold: bool = True, *, target_false_reject: float | None = None) -> Calibration:
     """``calibrate_table`` on ``model.classes`` and ``apply`` the result to ``model``."""
     if getattr(model.classifier, "scale_rows", None) is None:
         raise CalibrationError("only a cosine classifier has a scale to calibrate")
     emb = embeddings.detach().cpu().numpy() if hasattr(embeddings, "detach") else embeddings
-    result = calibrate_table(model.classes, emb, labels, method, target_false_accept)
+    result = calibrate_table(model.classes, emb, labels, method, target_false_accept,
+                             target_false_reject=target_false_reject)
     apply(model, result, set_threshold)
     return result
 
@@ -197,8 +243,10 @@ def apply(model, result: Calibration, set_threshold: bool = True) -> None:
     else:
         with torch.no_grad():
             model.classifier.scale.fill_(result.scale)
-    if set_threshold and result.unknown_threshold is not None:
-        model.unknown_threshold = result.unknown_threshold
+    if set_threshold and (result.unknown_threshold is not None or result.target_false_reject is not None):
+        model.unknown_threshold = result.unknown_threshold  # None: too few examples for the rate asked
+    if result.conformal is not None:
+        model.conformal = result.conformal
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:

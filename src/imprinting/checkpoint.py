@@ -9,7 +9,9 @@ Layout (format 1, unchanged since the first release): header ``format``, ``versi
 ``model.<state_dict key>`` (the classifier's rows are the class vectors), ``sums`` (C, D)
 float64 and ``counts`` (C,) int64. Since 0.1 the header also has ``sha256``: a SHA-256 of the
 other header entries and every tensor's name, dtype, shape and bytes (``digest``), checked at
-load, so a flipped byte anywhere is a clear error; files without it (older ones) still load.
+load, so a flipped byte anywhere is a clear error; files without it (older ones) still load. The header
+may also have ``conformal``: the calibration scores behind the unknown threshold and the
+prediction sets (``imprinting.conformal``); a file without them predicts as before, without sets.
 NaN or infinite weights are refused at save and at load. A model with a closed-form head
 (``imprinting.heads``) adds header ``head`` (its JSON) and tensors ``head.centre``,
 ``head.covariance`` (float64).
@@ -27,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from imprinting.classes import ClassTable
+from imprinting.conformal import ConformalScores
 from imprinting.errors import UserError
 from imprinting.files import atomic_write  # noqa: F401  (part of this module's API)
 from imprinting.model import ImprintModel, build_model
@@ -55,6 +58,8 @@ def save(model: ImprintModel, path: str | os.PathLike) -> None:
         "class_names": json.dumps(list(table.names)),
         "unknown_threshold": json.dumps(model.unknown_threshold),
     }
+    if getattr(model, "conformal", None) is not None:  # calibration's scores (imprinting.conformal)
+        metadata["conformal"] = json.dumps(model.conformal.to_json())
     if table.head is not None:
         metadata["head"] = json.dumps(table.head.header())
         tensors.update({f"head.{k}": torch.from_numpy(np.array(v, np.float64)) for k, v in table.head.arrays().items()})
@@ -114,7 +119,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
         names = json.loads(meta["class_names"])
         threshold = json.loads(meta.get("unknown_threshold", "null"))
         head = json.loads(meta["head"]) if "head" in meta else None
-    except (KeyError, json.JSONDecodeError) as exc:
+        conformal = ConformalScores.from_json(json.loads(meta["conformal"])) if "conformal" in meta else None
+    except (KeyError, json.JSONDecodeError, ValueError) as exc:
         raise CheckpointError(f"{path}: damaged header ({exc})") from None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise CheckpointError(f"{path}: damaged header (class_names is not a list of names)")
@@ -128,7 +134,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: damaged header (config {exc.__class__.__name__}: {exc})") from None
-    return {"spec": spec, "config": config, "class_names": names, "unknown_threshold": threshold, "raw": meta, "head": head}
+    return {"spec": spec, "config": config, "class_names": names, "unknown_threshold": threshold, "raw": meta, "head": head,
+            "conformal": conformal}
 
 
 def load(path: str | os.PathLike) -> ImprintModel:
@@ -154,6 +161,7 @@ def load(path: str | os.PathLike) -> ImprintModel:
             head = WhitenedHead.from_parts(meta["head"], {k[len("head."):]: v.numpy() for k, v in tensors.items()
                                                            if k.startswith("head.")})
         model = build_model(meta["spec"], names, pretrained=False, unknown_threshold=meta["unknown_threshold"])
+        model.conformal = meta["conformal"]
         model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
         clf = model.classifier
         scale = clf.scale_rows

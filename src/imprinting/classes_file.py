@@ -134,7 +134,21 @@ class ClassesData:
         t = self.unknown_threshold
         if t is not None and not (isinstance(t, (int, float)) and not isinstance(t, bool) and -1.0 <= t <= 1.0):
             problems.append(f"unknown_threshold is {t!r}, not a cosine in [-1, 1] or null")
+        if "conformal" in self.extra:
+            try:
+                self.conformal  # noqa: B018  (parsed to be checked)
+            except ValueError as exc:
+                problems.append(str(exc))
         return problems
+
+    @property
+    def conformal(self):
+        """The calibration scores kept in the header's ``conformal`` (``imprinting.conformal``), or
+        None (a file calibrated before they were kept: no prediction sets)."""
+        from imprinting.conformal import ConformalScores
+
+        data = self.extra.get("conformal")
+        return None if data is None else ConformalScores.from_json(data)
 
     @property
     def num_classes(self) -> int:
@@ -147,11 +161,15 @@ class ClassesData:
 
     @classmethod
     def from_table(cls, table: ClassTable, unknown_threshold: float | None = None,
-                   embedder_id: str | None = None, extra: dict | None = None) -> "ClassesData":
+                   embedder_id: str | None = None, extra: dict | None = None, conformal=None) -> "ClassesData":
+        """``conformal``: calibration scores (``ConformalScores``) to keep in the header, or None
+        (``extra``'s, if it has any, are kept)."""
+        extra = dict(extra or {})
+        if conformal is not None:
+            extra["conformal"] = conformal.to_json()
         return cls(list(table.names), table.weights.copy(), table.scale.copy(), table.sums.copy(),
                    table.counts.copy(), table.dim, table.per_class_scale, table.initial_scale,
-                   None if unknown_threshold is None else float(unknown_threshold), embedder_id, dict(extra or {}),
-                   table.head)
+                   None if unknown_threshold is None else float(unknown_threshold), embedder_id, extra, table.head)
 
     def header(self) -> dict:
         return {

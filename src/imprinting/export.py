@@ -71,7 +71,7 @@ def _check_exportable(model: ImprintModel) -> None:
 def classes_data(model: ImprintModel) -> ClassesData:
     """The model's classes in the classes file's form."""
     _check_exportable(model)
-    return ClassesData.from_table(model.classes, model.unknown_threshold, model.embedder_id())
+    return ClassesData.from_table(model.classes, model.unknown_threshold, model.embedder_id(), conformal=model.conformal)
 
 
 def export_classes(model: ImprintModel, path: str | os.PathLike) -> Path:
@@ -125,7 +125,7 @@ def import_classes(model: ImprintModel, source: str | os.PathLike, check_embedde
         model.set_classes(data.table())
     except UserError as exc:
         raise ExportFormatError(f"{where}: {exc}") from None
-    model.unknown_threshold = data.unknown_threshold
+    model.unknown_threshold, model.conformal = data.unknown_threshold, data.conformal
     return model
 
 

@@ -190,3 +190,8 @@ class Head(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(self._embedder[0].forward_head(features))
+
+
+def to_numpy(x, dtype=np.float32) -> np.ndarray:
+    """A tensor (any device, detached) or array-like as a numpy array of ``dtype``."""
+    return np.asarray(x.detach().cpu().numpy() if torch.is_tensor(x) else x, dtype)

@@ -21,7 +21,9 @@ from torch import nn
 
 from imprinting.classes import ClassSnapshot, ClassTable
 from imprinting.errors import ClassError
+from imprinting.conformal import set_q
 from imprinting.layers import CosineClassifier, Embedder, Head, LinearClassifier  # noqa: F401  (this API)
+from imprinting.layers import to_numpy as _numpy
 from imprinting.prediction import Prediction, UnknownClassError, top_k  # noqa: F401  (this API)
 from imprinting.spec import ModelSpec, fingerprint, store_fingerprint
 
@@ -48,7 +50,7 @@ class ImprintModel(nn.Module):
             scale.detach().numpy() if scale is not None else [self.spec.scale],
             bool(getattr(classifier, "per_class_scale", False)), self.spec.scale)
         self._push()
-        self.unknown_threshold = unknown_threshold
+        self.unknown_threshold, self.conformal = unknown_threshold, None  # conformal: calibration's scores
 
     # -- the class table and its mirror ---------------------------------------------------
     def _key(self) -> tuple:
@@ -237,9 +239,10 @@ class ImprintModel(nn.Module):
         """``imprint`` from embeddings (n, D): ``add_class`` or ``add_examples``."""
         return self._change(self._table.imprint, name, _numpy(embeddings))
 
-    def predict_images(self, images: Sequence, k: int = 5, unknown_threshold: float | None = None) -> list[Prediction]:
-        """Top-k predictions for image files or PIL images."""
-        return self.predict_embeddings(self.embed_images(images), k, unknown_threshold)
+    def predict_images(self, images: Sequence, k: int = 5, unknown_threshold: float | None = None,
+                       coverage: float | None = None) -> list[Prediction]:
+        """Top-k predictions for image files or PIL images (``predict_embeddings``)."""
+        return self.predict_embeddings(self.embed_images(images), k, unknown_threshold, coverage)
 
     # -- forward ---------------------------------------------------------------------------
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -254,9 +257,10 @@ class ImprintModel(nn.Module):
         return Head(self.embedder, self.classifier)
 
     @torch.no_grad()
-    def predict_embeddings(self, embeddings: torch.Tensor, k: int = 5,
-                           unknown_threshold: float | None = None) -> list[Prediction]:
-        """Top-k names, probabilities and cosines, from the table's normalized templates."""
+    def predict_embeddings(self, embeddings: torch.Tensor, k: int = 5, unknown_threshold: float | None = None,
+                           coverage: float | None = None) -> list[Prediction]:
+        """Top-k names, probabilities and cosines, from the table's normalized templates; with
+        ``coverage``, each one's prediction set (``imprinting.conformal``: needs calibration)."""
         table = self.classes
         if len(table) == 0:
             raise ClassError("the model has no classes yet: imprint one first")
@@ -264,12 +268,13 @@ class ImprintModel(nn.Module):
         cos = table.cosines(e.numpy())
         logits = table.logits(cos, e.numpy()) if table.head is not None else self.classifier.logits(cos, e)
         threshold = self.unknown_threshold if unknown_threshold is None else unknown_threshold
-        return top_k(cos, logits, table.name_at, k, threshold)
+        return top_k(cos, logits, table.name_at, k, threshold, set_q(self.conformal, coverage))
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, k: int = 5, unknown_threshold: float | None = None) -> list[Prediction]:
+    def predict(self, images: torch.Tensor, k: int = 5, unknown_threshold: float | None = None,
+                coverage: float | None = None) -> list[Prediction]:
         """Top-k class names, probabilities and cosine scores for preprocessed images."""
-        return self.predict_embeddings(self.embed(images), k, unknown_threshold)
+        return self.predict_embeddings(self.embed(images), k, unknown_threshold, coverage)
 
     # -- with and without the backbone -------------------------------------------------------
     def without_backbone(self) -> "ImprintModel":
@@ -335,10 +340,6 @@ class ImprintModel(nn.Module):
             "classes": [{"name": n, "kind": "imprinted" if c else "base", "examples": int(c)}
                         for n, c in zip(table.names, table.counts.tolist())],
         }
-
-
-def _numpy(x, dtype=np.float32) -> np.ndarray:
-    return np.asarray(x.detach().cpu().numpy() if torch.is_tensor(x) else x, dtype)
 
 
 def build_model(spec: ModelSpec, class_names: Sequence[str] = (), pretrained: bool | None = None,

@@ -7,6 +7,7 @@ from typing import Callable
 
 import numpy as np
 
+from imprinting.conformal import prediction_set
 from imprinting.errors import UnknownClassError  # noqa: F401  (part of this module's API)
 
 
@@ -18,6 +19,7 @@ class Prediction:
     probabilities: list[float]
     cosines: list[float]
     unknown: bool = False
+    set: list[str] | None = None  # with a coverage: the classes it could be (empty: none of them)
 
     @property
     def top(self) -> str:
@@ -25,10 +27,12 @@ class Prediction:
 
 
 def top_k(cosines: np.ndarray, logits: np.ndarray, name_at: Callable[[int], str], k: int,
-          threshold: float | None) -> list[Prediction]:
+          threshold: float | None, set_q: float | None = None) -> list[Prediction]:
     """The ``k`` most probable classes of each row (softmax of ``logits``), with their
     cosines; ``unknown`` when the best cosine is below ``threshold``. Ties go to the lower
-    class index. Costs O(C) per row plus O(k log k), so 100,000 classes stay fast."""
+    class index. Costs O(C) per row plus O(k log k), so 100,000 classes stay fast.
+    ``set_q``: each prediction's set holds every class whose 1 - probability is at most it
+    (``imprinting.conformal``), most probable first."""
     logits = np.asarray(logits, np.float32)
     c = logits.shape[1]
     k = max(1, min(int(k), c))
@@ -40,6 +44,9 @@ def top_k(cosines: np.ndarray, logits: np.ndarray, name_at: Callable[[int], str]
     for l_row, z_row, total, c_row, cand, top in zip(logits, z, denom, cosines, part, best):
         order = cand[np.lexsort((cand, -l_row[cand]))]  # by logit: probabilities can underflow to 0
         unknown = threshold is not None and float(top) < threshold
+        members = None
+        if set_q is not None:
+            members = [name_at(int(i)) for i in prediction_set(z_row / total, set_q)]
         out.append(Prediction([name_at(int(i)) for i in order], [float(z_row[i] / total) for i in order],
-                              [float(c_row[i]) for i in order], bool(unknown)))
+                              [float(c_row[i]) for i in order], bool(unknown), members))
     return out

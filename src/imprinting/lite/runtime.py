@@ -12,6 +12,7 @@ from imprinting.data.images import ImageError
 from imprinting.errors import ClassError
 from imprinting.lite import format as fmt
 from imprinting.lite.preprocess import image_mode, to_batch
+from imprinting.conformal import set_q
 from imprinting.prediction import Prediction, UnknownClassError, top_k  # noqa: F401  (shared with the PyTorch model)
 
 
@@ -86,11 +87,13 @@ class LiteModel:
             )
         self.classes = data.table()
         self.unknown_threshold = data.unknown_threshold
-        self._extra = dict(data.extra)
+        self.conformal = data.conformal  # calibration's scores for prediction sets (imprinting.conformal), or None
+        self._extra = {k: v for k, v in data.extra.items() if k != "conformal"}
 
     def classes_data(self) -> fmt.ClassesData:
         """The classes as a ``ClassesData`` (copies)."""
-        return fmt.ClassesData.from_table(self.classes, self.unknown_threshold, self.embedder_id, self._extra)
+        return fmt.ClassesData.from_table(self.classes, self.unknown_threshold, self.embedder_id, self._extra,
+                                          conformal=self.conformal)
 
     @property
     def class_names(self) -> list[str]:
@@ -197,16 +200,21 @@ class LiteModel:
         """s * cos(w_c, e): the PyTorch model's logits, (N, C)."""
         return self.classes.logits(self.cosines(embeddings), embeddings)
 
-    def predict(self, images: Sequence, k: int = 5, unknown_threshold: float | None = None) -> list[Prediction]:
+    def predict(self, images: Sequence, k: int = 5, unknown_threshold: float | None = None,
+                coverage: float | None = None) -> list[Prediction]:
         """Top-k predictions for image files or PIL images."""
-        return self.predict_embeddings(self.embed(images), k, unknown_threshold)
+        return self.predict_embeddings(self.embed(images), k, unknown_threshold, coverage)
 
-    def predict_embeddings(self, embeddings: np.ndarray, k: int = 5, unknown_threshold: float | None = None) -> list[Prediction]:
+    def predict_embeddings(self, embeddings: np.ndarray, k: int = 5, unknown_threshold: float | None = None,
+                           coverage: float | None = None) -> list[Prediction]:
+        """Top-k predictions; with ``coverage`` (e.g. 0.9), each one's set of the classes the
+        photo could be (``imprinting.conformal``; needs a calibrated classes file)."""
         if self.num_classes == 0:
             raise ClassError("the model has no classes yet: imprint one first")
         cos = self.cosines(embeddings)
         threshold = self.unknown_threshold if unknown_threshold is None else unknown_threshold
-        return top_k(cos, self.classes.logits(cos, embeddings), self.classes.name_at, k, threshold)
+        return top_k(cos, self.classes.logits(cos, embeddings), self.classes.name_at, k, threshold,
+                     set_q(self.conformal, coverage))
 
     # -- saving ------------------------------------------------------------------
     def save(self, path: str | os.PathLike | None = None) -> Path:
