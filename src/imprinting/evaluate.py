@@ -4,7 +4,10 @@ The folder holds one sub-folder per class, named as the model's class, with imag
 depth below it (``read_tree``). Every image is embedded once through the model's engine
 pipeline (``imprinting.imprint.embed_files``) and predicted with ``model.predict_embeddings``;
 the metrics come from scikit-learn: top-1 and top-k accuracy, recall per class, the
-confusion matrix and, from it, the pairs of classes confused most often.
+confusion matrix and, from it, the pairs of classes confused most often. With a coverage
+(``imprinting.conformal``), also the prediction sets' empirical coverage, mean size and share of
+single-class sets; and always the risk-coverage curve: the accuracy of the photos accepted, by
+best cosine (the unknown flag's score), against the share accepted.
 
 ``find_images`` is the walk ``imprint predict`` uses for files and nested folders.
 """
@@ -91,19 +94,23 @@ class Evaluation:
     images: list[dict] = field(repr=False, default_factory=list)  # one row per image
     confidence: float = 0.0  # mean probability of the best class
     ece: float = 0.0  # expected calibration error of that probability (imprinting.calibration)
+    sets: dict | None = None  # with a coverage: target, coverage, mean_size, single, empty (shares 0..1)
+    risk_coverage: dict = field(default_factory=dict)  # accepted (shares), accuracy (of those), aurc
 
     def summary(self) -> dict:
         """JSON-able: everything but the per-image rows."""
         return {"images": len(self.images), "k": self.k, "top1": self.top1, f"top{self.k}": self.topk,
                 "unknown_rate": self.unknown_rate, "mean_confidence": self.confidence, "ece": self.ece, "recall": self.recall, "support": self.support,
-                "most_confused": self.confused, "labels": self.labels, "confusion": self.confusion.tolist()}
+                "most_confused": self.confused, "labels": self.labels, "confusion": self.confusion.tolist(),
+                "prediction_sets": self.sets, "risk_coverage_area": self.risk_coverage.get("aurc")}
 
     def write(self, out: str | os.PathLike) -> dict[str, Path]:
         """``summary.json``, ``per_class.csv``, ``predictions.csv`` and ``confusion.png`` in ``out``."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         files = {"summary": out / "summary.json", "per_class": out / "per_class.csv",
-                 "predictions": out / "predictions.csv", "confusion": out / "confusion.png"}
+                 "predictions": out / "predictions.csv", "confusion": out / "confusion.png",
+                 "risk_coverage": out / "risk_coverage.png"}
         files["summary"].write_text(json.dumps(self.summary(), indent=2) + "\n", encoding="utf-8")
         with open(files["per_class"], "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
@@ -119,15 +126,18 @@ class Evaluation:
             w.writeheader()
             w.writerows(self.images)
         plot_confusion(self.confusion, self.labels, files["confusion"], len(self.recall))
+        plot_risk_coverage(self.risk_coverage, files["risk_coverage"])
         return files
 
 
 def evaluate(model, folder: str | os.PathLike, k: int = 5, unknown_threshold: float | None = None,
-             embed: Callable[[Sequence[Path]], object] | None = None, top_pairs: int = 10) -> Evaluation:
+             embed: Callable[[Sequence[Path]], object] | None = None, top_pairs: int = 10,
+             coverage: float | None = None) -> Evaluation:
     """Predict every image of ``folder`` (``read_tree``) with ``model`` and score the answers.
 
     Every class folder must name a class of the model. ``embed(files)`` returns the
-    embeddings (default ``embed_files(model, files)``; the CLI passes one with a progress bar)."""
+    embeddings (default ``embed_files(model, files)``; the CLI passes one with a progress bar).
+    ``coverage``: also score the prediction sets at that coverage (a calibrated model)."""
     from imprinting.imprint import embed_files
 
     data = read_tree(folder)
@@ -137,9 +147,34 @@ def evaluate(model, folder: str | os.PathLike, k: int = 5, unknown_threshold: fl
         raise DatasetError(f"{folder}: class folder(s) {shown} name no class of the model "
                            f"({model.num_classes} classes; see `imprint info`)")
     embeddings = (embed or (lambda files: embed_files(model, files)))(data.paths)
-    predictions = model.predict_embeddings(embeddings, k, unknown_threshold)
+    predictions = model.predict_embeddings(embeddings, k, unknown_threshold, coverage)
     truth = [data.class_names[y] for y in data.labels]
-    return score(data.paths, truth, predictions, k, top_pairs)
+    result = score(data.paths, truth, predictions, k, top_pairs)
+    if coverage is not None:
+        result.sets = {"target": coverage, **set_metrics(truth, predictions)}
+    return result
+
+
+def set_metrics(truth: Sequence[str], predictions: Sequence) -> dict:
+    """Of prediction sets: the share holding the true class (empirical coverage), the mean
+    size, and the shares of single-class and of empty sets."""
+    sizes = np.array([len(p.set) for p in predictions])
+    return {"coverage": float(np.mean([t in p.set for t, p in zip(truth, predictions)])),
+            "mean_size": float(sizes.mean()), "single": float(np.mean(sizes == 1)), "empty": float(np.mean(sizes == 0))}
+
+
+def risk_coverage(scores: np.ndarray, correct: np.ndarray) -> dict:
+    """The risk-coverage curve of a rejection score: accepting the photos of the highest scores
+    first, the accuracy of the accepted ones against the share accepted (ties accepted
+    together); ``aurc``: the mean risk (1 - accuracy) over the shares accepted (lower is better)."""
+    scores, correct = np.asarray(scores, np.float64), np.asarray(correct, np.float64)
+    order = np.argsort(-scores, kind="stable")
+    hits = np.cumsum(correct[order])
+    n = np.arange(1, len(order) + 1)
+    last_of_tie = np.r_[scores[order][1:] != scores[order][:-1], True]
+    accepted, accuracy = (n / len(order))[last_of_tie], (hits / n)[last_of_tie]
+    return {"accepted": accepted.tolist(), "accuracy": accuracy.tolist(),
+            "aurc": float(np.mean(1 - hits / n)) if len(order) else None}
 
 
 def score(paths: Sequence, truth: Sequence[str], predictions: Sequence, k: int = 5, top_pairs: int = 10) -> Evaluation:
@@ -173,10 +208,11 @@ def score(paths: Sequence, truth: Sequence[str], predictions: Sequence, k: int =
 
     confidence = np.array([p.probabilities[0] for p in predictions])
     correct = np.array([t == b for t, b in zip(truth, best)])
+    curve = risk_coverage(np.array([max(p.cosines) for p in predictions]), correct)
     return Evaluation(k, float(accuracy_score(truth, best)), float(np.mean(hits)),
                       float(np.mean([p.unknown for p in predictions])),
                       {n: float(r) for n, r in zip(folder_classes, recall)}, support, confused, labels, matrix, rows,
-                      float(confidence.mean()), expected_calibration_error(confidence, correct))
+                      float(confidence.mean()), expected_calibration_error(confidence, correct), None, curve)
 
 
 def plot_confusion(matrix: np.ndarray, labels: Sequence[str], path: Path, rows: int) -> None:
@@ -199,6 +235,27 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], path: Path, rows: 
         ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
         ax.set_yticks(range(rows), labels[:rows], fontsize=7)
     ax.set_title(f"confusion matrix ({int(matrix.sum())} images)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_risk_coverage(curve: dict, path: Path) -> None:
+    """The risk-coverage curve as a PNG: accuracy of the accepted photos against the share
+    accepted, accepting the highest best cosines first."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(100 * np.asarray(curve.get("accepted", [])), 100 * np.asarray(curve.get("accuracy", [])), lw=1.5)
+    ax.set_xlabel("photos accepted (%), highest best cosine first")
+    ax.set_ylabel("accuracy of the accepted photos (%)")
+    ax.set_xlim(0, 100)
+    ax.grid(alpha=0.3)
+    aurc = curve.get("aurc")
+    ax.set_title("risk-coverage" + (f" (mean risk {aurc:.3f})" if aurc is not None else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

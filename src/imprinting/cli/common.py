@@ -224,11 +224,36 @@ def unknown_threshold_option(help: str):
     return click.option("--unknown-threshold", type=Finite(-1, 1), default=None, help=help)
 
 
-def false_accept_option(help: str):
-    """``--false-accept``, the target share of never-taught images accepted as known when the
-    unknown threshold is calibrated: a finite number in [0, 1)."""
-    return click.option("--false-accept", type=Finite(0, 1, max_open=True), default=0.05, show_default=True,
-                        help=help)
+def rate_options(when: str = ""):
+    """``--false-reject`` and ``--false-accept``: the two ways to set the unknown threshold
+    when calibrating (``imprinting.calibration``); ``targets`` turns them into its arguments."""
+    def decorate(command):
+        command = click.option(
+            "--false-accept", type=Finite(0, 1, max_open=True), default=None,
+            help=f"{when}Instead: the threshold accepts at most this share of never-taught images, as estimated "
+                 "by leaving each example's class out (no guarantee; the false-reject rate is then what it is)."
+        )(command)
+        return click.option(
+            "--false-reject", type=Finite(0, 1, min_open=True, max_open=True), default=None,
+            help=f"{when}At most this share of photos of taught classes are flagged unknown, guaranteed by "
+                 "conformal calibration on the examples left out one at a time (needs at least 1/rate - 1 "
+                 "examples; fewer: no unknown flag) [default: 0.05]."
+        )(command)
+    return decorate
+
+
+def targets(false_reject: float | None, false_accept: float | None) -> dict:
+    """The calibration's target from ``rate_options``: false reject 0.05 unless one is given."""
+    if false_reject is not None and false_accept is not None:
+        raise click.UsageError("give --false-reject or --false-accept, not both: one sets the unknown threshold")
+    if false_accept is not None:
+        return {"target_false_accept": false_accept}
+    return {"target_false_reject": 0.05 if false_reject is None else false_reject}
+
+
+def coverage_option(help: str):
+    """``--coverage``: prediction sets that hold the true class this often (a share in (0, 1))."""
+    return click.option("--coverage", type=Finite(0, 1, min_open=True, max_open=True), default=None, help=help)
 
 
 MAX_EXAMPLE_ID = 2**63 - 1  # the largest SQLite INTEGER: a larger id cannot even be looked up

@@ -10,10 +10,12 @@ import click
 
 from imprinting.cli.common import (
     Command,
+    coverage_option,
     embed_with_bar,
     engine_options,
-    false_accept_option,
     progress_bar,
+    rate_options,
+    targets,
     unknown_threshold_option,
 )
 
@@ -27,18 +29,24 @@ from imprinting.cli.common import (
               help="Folder for summary.json, per_class.csv, predictions.csv and confusion.png "
                    "[default: evaluation-<FOLDER name>].")
 @unknown_threshold_option("Override the model's unknown threshold.")
+@coverage_option("Also score prediction sets at this coverage: how often they hold the true class, their mean "
+                 "size, how often they are one class [default: 0.9 for a model calibrated with sets].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @engine_options
-def evaluate(model_path, folder, top_k, out, unknown_threshold, as_json):
+def evaluate(model_path, folder, top_k, out, unknown_threshold, coverage, as_json):
     """Score MODEL on FOLDER: one sub-folder per class (named as the model's class), images
     at any depth below each. Prints top-1, top-k, the worst classes and the most confused
-    pairs; writes the CSV, JSON and a confusion-matrix PNG."""
+    pairs; writes the CSV, JSON, a confusion-matrix PNG and the risk-coverage curve (accuracy of the
+    photos accepted, by best cosine, against the share accepted)."""
     # heavy: only when the command runs
     from imprinting import checkpoint
     from imprinting.evaluate import evaluate as run
 
     model = checkpoint.load(model_path)
-    result = run(model, folder, top_k, unknown_threshold, embed=lambda files: embed_with_bar(model, files, 1))
+    if coverage is None and model.conformal is not None:
+        coverage = 0.9
+    result = run(model, folder, top_k, unknown_threshold, embed=lambda files: embed_with_bar(model, files, 1),
+                 coverage=coverage)
     out = out or Path(f"evaluation-{Path(folder).resolve().name}")
     files = result.write(out)
     if as_json:
@@ -50,6 +58,11 @@ def evaluate(model_path, folder, top_k, out, unknown_threshold, as_json):
                f"flagged unknown {100 * result.unknown_rate:.1f} %")
     click.echo(f"mean probability of the best class {100 * result.confidence:.1f} %   "
                f"calibration error (ECE) {100 * result.ece:.1f} %")
+    if result.sets is not None:
+        s = result.sets
+        click.echo(f"prediction sets for {100 * s['target']:g} %: hold the true class {100 * s['coverage']:.1f} %   "
+                   f"mean size {s['mean_size']:.2f}   one class {100 * s['single']:.1f} %   "
+                   f"empty {100 * s['empty']:.1f} %")
     worst = sorted(result.recall.items(), key=lambda kv: (kv[1], kv[0]))[:10]
     click.echo("lowest recall:")
     for name, r in worst:
@@ -62,19 +75,27 @@ def evaluate(model_path, folder, top_k, out, unknown_threshold, as_json):
 
 
 def describe_calibration(c) -> str:
-    """One line: the scale and the NLL before and after, the threshold and its error rates."""
+    """The scale and the NLL before and after; the unknown threshold with its two error rates
+    (the one guaranteed and the one estimated), or why there is none."""
     if c.nll_after is None:
         line = f"scale kept at {c.scale:.2f} (no class has two examples to leave one out)"
     else:
         line = (f"scale {c.scale_before:.2f} -> {c.scale:.2f} (NLL {c.nll_before:.3f} -> {c.nll_after:.3f} "
                 f"on {c.scored} {c.method} examples)")
-    if c.unknown_threshold is not None:
-        line += (f"; unknown below cosine {c.unknown_threshold:.3f} (false accept {100 * c.target_false_accept:.0f} %"
-                 + (f", false reject {100 * c.false_reject:.0f} %" if c.false_reject is not None else "") + ")")
+    accept = "" if c.false_accept is None else f"{100 * c.false_accept:.0f} %"
+    if c.unknown_threshold is None:
+        return line + f"\nno unknown threshold: {c.note or 'nothing to calibrate it from'}"
+    line += f"\nunknown below cosine {c.unknown_threshold:.3f}: "
+    if c.target_false_reject is not None:
+        line += (f"false reject at most {100 * c.target_false_reject:g} % (guaranteed), false accept about "
+                 f"{accept or '?'} (estimated: each example's class left out)")
+    else:
+        line += (f"false accept about {100 * c.target_false_accept:g} % (estimated), false reject "
+                 f"{100 * (c.false_reject or 0):.0f} % of the examples (not guaranteed)")
     return line
 
 
-def teach_and_calibrate(model, folder, false_accept: float, set_threshold: bool, head: str | None = None):
+def teach_and_calibrate(model, folder, target: dict, set_threshold: bool, head: str | None = None):
     """``create --from-folder``: ``imprinting.imprint.imprint_folder`` (one progress bar over the
     images; the ``head`` fitted on them, None: the paper's), then the scale (a head's
     temperature) and the unknown threshold calibrated by leave-one-out over those examples.
@@ -88,8 +109,8 @@ def teach_and_calibrate(model, folder, false_accept: float, set_threshold: bool,
     with progress_bar(len(images.paths), "embedding images") as bar:
         taught = imprint_folder(model, images, progress=bar.update, head=head)
     names = [taught["classes"][y] for y in taught["labels"]]
-    click.echo(describe_calibration(calibrate(model, taught["embeddings"], names, "leave-one-out", false_accept,
-                                              set_threshold)))
+    result = calibrate(model, taught["embeddings"], names, "leave-one-out", set_threshold=set_threshold, **target)
+    click.echo(describe_calibration(result))
     return taught["head"]
 
 
@@ -99,10 +120,11 @@ def teach_and_calibrate(model, folder, false_accept: float, set_threshold: bool,
 @click.option("--method", type=click.Choice(["auto", "leave-one-out", "held-out"]), default="auto", show_default=True,
               help="leave-one-out: FOLDER holds exactly the examples the classes were taught from; held-out: "
                    "images never taught; auto: leave-one-out when FOLDER's images sum to the classes' examples.")
-@false_accept_option("Target share of never-taught images accepted as known, for the unknown threshold.")
-@click.option("--keep-threshold", is_flag=True, help="Fit the scale only; keep the model's unknown threshold.")
+@rate_options()
+@click.option("--keep-threshold", is_flag=True, help="Fit the scale (and the prediction sets) only; keep the "
+                                                      "model's unknown threshold.")
 @engine_options
-def calibrate_command(model_path, folder, method, false_accept, keep_threshold):
+def calibrate_command(model_path, folder, method, false_reject, false_accept, keep_threshold):
     """Fit MODEL's scale (so probabilities mean what they say) and its unknown threshold from
     FOLDER (one sub-folder per class, named as the model's class, images at any depth), and
     save MODEL (atomically)."""
@@ -112,6 +134,7 @@ def calibrate_command(model_path, folder, method, false_accept, keep_threshold):
     from imprinting.data import DatasetError
     from imprinting.evaluate import read_tree
 
+    target = targets(false_reject, false_accept)
     model = checkpoint.load(model_path)
     data = read_tree(folder)
     missing = [n for n in data.class_names if not model.has_class(n)]
@@ -121,11 +144,11 @@ def calibrate_command(model_path, folder, method, false_accept, keep_threshold):
     names = [data.class_names[y] for y in data.labels]
     if method == "auto":
         try:
-            result = calibrate(model, embeddings, names, "leave-one-out", false_accept, not keep_threshold)
+            result = calibrate(model, embeddings, names, "leave-one-out", set_threshold=not keep_threshold, **target)
         except CalibrationError:
-            result = calibrate(model, embeddings, names, "held-out", false_accept, not keep_threshold)
+            result = calibrate(model, embeddings, names, "held-out", set_threshold=not keep_threshold, **target)
     else:
-        result = calibrate(model, embeddings, names, method, false_accept, not keep_threshold)
+        result = calibrate(model, embeddings, names, method, set_threshold=not keep_threshold, **target)
     checkpoint.save(model, model_path)
     click.echo(describe_calibration(result))
     click.echo(f"wrote {model_path}")

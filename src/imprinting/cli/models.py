@@ -15,7 +15,9 @@ from imprinting.cli.common import (
     OutputFile,
     embed_with_bar,
     engine_options,
-    false_accept_option,
+    coverage_option,
+    rate_options,
+    targets,
     unknown_threshold_option,
 )
 
@@ -44,16 +46,16 @@ IMAGE_SIZE = click.IntRange(8, 4096)  # pixels of the square crop
                    "whichever scores better on simulated low-shot episodes of the folder's classes (the paper's "
                    "head when there are too few to tell).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
-@false_accept_option("With --from-folder: the unknown threshold accepts this share of never-taught images "
-                     "(estimated by leave-one-out; --unknown-threshold overrides it).")
+@rate_options("With --from-folder (--unknown-threshold overrides both): ")
 @engine_options
 def create(out, backbone, dim, random_init, image_size, scale, unknown_threshold, from_folder, head, force,
-           false_accept):
+           false_reject, false_accept):
     """Create a model file OUT from a backbone, with no classes or with the classes of a folder."""
     if out.exists() and not force:
         raise click.ClickException(f"{out} already exists (use --force to overwrite)")
     if head == "whitened" and from_folder is None:
         raise click.ClickException("--head whitened is fitted on the classes of --from-folder; give one")
+    target = targets(false_reject, false_accept)
     # heavy: only when the command runs
     from imprinting import checkpoint
     from imprinting.model import create_model
@@ -65,8 +67,7 @@ def create(out, backbone, dim, random_init, image_size, scale, unknown_threshold
     if from_folder is not None:  # the classes, the head, then the scale and unknown threshold by leave-one-out
         from imprinting.cli.evaluate import teach_and_calibrate
 
-        report = teach_and_calibrate(model, from_folder, false_accept, set_threshold=unknown_threshold is None,
-                                     head=head)
+        report = teach_and_calibrate(model, from_folder, target, set_threshold=unknown_threshold is None, head=head)
     checkpoint.save(model, out)
     chosen = model.classes.head.kind if model.classes.head is not None else "normalized-mean"
     why = f" ({report['reason']})" if report and "reason" in report else ""
@@ -109,12 +110,15 @@ def add_class(model_path, images, name, augment, append):
 @click.option("-k", "--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="How many classes to list per image.")
 @unknown_threshold_option("Override the model's unknown threshold.")
+@coverage_option("Also print each image's prediction set: the classes it could be, holding the true class this "
+                 "often (e.g. 0.9; an empty set: not one of the model's classes). Needs a calibrated model.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
               help="Also write the answers as CSV to this file (one row per image and rank; '-': print it instead).")
 @engine_options
-def predict(model_path, images, top_k, unknown_threshold, as_json, csv_path):
-    """Print the top-k classes of each image in IMAGES (files, or folders: every image at any depth below)."""
+def predict(model_path, images, top_k, unknown_threshold, coverage, as_json, csv_path):
+    """Print the top-k classes of each image in IMAGES (files, or folders: every image at any depth
+    below), and with --coverage the set of classes each could be."""
     import csv
     import sys
 
@@ -122,18 +126,23 @@ def predict(model_path, images, top_k, unknown_threshold, as_json, csv_path):
     from imprinting import checkpoint
     from imprinting.evaluate import find_images
 
+    from imprinting.conformal import set_q
+
     model = checkpoint.load(model_path)
+    set_q(model.conformal, coverage)  # a model without calibration scores: say so before the work
     files = find_images(images)
     embeddings = embed_with_bar(model, files, 1)
-    predictions = model.predict_embeddings(embeddings, top_k, unknown_threshold)
+    predictions = model.predict_embeddings(embeddings, top_k, unknown_threshold, coverage)
     if csv_path is not None:
         handle = sys.stdout if str(csv_path) == "-" else open(csv_path, "w", newline="", encoding="utf-8")
         try:
             writer = csv.writer(handle)
-            writer.writerow(["image", "unknown", "rank", "class", "probability", "cosine"])
+            writer.writerow(["image", "unknown", "rank", "class", "probability", "cosine"]
+                            + (["in_set"] if coverage is not None else []))
             for path, p in zip(files, predictions):
                 for rank, (c, prob, cos) in enumerate(zip(p.classes, p.probabilities, p.cosines), 1):
-                    writer.writerow([str(path), p.unknown, rank, c, f"{prob:.6f}", f"{cos:.6f}"])
+                    writer.writerow([str(path), p.unknown, rank, c, f"{prob:.6f}", f"{cos:.6f}"]
+                                    + ([c in p.set] if coverage is not None else []))
         finally:
             if handle is not sys.stdout:
                 handle.close()
@@ -142,11 +151,15 @@ def predict(model_path, images, top_k, unknown_threshold, as_json, csv_path):
     for path, p in zip(files, predictions):
         if as_json:
             click.echo(json.dumps({"image": str(path), "unknown": p.unknown, "classes": p.classes,
-                                   "probabilities": p.probabilities, "cosines": p.cosines}))
+                                   "probabilities": p.probabilities, "cosines": p.cosines,
+                                   **({"set": p.set} if coverage is not None else {})}))
             continue
         click.echo(f"{path}" + ("  [unknown]" if p.unknown else ""))
         for rank, (c, prob, cos) in enumerate(zip(p.classes, p.probabilities, p.cosines), 1):
             click.echo(f"  {rank}. {c:<30} p={prob:.3f}  cos={cos:+.3f}")
+        if coverage is not None:
+            shown = ", ".join(p.set[:10]) + (f" and {len(p.set) - 10} more" if len(p.set) > 10 else "")
+            click.echo(f"  could be ({100 * coverage:g} % sets): {shown or 'not one of my classes'}")
 
 
 @click.command(cls=Command)
