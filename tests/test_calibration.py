@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import run_cli as run
+from helpers import make_image, run_cli as run
 from imprinting import checkpoint
 from imprinting.calibration import (CalibrationError, calibrate, calibrate_table, expected_calibration_error,
                                     fit_scale, leave_one_out, nll, threshold_for)
@@ -118,13 +118,41 @@ def test_ece_by_hand():
 
 
 def test_create_from_folder_calibrates_and_calibrate_command(tmp_path, tiny_folder):
+    # one image of another class's colour in each class: leave-one-out gets it wrong, so the
+    # NLL has its minimum inside the bounds (separable classes would push the scale to 1000)
+    for name, color in {"red": (20, 220, 20), "green": (20, 20, 220), "blue": (220, 20, 20)}.items():
+        make_image(tiny_folder / name / "4.png", color, seed=9)
     path = tmp_path / "m.safetensors"
     r = run("create", path, "--backbone", "conv4", "--random-init", "--dim", "16", "--from-folder", tiny_folder,
             "--head", "normalized-mean")
     assert r.exit_code == 0, r.output
     assert "scale 10.00 ->" in r.output and "unknown below cosine" in r.output
     model = checkpoint.load(path)
-    assert float(model.classes.scale[0]) != 10.0 and model.unknown_threshold is not None
+    assert model.unknown_threshold is not None
+    # the fitted scale, recomputed independently: each taught image embedded again, scored by
+    # leave-one-out against normalized class means built here, and the mean NLL of the true
+    # classes minimized over a fine grid of scales (the same bounds, 0.5 to 1000)
+    classes = sorted(p.name for p in tiny_folder.iterdir())
+    emb, labels = [], []
+    for c, name in enumerate(classes):
+        files = sorted((tiny_folder / name).glob("*.png"))
+        emb.append(model.embed_images(files).numpy().astype(np.float64))
+        labels += [c] * len(files)
+    emb, labels = np.concatenate(emb), np.array(labels)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    means = np.stack([emb[labels == c].sum(0) for c in range(len(classes))])
+    cos = np.empty((len(emb), len(classes)))
+    for i, (x, c) in enumerate(zip(emb, labels)):
+        for k in range(len(classes)):
+            m = means[k] - x if k == c else means[k]  # its own class's mean without it
+            cos[i, k] = x @ m / np.linalg.norm(m)
+    grid = np.exp(np.linspace(np.log(0.5), np.log(1000.0), 40001))
+    z = grid[:, None, None] * cos[None]
+    zmax = z.max(axis=2, keepdims=True)
+    nlls = np.mean(np.log(np.exp(z - zmax).sum(axis=2)) + zmax[..., 0] - z[:, np.arange(len(labels)), labels], axis=1)
+    best = grid[np.argmin(nlls)]
+    fitted = float(model.classes.scale[0])
+    assert 1 < best < 900 and abs(np.log(fitted) - np.log(best)) < 2e-3, (fitted, best)
     r = run("create", tmp_path / "t.safetensors", "--backbone", "conv4", "--random-init", "--dim", "16",
             "--from-folder", tiny_folder, "--unknown-threshold", "0.3", "--head", "normalized-mean")
     assert r.exit_code == 0 and checkpoint.load(tmp_path / "t.safetensors").unknown_threshold == 0.3

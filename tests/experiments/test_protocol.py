@@ -59,15 +59,45 @@ def test_episodes_are_nested_seeded_and_from_training_images(data):
     assert not torch.equal(other[0].shots, eps[0].shots)
 
 
-def test_imprinting_far_above_random_and_base_weights_untouched(data, base):
+def test_imprinting_summaries_equal_imprinting_by_hand_and_base_weights_untouched(data, base):
+    """The summarized accuracies of Imprinting and Imprinting+Aug are those of imprinting done
+    here with numpy (FC, normalize, novel weight = normalized mean of the shots' embeddings, or
+    of all their cached views; base weights the base classifier's rows; argmax of the
+    cosines), averaged over the draws; Rand-noFT's are those of its own scores."""
     eps = protocol.episodes(data, shots=(5,), draws=2)
     before = base.classifier.weight.detach().clone()
-    res = protocol.summarize(protocol.run(data, [RandomNovel(base), Imprinting(base), Imprinting(base, True)], eps,
-                                          progress=False))
-    acc = {r["method"]: r for r in res}
-    assert acc["Imprinting"]["novel_mean"] > 80 and acc["Imprinting+Aug"]["novel_mean"] > 80
-    assert acc["Rand-noFT"]["novel_mean"] < 40
+    results = protocol.run(data, [RandomNovel(base), Imprinting(base), Imprinting(base, True)], eps, progress=False,
+                           keep_scores=True)
+    acc = {r["method"]: r for r in protocol.summarize(results, exact=True)}
     assert torch.equal(base.classifier.weight.detach(), before)  # methods work on copies
+
+    assert isinstance(base.embedder.fc, torch.nn.Linear) and base.embedder.power is None
+    w_fc, b_fc = base.embedder.fc.weight.detach().double().numpy(), base.embedder.fc.bias.detach().double().numpy()
+
+    def unit(a):
+        return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+    def emb(feats):
+        return unit(np.asarray(feats, np.float64) @ w_fc.T + b_fc)
+
+    base_rows = unit(base.classifier.weight.detach().double().numpy()[:BASE])
+    test_emb = emb(data.test_feats)
+    for name, augment in (("Imprinting", False), ("Imprinting+Aug", True)):
+        per_draw = []
+        for ep in eps:
+            y = data.train_y[ep.shots].numpy()
+            shots = data.train_aug[ep.shots] if augment else data.train_feats[ep.shots][:, None]  # (m, views, F)
+            novel_rows = unit(np.stack([emb(shots[y == c].reshape(-1, FEAT)).mean(0) for c in range(BASE, CLASSES)]))
+            cosines = test_emb @ np.concatenate([base_rows, novel_rows]).T
+            (kept,) = [r.scores for r in results if r.method == name and r.draw == ep.draw]
+            np.testing.assert_allclose(kept.numpy(), float(base.classifier.scale.detach()) * cosines, atol=1e-4)
+            per_draw.append(top1_by_hand(cosines, data))
+        for metric in ("novel", "all", "novel_only"):
+            assert acc[name][f"{metric}_mean"] == pytest.approx(np.mean([d[metric] for d in per_draw]), abs=1e-4), (
+                name, metric)
+    rand = [top1_by_hand(r.scores, data) for r in results if r.method == "Rand-noFT"]
+    for metric in ("novel", "all", "novel_only"):
+        assert acc["Rand-noFT"][f"{metric}_mean"] == pytest.approx(np.mean([d[metric] for d in rand]), abs=1e-4)
 
 
 def test_one_shot_nearest_neighbour_equals_imprinting(data, base):
@@ -117,22 +147,51 @@ def test_raw_feature_ncm_is_nearest_class_mean(data):
     np.testing.assert_allclose(scores.numpy(), expected, atol=1e-5)
 
 
-def test_end_to_end_fine_tuning_trains_the_backbone():
+def test_end_to_end_fine_tuning_trains_the_backbone(monkeypatch):
+    """The fine-tuned copy's backbone moves (and scores the test images); the model passed in
+    stays bit-identical; with ``backbone_lr_mult=0`` the copy's backbone stays bit-identical
+    while its FC layer trains."""
+    from imprinting.methods import finetune_e2e
     from imprinting.model import CosineClassifier, Embedder, ImprintModel
+
+    trained = []
+    real_train = finetune_e2e.train
+    monkeypatch.setattr(finetune_e2e, "train", lambda m, *a, **k: (trained.append(m), real_train(m, *a, **k))[1])
 
     data = tiny_lowshot(train_per_class=6, test_per_class=3)
     backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(FEAT, FEAT))
     model = ImprintModel(Embedder(backbone, FEAT, 8), CosineClassifier(8, BASE), [f"c{i}" for i in range(BASE)])
     images = data.train_feats.reshape(-1, 1, 4, 4)
-    method = EndToEndFinetune(model, images, data.test_feats.reshape(-1, 1, 4, 4), ImprintInit(),
-                              TrainConfig(epochs=2, lr=1e-3, batch_size=8))
+    test_images = data.test_feats.reshape(-1, 1, 4, 4)
     (ep,) = protocol.episodes(data, shots=(2,), draws=1)
-    before = backbone[1].weight.detach().clone()
+    original = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    bb_before = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+    fc_before = {k: v.detach().clone() for k, v in model.embedder.fc.state_dict().items()}
+
+    def moved(module, before):
+        return max((v.detach() - before[k]).abs().max().item() for k, v in module.state_dict().items())
+
+    method = EndToEndFinetune(model, images, test_images, ImprintInit(), TrainConfig(epochs=2, lr=1e-3, batch_size=8))
     fit = method.fit(data, ep)
     scores = fit.scorer(data.test_feats)
     assert scores.shape == (len(data.test), CLASSES) and [h["epoch"] for h in fit.history] == [1, 2]
     assert method.name == "Imprinting+FT (end to end)"
-    assert torch.equal(backbone[1].weight, before)  # the method fine-tunes a copy
+    (tuned,) = trained
+    assert tuned is not model and moved(tuned.embedder.backbone, bb_before) > 1e-4  # the backbone trained
+    for k, v in model.state_dict().items():  # the method fine-tunes a copy
+        assert torch.equal(v, original[k]), k
+    with torch.no_grad():  # the scores are those of the fine-tuned backbone, computed here
+        emb = torch.nn.functional.normalize(tuned.embedder.fc(tuned.embedder.backbone(test_images)), dim=1)
+        expected = tuned.classifier.scale * emb @ torch.nn.functional.normalize(tuned.classifier.weight, dim=1).T
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
+
+    frozen = EndToEndFinetune(model, images, test_images, ImprintInit(),
+                              TrainConfig(epochs=2, lr=1e-3, batch_size=8, backbone_lr_mult=0))
+    frozen.fit(data, ep)
+    (_, tuned_frozen) = trained
+    for k, v in tuned_frozen.embedder.backbone.state_dict().items():
+        assert torch.equal(v, bb_before[k]), k
+    assert moved(tuned_frozen.embedder.fc, fc_before) > 1e-4  # while the FC layer trained
 
 
 def test_end_to_end_with_crop_imprints_centre_crops_and_scores_centre_crops():
