@@ -124,11 +124,17 @@ def test_create_from_folder_calibrates_and_calibrate_command(tmp_path, tiny_fold
         make_image(tiny_folder / name / "4.png", color, seed=9)
     path = tmp_path / "m.safetensors"
     r = run("create", path, "--backbone", "conv4", "--random-init", "--dim", "16", "--from-folder", tiny_folder,
-            "--head", "normalized-mean")
+            "--head", "normalized-mean")  # the default false-reject rate, 5 %, needs 19 examples: there are fewer
+    assert r.exit_code == 0, r.output
+    assert "no unknown threshold" in r.output and "too few" in r.output and "19" in r.output
+    assert checkpoint.load(path).unknown_threshold is None
+    r = run("create", path, "--backbone", "conv4", "--random-init", "--dim", "16", "--from-folder", tiny_folder,
+            "--head", "normalized-mean", "--false-reject", "0.2", "--force")
     assert r.exit_code == 0, r.output
     assert "scale 10.00 ->" in r.output and "unknown below cosine" in r.output
+    assert "false reject at most 20 % (guaranteed)" in r.output and "(estimated" in r.output
     model = checkpoint.load(path)
-    assert model.unknown_threshold is not None
+    assert model.unknown_threshold == pytest.approx(model.conformal.known[int(0.2 * (model.conformal.n + 1)) - 1])
     # the fitted scale, recomputed independently: each taught image embedded again, scored by
     # leave-one-out against normalized class means built here, and the mean NLL of the true
     # classes minimized over a fine grid of scales (the same bounds, 0.5 to 1000)

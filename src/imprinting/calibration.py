@@ -177,7 +177,7 @@ def calibrate_table(table, embeddings, labels, method: str = "leave-one-out", ta
         others[np.arange(len(e)), labels] = -np.inf  # its class never taught: the best of the others
         others_best = others.max(axis=1)
     conformal = scores_from(cos[scored], others_best[scored] if len(others_best) else others_best,
-                            softmax(scale * scores[scored]), y) if scored.any() else None
+                            softmax(scale * scores[scored]), y, table.names) if scored.any() else None
     threshold = note = None
     if target_false_accept is not None:
         threshold = threshold_for(others_best, target_false_accept) if len(others_best) else None

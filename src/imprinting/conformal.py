@@ -21,7 +21,9 @@ example scored by the model with the example left out of its class: ``calibratio
   When k > n the set must hold every class (q = inf). An empty set means "not one of my classes".
 
 The scores are kept sorted with the model (checkpoint, ``classes.npz``, the service's store),
-so any rate can be asked for at prediction time without the examples.
+so any rate can be asked for at prediction time without the examples. They hold for the classes
+they were computed with (``classes``): after a class is added or removed, ``stale_for`` says so
+and the model should be calibrated again (the examples of the other classes are not kept).
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ class ConformalScores:
     known: np.ndarray
     others: np.ndarray
     nonconformity: np.ndarray
+    classes: tuple = ()  # the class names the scores were computed with (empty: not recorded)
 
     def __post_init__(self):
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         for name in FIELDS:
             a = np.sort(np.asarray(getattr(self, name), np.float64).ravel())
             if not np.isfinite(a).all():
@@ -66,6 +70,11 @@ class ConformalScores:
     @property
     def n(self) -> int:
         return len(self.known)
+
+    def stale_for(self, class_names) -> bool:
+        """Whether the classes changed since the scores were computed (the guarantees were for
+        those classes; calibrate again). Scores that did not record their classes never are."""
+        return bool(self.classes) and tuple(class_names) != self.classes
 
     # -- the unknown flag -----------------------------------------------------------
     def unknown_threshold(self, false_reject: float) -> float | None:
@@ -101,15 +110,18 @@ class ConformalScores:
 
     # -- storage --------------------------------------------------------------------
     def to_json(self) -> dict:
-        return {name: getattr(self, name).tolist() for name in FIELDS}
+        return {**{name: getattr(self, name).tolist() for name in FIELDS}, "classes": list(self.classes)}
 
     @classmethod
     def from_json(cls, data) -> ConformalScores:
         """From ``to_json``'s dict; ``ValueError`` naming what is wrong with a damaged one."""
-        if not isinstance(data, dict) or set(data) != set(FIELDS):
-            raise ValueError(f"conformal scores: expected an object with {', '.join(FIELDS)}")
+        if not isinstance(data, dict) or not set(FIELDS) <= set(data) <= {*FIELDS, "classes"}:
+            raise ValueError(f"conformal scores: expected an object with {', '.join(FIELDS)} (and classes)")
+        classes = data.get("classes", [])
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise ValueError("conformal scores: classes is not a list of names")
         try:
-            return cls(**{name: np.asarray(data[name], np.float64) for name in FIELDS})
+            return cls(**{name: np.asarray(data[name], np.float64) for name in FIELDS}, classes=tuple(classes))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"conformal scores: {exc}") from None
 
@@ -122,7 +134,7 @@ def prediction_set(probabilities: np.ndarray, q: float) -> np.ndarray:
 
 
 def scores_from(cosines: np.ndarray, others_best: np.ndarray, probabilities: np.ndarray,
-                labels: np.ndarray) -> ConformalScores:
+                labels: np.ndarray, classes=()) -> ConformalScores:
     """``ConformalScores`` of calibration examples from their leave-one-out ``cosines`` (N, C),
     their best cosine over the other classes (N,), and their leave-one-out class
     ``probabilities`` (N, C), for the examples' class indices ``labels``."""
@@ -130,7 +142,7 @@ def scores_from(cosines: np.ndarray, others_best: np.ndarray, probabilities: np.
     rows = np.arange(len(labels))
     return ConformalScores(known=np.asarray(cosines, np.float64).max(axis=1),
                            others=np.asarray(others_best, np.float64),
-                           nonconformity=1.0 - np.asarray(probabilities, np.float64)[rows, labels])
+                           nonconformity=1.0 - np.asarray(probabilities, np.float64)[rows, labels], classes=classes)
 
 
 def set_q(scores: ConformalScores | None, coverage: float | None) -> float | None:
