@@ -172,3 +172,56 @@ def test_docs_render_with_no_network(page, shared_server):
     finally:
         page.unroute("**/*")
     assert outside == []
+
+
+def test_page_calibrates_and_shows_sets_and_not_one_of_my_classes(page, conv4_model, start_server, tmp_path, kit):
+    """On a server of its own (calibrating changes the scale): teach three colours from the
+    page, calibrate (the guaranteed false-reject rate is said), then predict: the page's "could
+    be" line is the API's set for the same picture, and a picture whose set is empty reads
+    "Not one of my classes"."""
+    from playwright.sync_api import expect
+
+    server = start_server(conv4_model, tmp_path / "sets.sqlite")
+    colours = {"set red": (220, 30, 30), "set green": (30, 200, 40), "set blue": (30, 40, 220)}
+    context = page.context.browser.new_context()  # the module's browser, a page of its own
+    try:
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url + "/")
+        page.wait_for_selector("body[data-ready='1']", timeout=20000)
+        status = page.locator("#status")
+        for i, (name, colour) in enumerate(colours.items()):  # 3 x 7 = 21 examples: enough for 5 %
+            page.fill("#class-name", name)
+            page.set_input_files("#teach-files", [
+                {"name": f"{i}-{s}.png", "mimeType": "image/png", "buffer": kit.image_bytes(colour, seed=50 * i + s)}
+                for s in range(7)])
+            page.click("#teach-btn")
+            expect(status).to_contain_text(f'"{name}" created: 7 examples')
+        page.click("#calibrate-btn")
+        expect(status).to_contain_text("Calibrated on 21 pictures")
+        expect(status).to_contain_text("at most 5 % of taught pictures called unknown")
+
+        # a random conv4 tells colours apart only roughly: which pictures get an empty set is
+        # asked of the API, and the page must show each as the API answers it
+        candidates = [("red.png", kit.image_bytes((220, 30, 30), seed=999))] + [
+            (f"odd{s}.png", kit.image_bytes(c, seed=s, noise=120))
+            for s, c in enumerate([(128, 128, 128), (250, 250, 20), (0, 0, 0), (255, 255, 255), (200, 40, 200)])]
+        answers = {name: server.client().post("/predict", params={"k": 3, "coverage": 0.9},
+                                              files=kit.files((name, data))).json()["predictions"][0]
+                   for name, data in candidates}
+        empty = [name for name, a in answers.items() if a["set"] == []]
+        full = [name for name, a in answers.items() if a["set"]]
+        assert full and empty, answers  # the page is shown a set with classes, and an empty one
+        for name in (full[0], empty[0]):
+            data = dict(candidates)[name]
+            page.set_input_files("#predict-files", [{"name": name, "mimeType": "image/png", "buffer": data}])
+            page.click("#predict-btn")
+            line = page.locator("#predictions .set")
+            expect(line).to_have_count(1)
+            want = answers[name]["set"]
+            expect(line).to_have_text(f"Could be (90 % sets): {', '.join(want)}" if want
+                                      else "Not one of my classes (an empty 90 % set)")
+        assert errors == []
+    finally:
+        context.close()

@@ -66,7 +66,7 @@ _WHEN = {
          "line (such as its file name) over 4,224 bytes, or more than 8 headers in a part",
     404: "No such class, no such example, or no such endpoint",
     409: "A class of the model file (read-only here), a class at its example limit, a name taken or confusable "
-         "with an existing class's, or no classes yet",
+         "with an existing class's, no classes yet, or prediction sets asked of a service never calibrated",
     413: "The body, the number of images, or an image's pixels over the server's limits",
     422: "A bad class name or example id, an upload that is not a readable image, or a bad query or form field",
     503: "The server is at its bounds (busy), or the store refused or cannot be reached (store_error): retry after "
@@ -248,8 +248,13 @@ def create_app(
         unknown_threshold: float | None = Query(
             None, ge=-1.0, le=1.0, description="Flag 'unknown' when the best cosine is below this (default: the model's)"
         ),
+        coverage: float | None = Query(
+            None, gt=0.0, lt=1.0, description="Also return each image's prediction set: the classes it could be, "
+                                              "holding its true class this often (e.g. 0.9); an empty set: not one of "
+                                              "the model's classes. Needs POST /calibrate first (409 otherwise)"
+        ),
     ):
-        return service.predict(_uploads(files), k, unknown_threshold)
+        return service.predict(_uploads(files), k, unknown_threshold, coverage)
 
     _add_example_routes(app, service, writes)
     return app
@@ -290,9 +295,15 @@ def _add_example_routes(app: FastAPI, service: Service, writes: tuple = ()) -> N
                                     "threshold given at start with --unknown-threshold stays in force: see "
                                     "unknown_threshold_applied)",
               responses=errors(*writes, 409, 422, 503))
-    def calibrate(false_accept: float = Query(0.05, ge=0.0, lt=1.0,
-                                              description="Target share of never-taught images accepted as known")):
-        return service.calibrate(false_accept)
+    def calibrate(false_reject: float | None = Query(
+                      None, gt=0.0, lt=1.0, description="At most this share of photos of taught classes flagged "
+                                                        "unknown, guaranteed (default 0.05; needs 1/rate - 1 examples)"),
+                  false_accept: float | None = Query(
+                      None, ge=0.0, lt=1.0, description="Instead: the estimated share of never-taught images accepted "
+                                                        "as known (not guaranteed)")):
+        if false_reject is not None and false_accept is not None:
+            raise ApiError(422, "invalid_request", "give false_reject or false_accept, not both")
+        return service.calibrate(false_accept, false_reject)
 
     added = [r for r in app.router.routes if r not in before]
     app.router.routes[:] = added + before

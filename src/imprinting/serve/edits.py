@@ -232,12 +232,13 @@ class ServiceEdits:
                                                    "only classes taught through the service can be edited")
 
     # -- calibration ------------------------------------------------------------------
-    def calibrate(self, target_false_accept: float = 0.05) -> dict:
-        """Fit the scale and the unknown threshold by leave-one-out over the examples taught
-        here (the model file's classes compete; ``imprinting.calibration``), keep them in the
-        store (one transaction: a crash leaves the old calibration or the new one), then apply
-        them, so a restart applies them again. A threshold chosen at start
-        (``--unknown-threshold``) stays in force: ``unknown_threshold_applied`` says which."""
+    def calibrate(self, target_false_accept: float | None = None, target_false_reject: float | None = None) -> dict:
+        """Fit the scale, the unknown threshold (for a false-reject rate, 0.05 by default and
+        guaranteed; or for a false-accept rate) and the prediction sets' scores by leave-one-out
+        over the examples taught here (the model file's classes compete; ``imprinting.calibration``),
+        keep them in the store (one transaction: a crash leaves the old calibration or the new
+        one, never a mix), then apply them, so a restart applies them again. A threshold chosen at
+        start (``--unknown-threshold``) stays in force: ``unknown_threshold_applied`` says which."""
         from imprinting.calibration import CalibrationError, apply, calibrate_table
 
         try:
@@ -250,10 +251,12 @@ class ServiceEdits:
             with self.lock:
                 try:
                     result = calibrate_table(self.model.classes, embeddings, [n for n in names], "leave-one-out",
-                                             target_false_accept)
+                                             target_false_accept, target_false_reject=target_false_reject)
                 except (CalibrationError, KeyError) as exc:
                     raise ApiError(409, "cannot_calibrate", str(exc)) from None
-            saved = {"scale": result.scale, "unknown_threshold": result.unknown_threshold}
+            saved = {"scale": result.scale, "unknown_threshold": result.unknown_threshold,
+                     "target_false_reject": result.target_false_reject, "target_false_accept": result.target_false_accept,
+                     "conformal": result.conformal.to_json() if result.conformal is not None else None}
             try:
                 self.store.set_setting("calibration", json.dumps(saved))
             except StoreError as exc:
@@ -268,11 +271,15 @@ class ServiceEdits:
         """The calibration ``calibrate`` kept in the store, if any (a threshold chosen at start
         stays)."""
         from imprinting.calibration import Calibration, apply
+        from imprinting.conformal import ConformalScores
 
         if (saved := self.store.setting("calibration")) is not None:
             v = json.loads(saved)
             before = float(self.model.classes.scale.mean())
-            calibration = Calibration("saved", before, float(v["scale"]), None, None, 0, v["unknown_threshold"], 0.0, None)
+            scores = ConformalScores.from_json(v["conformal"]) if v.get("conformal") is not None else None
+            calibration = Calibration("saved", before, float(v["scale"]), None, None, 0, v["unknown_threshold"],
+                                      v.get("target_false_accept", 0.0), None, v.get("target_false_reject"),
+                                      conformal=scores)
             with self.lock:
                 apply(self.model, calibration, set_threshold=not self.threshold_pinned)
 

@@ -156,6 +156,7 @@ class Service(ServiceEdits):
             "status": "ok",
             "ready": store["state"] == "ok",
             "store": store,
+            "calibration": self.calibration_state(),  # reads without the lock: health never waits
             "classes": n,
             "backbone": self.model.spec.backbone,
             "embedding_dim": self.model.embedder.dim,
@@ -197,28 +198,55 @@ class Service(ServiceEdits):
         out["stored_examples"] = [{"id": e.id, "sha256": e.sha256, "filename": e.filename} for e in examples]
         return out
 
-    def predict(self, uploads: Sequence[Upload], k: int = 5, unknown_threshold: float | None = None) -> dict:
+    def predict(self, uploads: Sequence[Upload], k: int = 5, unknown_threshold: float | None = None,
+                coverage: float | None = None) -> dict:
         """The top-k classes of each upload with probabilities and cosines, and whether its
-        best cosine is below the threshold (this call's, or the model's)."""
+        best cosine is below the threshold (this call's, or the model's); with ``coverage``,
+        each one's prediction set (``imprinting.conformal``; empty: not one of the classes)."""
+        from imprinting.conformal import ConformalError
+
         start = time.perf_counter()
         check_uploads(uploads, self.max_images)
+        with self.lock:
+            self._check_coverage(coverage)  # before the work: a model never calibrated has no sets
         with self.admission.admit(len(uploads)):
             embeddings, _, names, _ = self._read_and_embed(uploads)
         with self.lock:
             if self.model.num_classes == 0:
                 raise ApiError(409, "no_classes", "the model has no classes yet: teach one first")
-            predictions = self.model.predict_embeddings(embeddings, k, unknown_threshold)
+            try:
+                predictions = self.model.predict_embeddings(embeddings, k, unknown_threshold, coverage)
+            except ConformalError as exc:
+                raise ApiError(409, "not_calibrated", str(exc)) from None
             threshold = self.model.unknown_threshold if unknown_threshold is None else unknown_threshold
+            calibration = self.calibration_state()
         results = [
             {
                 "file": fname,
                 "unknown": p.unknown,
                 "top": [{"class": c, "probability": pr, "cosine": cos}
                         for c, pr, cos in zip(p.classes, p.probabilities, p.cosines)],
+                **({"set": p.set} if coverage is not None else {}),
             }
             for fname, p in zip(names, predictions)
         ]
-        return {"predictions": results, "unknown_threshold": threshold, "seconds": round(time.perf_counter() - start, 4)}
+        return {"predictions": results, "unknown_threshold": threshold, "calibration": calibration,
+                **({"coverage": coverage} if coverage is not None else {}),
+                "seconds": round(time.perf_counter() - start, 4)}
+
+    def _check_coverage(self, coverage: float | None) -> None:
+        if coverage is not None and self.model.conformal is None:
+            raise ApiError(409, "not_calibrated", "no calibration yet: POST /calibrate first (prediction sets come "
+                                                  "from the examples taught here, scored one left out at a time)")
+
+    def calibration_state(self) -> dict:
+        """What the unknown flag and the prediction sets rest on (the caller holds the lock):
+        ``calibrated``, the examples scored, and ``stale`` when classes were added or removed
+        since (POST /calibrate again to restore the guarantees for the classes of now)."""
+        c = self.model.conformal
+        if c is None:
+            return {"calibrated": False}
+        return {"calibrated": True, "examples": c.n, "stale": c.stale_for(self.model.class_names)}
 
     # -- helpers ---------------------------------------------------------------
     def _read_and_embed(self, uploads: Sequence[Upload]) -> tuple[torch.Tensor, list[str], list[str], list]:

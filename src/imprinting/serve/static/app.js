@@ -7,6 +7,7 @@ let classes = [];
 let pending = []; // pictures waiting to be added to a class: File objects
 let stream = null;
 let snapCount = 0;
+let calibrated = false; // whether the service has calibration scores (prediction sets), from /health
 
 function status(message, ok) {
   const el = $("status");
@@ -175,16 +176,27 @@ async function renameClass(name, newName) {
 async function calibrateModel() {
   try {
     const r = await api("POST", "/calibrate");
-    const thr = r.unknown_threshold === null ? "" : `; "unknown" below cosine ${r.unknown_threshold.toFixed(3)}`;
-    status(`Calibrated: scale ${r.scale_before.toFixed(1)} -> ${r.scale.toFixed(1)}${thr}.`, true);
+    const pct = (x) => (100 * x).toFixed(0) + " %";
+    let thr = `; no "unknown" threshold (${r.note || "not enough examples"})`;
+    if (r.unknown_threshold !== null) {
+      thr = `; "unknown" below cosine ${r.unknown_threshold.toFixed(3)}`;
+      if (r.target_false_reject !== null) {
+        thr += ` (at most ${pct(r.target_false_reject)} of taught pictures called unknown`
+          + (r.false_accept === null ? ")" : `; about ${pct(r.false_accept)} of never-taught ones let through)`);
+      }
+      if (!r.unknown_threshold_applied) thr += `, not applied: the server's own threshold stays`;
+    }
+    status(`Calibrated on ${r.calibration_examples} pictures: scale ${r.scale_before.toFixed(1)} -> ${r.scale.toFixed(1)}${thr}.`, true);
     await showModel();
   } catch (e) { status(`Could not calibrate: ${e.message}`); }
 }
 
 async function showModel() {
   const h = await api("GET", "/health");
+  calibrated = Boolean(h.calibration && h.calibration.calibrated);
   $("model-info").textContent = `Model: ${h.backbone}, ${h.embedding_dim}-d embeddings, ${h.image_size} px.`
-    + (h.unknown_threshold === null ? "" : ` "unknown" below cosine ${h.unknown_threshold.toFixed(3)}.`);
+    + (h.unknown_threshold === null ? "" : ` "unknown" below cosine ${h.unknown_threshold.toFixed(3)}.`)
+    + (calibrated && h.calibration.stale ? " Classes changed since the last calibration: calibrate again." : "");
   return h;
 }
 
@@ -217,8 +229,9 @@ async function predict(files) {
   const form = new FormData();
   for (const f of files) form.append("files", f, f.name);
   const k = Math.max(1, Math.min(100, parseInt($("top-k").value, 10) || 5));
+  const coverage = calibrated ? $("coverage").value : "";  // sets need a calibration
   try {
-    const r = await api("POST", `/predict?k=${k}`, form);
+    const r = await api("POST", `/predict?k=${k}` + (coverage ? `&coverage=${coverage}` : ""), form);
     const out = $("predictions");
     out.replaceChildren();
     r.predictions.forEach((p, i) => {
@@ -241,7 +254,14 @@ async function predict(files) {
           element("td", (100 * t.probability).toFixed(1) + "%"), element("td", t.cosine.toFixed(3)));
       });
       const right = element("div");
-      right.append(verdict, table);
+      right.append(verdict);
+      if (p.set) {
+        const share = (100 * r.coverage).toFixed(0) + " %";
+        right.append(p.set.length
+          ? element("p", `Could be (${share} sets): ${p.set.join(", ")}`, "set")
+          : element("p", `Not one of my classes (an empty ${share} set)`, "set none"));
+      }
+      right.append(table);
       box.append(right);
       out.append(box);
     });

@@ -1,0 +1,107 @@
+"""The service's "not one of my classes" and prediction sets (issue 24): /calibrate's
+false-reject mode, /predict?coverage= against the sets recomputed from the calibration scores,
+the scores kept across a restart, stale after a class changes, and a kill -9 during /calibrate
+leaving the old calibration or the new one, never a mix."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from imprinting.serve.app import create_app
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def teach_colours(post, kit, per_class: int = 7):
+    for i, (name, colour) in enumerate(COLOURS.items()):
+        items = [(f"{name}{s}.png", kit.image_bytes(colour, seed=40 * i + s)) for s in range(per_class)]
+        assert post(f"/classes/{name}/examples", files=kit.files(*items)).status_code == 201
+
+
+def test_sets_need_a_calibration_then_match_the_scores(conv4_model, tmp_path, kit):
+    store = tmp_path / "store.sqlite"
+    probe = kit.files(("p.png", kit.image_bytes((200, 60, 40), seed=3)), ("q.png", kit.image_bytes((90, 90, 90), seed=4)))
+    app = create_app(conv4_model, store)
+    with TestClient(app) as c:
+        teach_colours(c.post, kit)
+        r = c.post("/predict", params={"coverage": 0.9}, files=probe)
+        assert (r.status_code, r.json()["error"]) == (409, "not_calibrated")
+        assert c.get("/health").json()["calibration"] == {"calibrated": False}
+        assert c.post("/calibrate", params={"false_reject": 0.05, "false_accept": 0.1}).status_code == 422
+
+        body = c.post("/calibrate").json()  # the default: 5 % false reject, guaranteed
+        assert body["target_false_reject"] == 0.05 and body["calibration_examples"] == 21
+        assert body["unknown_threshold"] is not None and 0 <= body["false_accept"] <= 1
+        service = app.state.service
+        scores = service.model.conformal
+        assert body["unknown_threshold"] == scores.known[int(0.05 * 22) - 1]  # floor(22 x 0.05) = 1: the smallest
+        q = scores.nonconformity[int(np.ceil(22 * 0.9)) - 1]  # ceil(22 x 0.9) = 20: the 20th smallest of 21
+        answer = c.post("/predict", params={"coverage": 0.9, "k": 6}, files=probe).json()
+        assert answer["coverage"] == 0.9 and answer["calibration"] == {"calibrated": True, "examples": 21, "stale": False}
+        for p in answer["predictions"]:  # k = 6: every class of the model, so the set is checkable here
+            probs = {t["class"]: t["probability"] for t in p["top"]}
+            assert len(probs) == 6
+            assert p["set"] == sorted([n for n, pr in probs.items() if 1 - pr <= q], key=lambda n: -probs[n])
+        before = answer["predictions"]
+
+    with TestClient(create_app(conv4_model, store)) as c:  # a restart: the same scores, the same sets
+        again = c.post("/predict", params={"coverage": 0.9, "k": 6}, files=probe).json()
+        assert [p["set"] for p in again["predictions"]] == [p["set"] for p in before]
+        assert c.post("/classes/purple/examples", files=kit.files(("x.png", kit.image_bytes((150, 20, 200))))).status_code == 201
+        assert c.get("/health").json()["calibration"]["stale"] is True  # classes changed: calibrate again
+        c.post("/calibrate")
+        assert c.get("/health").json()["calibration"]["stale"] is False
+
+
+def saved_calibration(store) -> str | None:
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'setting:calibration'").fetchone()
+        return row[0] if row else None
+    finally:
+        db.close()
+
+
+@pytest.mark.slow
+def test_kill_9_during_calibrate_leaves_the_old_or_the_new_calibration(conv4_model, start_server, tmp_path, kit):
+    """Each trial calibrates at one rate, then kills the server at a random moment of a
+    calibration at another rate: what the store holds after is the first, or exactly what a
+    calibration at the second rate writes (made again after the restart), whole."""
+    store = tmp_path / "store.sqlite"
+    server = start_server(conv4_model, store)
+    with server.client() as c:
+        teach_colours(c.post, kit)
+    rng = random.Random(0)
+    for trial in range(3):
+        rate_old, rate_new = (0.2, 0.05) if trial % 2 == 0 else (0.05, 0.2)
+        with server.client() as c:
+            assert c.post("/calibrate", params={"false_reject": rate_old}).status_code == 200
+        old = saved_calibration(store)
+
+        def call():
+            try:
+                httpx.post(server.url + "/calibrate", params={"false_reject": rate_new}, timeout=30)
+            except httpx.TransportError:
+                pass  # killed under it
+
+        t = threading.Thread(target=call)
+        t.start()
+        time.sleep(rng.uniform(0.0, 0.3))
+        server.kill()
+        t.join(30)
+        got = saved_calibration(store)
+        assert json.loads(got)["target_false_reject"] in (rate_old, rate_new)  # whole, never torn
+        server = start_server(conv4_model, store)
+        with server.client() as c:
+            assert c.post("/calibrate", params={"false_reject": rate_new}).status_code == 200
+        new = saved_calibration(store)
+        assert old != new and got in (old, new), (trial, got[:200])
