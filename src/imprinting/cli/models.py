@@ -172,7 +172,9 @@ def info(model_path, as_json):
 
     model = checkpoint.load(model_path)
     engine = model.frozen_engine().describe() if model.spec.backbone else None  # None: takes cached features
-    summary = {"file": str(model_path), **model.describe(), "engine": engine}
+    c = model.conformal  # the calibration's scores: for how many examples, and still for these classes?
+    calibration = {"examples": c.n, "stale": c.stale_for(model.class_names)} if c is not None else None
+    summary = {"file": str(model_path), **model.describe(), "calibration": calibration, "engine": engine}
     classes = summary["classes"]
     if as_json:
         click.echo(json.dumps(summary, indent=2))
