@@ -66,7 +66,7 @@ def serve(model_path, store_path, host, port, token, unknown_threshold, max_requ
         from imprinting.serve.app import create_app
         from imprinting.serve.middleware import header_timeout_protocol
         from imprinting.serve.store import StoreError
-        from imprinting.serve.stores import redact
+        from imprinting.serve.urls import redact
     except ImportError as exc:
         raise click.ClickException(f"the service needs its extra dependencies ({exc}): pip install 'imprinting[serve]'")
     if token is not None and (not token.strip() or not token.isprintable()):

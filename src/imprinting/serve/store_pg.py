@@ -45,7 +45,14 @@ from imprinting.serve.deadline import Deadline, bounded
 from imprinting.serve.integrity import ClassTaken, StoreUnavailable
 from imprinting.serve.store import StoredClass, StoredExample, StoreError
 from imprinting.serve.store_pg_edits import PgEdits
-from imprinting.serve.store_pg_schema import LOG_CHANGE, SCHEMA, check_meta, configure, problems
+from imprinting.serve.store_pg_schema import (
+    LOG_CHANGE,
+    SCHEMA,
+    check_meta,
+    configure,
+    problems,
+)
+from imprinting.serve.urls import redact
 
 __all__ = ["PgStore", "PgStoredClass", "StoreUnavailable", "StoreError"]
 
@@ -73,8 +80,6 @@ class PgStore(PgEdits):
         store belongs to this model and is whole. ``timeout``: how long a request waits for a
         connection before it is refused with ``StoreUnavailable``. ``deadline``: how long any
         call may take in all before the caller gets ``StoreUnavailable`` (``serve.deadline``)."""
-        from imprinting.serve.stores import redact
-
         try:
             import psycopg
             from psycopg_pool import ConnectionPool

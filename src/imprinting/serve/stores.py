@@ -5,14 +5,8 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit, urlunsplit
 
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
-
-def is_postgres(target) -> bool:
-    """Whether ``target`` names a PostgreSQL database (a URL), not a file."""
-    return isinstance(target, str) and target.lower().startswith(POSTGRES_SCHEMES)
+from imprinting.serve.urls import POSTGRES_SCHEMES, is_postgres, redact  # noqa: F401  (this module's API too)
 
 
 def open_store(target: str | os.PathLike, dim: int, fingerprint: str, description: str = "", **options):
@@ -29,19 +23,3 @@ def open_store(target: str | os.PathLike, dim: int, fingerprint: str, descriptio
     from imprinting.serve.store import Store
 
     return Store(target, dim, fingerprint, description)
-
-
-def redact(target) -> str:
-    """``target`` as it may be printed or logged: a URL's password replaced by ``***``."""
-    text = str(target)
-    if not is_postgres(text):
-        return text
-    parts = urlsplit(text)
-    netloc = parts.netloc
-    if parts.password is not None:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user.partition(':')[0]}:***@{host}"
-    query = "&".join("password=***" if q.lower().startswith("password=") else q for q in parts.query.split("&"))
-    if (netloc, query) == (parts.netloc, parts.query):
-        return text
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
