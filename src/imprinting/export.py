@@ -19,25 +19,21 @@ Each graph is checked against PyTorch with onnxruntime before the export is fini
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from imprinting.classes_file import ClassesData
 from imprinting.errors import ExportFormatError, UserError
 from imprinting.files import atomic_write
 from imprinting.lite import format as fmt
 from imprinting.model import ImprintModel
+from imprinting.onnx_io import OPSET, onnx_export, quiet
 
-OPSET = 17
 # onnxruntime vs PyTorch on the export's check input; larger means a broken export.
 VERIFY_TOLERANCE = 1e-4
 QUANTIZATION_METHOD = (
@@ -174,55 +170,6 @@ def _logits_graph(embedder_path: Path, model: ImprintModel, path: Path, metadata
     atomic_write(path, lambda tmp: onnx.save(merged, tmp))
 
 
-@contextlib.contextmanager
-def _quiet():
-    """Silence the exporter's deprecation and tracer warnings and the quantizer's log lines."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
-
-
-def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path, output: str, metadata: dict, opset: int) -> None:
-    import onnx
-
-    # torch.onnx.export puts the module back in the mode it found it in, recursively: a
-    # wrapper left in training mode would switch the shared embedder to training mode too.
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
-
-    def write(tmp: str) -> None:
-        with _quiet(), torch.no_grad():
-            torch.onnx.export(
-                module,
-                (example,),
-                tmp,
-                dynamo=False,
-                opset_version=opset,
-                input_names=["image"],
-                output_names=[output],
-                dynamic_axes={"image": {0: "batch"}, output: {0: "batch"}},
-                do_constant_folding=True,
-            )
-        graph = onnx.load(tmp)
-        for key, value in metadata.items():
-            graph.metadata_props.add(key=key, value=value)
-        graph.producer_name = "imprinting"
-        onnx.checker.check_model(graph)
-        onnx.save(graph, tmp)
-
-    try:
-        atomic_write(path, write)
-    finally:
-        for m, training in modes.items():
-            m.training = training
-
-
 def _session(path: Path):
     import onnxruntime as ort
 
@@ -255,7 +202,7 @@ def _quantize(src: Path, dst: Path) -> None:
     exclude = _quantize_excluded(onnx.load(str(src)).graph)
 
     def write(tmp: str) -> None:
-        with _quiet():
+        with quiet():
             quantize_dynamic(str(src), tmp, weight_type=QuantType.QUInt8, nodes_to_exclude=exclude)
 
     atomic_write(dst, write)
@@ -337,7 +284,7 @@ def export(
         example = torch.randn(2, pre.in_chans, pre.image_size, pre.image_size, generator=g)
         common = {"imprinting_format": fmt.EXPORT_FORMAT, "preprocess": json.dumps(pre.to_dict()), "embedder_id": eid}
         files = {"manifest": fmt.MANIFEST, "preprocess": fmt.PREPROCESS, "classes": fmt.CLASSES, "embedder": fmt.EMBEDDER}
-        _onnx_export(model.embedder, example, out / fmt.EMBEDDER, "embedding", common, opset)
+        onnx_export(model.embedder, example, out / fmt.EMBEDDER, "embedding", common, opset)
         check = torch.randn(3, pre.in_chans, pre.image_size, pre.image_size, generator=g)
         with torch.no_grad():
             emb = model.embedder(check)

@@ -87,11 +87,11 @@ def test_bf16_is_never_chosen_by_default(conv4, cache, monkeypatch):
 
 @pytest.mark.skipif(available_engines()["onnxruntime"] is not None, reason=str(available_engines()["onnxruntime"]))
 def test_the_graph_is_written_once_per_weights_and_the_choice_measured_once(conv4, cache, monkeypatch):
-    import imprinting.export as export
+    import imprinting.engines.graph as graph
 
     writes, measures = [], []
-    real_export, real_measure = export._onnx_export, select.measure
-    monkeypatch.setattr(export, "_onnx_export", lambda *a, **k: (writes.append(a[2]), real_export(*a, **k)))
+    real_export, real_measure = graph.onnx_export, select.measure
+    monkeypatch.setattr(graph, "onnx_export", lambda *a, **k: (writes.append(a[2]), real_export(*a, **k)))
     monkeypatch.setattr(select, "measure", lambda *a, **k: (measures.append(1), real_measure(*a, **k))[1])
     shape = (1, 28, 28)
     first = select.build_engine("onnxruntime", conv4.module, shape)

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from safetensors import safe_open
@@ -28,16 +27,12 @@ from tqdm.auto import tqdm
 
 from imprinting import distributed as dd
 from imprinting.backbones import Backbone, Preprocess
+from imprinting.cache import cache_dir  # noqa: F401  (also this module's API)
 from imprinting.data import ImageSet
 
 # The engine (its ``describe()``) that computed the features ``cached_features`` last
 # returned, read from the cache entry when they came from it: for result headers.
 last_engine: str | None = None
-
-
-def cache_dir(path: str | os.PathLike | None = None) -> Path:
-    """The cache folder: the argument, else $IMPRINTING_CACHE, else ~/.cache/imprinting."""
-    return Path(path or os.environ.get("IMPRINTING_CACHE") or Path.home() / ".cache" / "imprinting")
 
 
 @dataclass(frozen=True)

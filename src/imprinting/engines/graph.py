@@ -1,6 +1,6 @@
 """The ONNX graph of a backbone, written once per weights fingerprint and input size.
 
-Graphs live in ``<cache>/engines/`` (``imprinting.data.features.cache_dir``), named by the
+Graphs live in ``<cache>/engines/`` (``imprinting.cache.cache_dir``), named by the
 fingerprint of the weights (``imprinting.spec.fingerprint``) and the input size, written
 atomically (``imprinting.files.atomic_write``, by the export's own writer) and reused by
 every later process. The graph takes ``image`` (N, C, H, W) with a dynamic batch and gives
@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from imprinting.cache import cache_dir
 from imprinting.engines.base import EngineUnavailable
+from imprinting.onnx_io import OPSET, onnx_export
 
 
 def engines_dir(cache=None) -> Path:
-    from imprinting.data.features import cache_dir
-
     return cache_dir(cache) / "engines"
 
 
@@ -44,13 +44,11 @@ def onnx_graph(module: nn.Module, input_shape: tuple[int, int, int], fp: str | N
         import onnx  # noqa: F401  (the export checks the graph with it)
     except ImportError:
         raise EngineUnavailable("the ONNX graph needs the onnx package: pip install 'imprinting[lite]'") from None
-    from imprinting.export import OPSET, _onnx_export
-
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, *input_shape)
     meta = {"imprinting_fingerprint": fp, "imprinting_input": json.dumps(list(input_shape))}
     try:
-        _onnx_export(module, example, path, "features", meta, OPSET)
+        onnx_export(module, example, path, "features", meta, OPSET)
     except EngineUnavailable:
         raise
     except Exception as exc:  # the exporter raises many types for unsupported modules

@@ -28,6 +28,7 @@ from imprinting.engines import graph as graphs
 from imprinting.engines import onnxruntime_engine, openvino_engine
 from imprinting.engines.base import PRECISIONS, Engine, EngineError, EngineUnavailable, threads
 from imprinting.engines.torch_engine import TorchEngine, module_device
+from imprinting.machine import cpu_name
 
 ENGINES = ("torch", "onnxruntime", "openvino")
 TOLERANCE = 1e-5  # max abs difference to PyTorch eager of L2-normalized float32 features
@@ -107,8 +108,6 @@ def embedding_difference(features: torch.Tensor, reference: torch.Tensor) -> flo
 
 
 def machine_key() -> str:
-    from imprinting.report import cpu_name
-
     parts = [platform.machine(), cpu_name(), f"{os.cpu_count()} cores", f"{threads()} threads", f"torch {torch.__version__}"]
     if torch.cuda.is_available():
         parts.append(torch.cuda.get_device_name())
@@ -188,7 +187,7 @@ def select_engine(module: nn.Module, preprocess, engine: str = "auto", precision
     remembered), or a name of ``ENGINES``. ``precision``: ``"auto"`` (float32),
     ``"float32"`` or ``"bfloat16"`` (only when asked for). A backbone without weights (a
     reshape) and one on a GPU run in PyTorch. ``cache``: the cache folder (default
-    ``imprinting.data.features.cache_dir()``), whose ``engines/`` keeps graphs and choices.
+    ``imprinting.cache.cache_dir()``), whose ``engines/`` keeps graphs and choices.
     """
     from imprinting.spec import fingerprint
 

@@ -12,16 +12,7 @@ from pathlib import Path
 
 import torch
 
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
+from imprinting.machine import cpu_name
 
 # The command line, set by the `imprint` command (see cli._Group.main); else sys.argv is used.
 COMMAND: list[str] | None = None
