@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from imprinting import protocol
-from imprinting.experiments import Experiment, Plan
+from imprinting.experiments.base import Experiment, Plan
 from imprinting.experiments.runner import write_results
 from imprinting.train import TrainConfig
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 
 from imprinting import protocol
-from imprinting.experiments import Experiment, Plan, option
+from imprinting.experiments.base import Experiment, Plan, option
 from imprinting.experiments.runner import timed_base, train_config, write_results
 
 RECIPE = "RMSProp, lr 1e-4 backbone / 1e-3 FC and classifier, batch 64, novel classes oversampled"

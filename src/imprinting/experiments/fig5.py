@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from imprinting import protocol
-from imprinting.experiments import Experiment, Plan
+from imprinting.experiments.base import Experiment, Plan
 from imprinting.experiments.runner import train_config
 from imprinting.report import write_tables
 

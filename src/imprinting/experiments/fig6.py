@@ -4,7 +4,7 @@ softmax vs lifted structured loss (novel-only top-1): `imprint reproduce fig6`."
 from __future__ import annotations
 
 from imprinting import protocol
-from imprinting.experiments import Experiment, Plan
+from imprinting.experiments.base import Experiment, Plan
 from imprinting.experiments.runner import train_config, write_results
 
 

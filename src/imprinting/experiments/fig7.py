@@ -4,7 +4,7 @@ embedding sizes: `imprint reproduce fig7`."""
 from __future__ import annotations
 
 from imprinting import protocol
-from imprinting.experiments import Experiment, Plan, option
+from imprinting.experiments.base import Experiment, Plan, option
 from imprinting.experiments.runner import train_config, write_results
 
 

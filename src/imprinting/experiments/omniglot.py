@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from imprinting import protocol
-from imprinting.experiments import Experiment, Plan, option
+from imprinting.experiments.base import Experiment, Plan, option
 from imprinting.experiments.runner import write_results
 
 
@@ -15,8 +15,16 @@ def plan(setup, o) -> Plan:
     """Frozen-feature methods at ``--shots``; end-to-end fine-tuning at ``--e2e-shots`` on the
     first ``--e2e-draws`` draws of the same episodes."""
     from imprinting.experiments.data import omniglot_config
-    from imprinting.methods import AllClassJoint, Finetune, Imprinting, ImprintInit, NearestNeighbour, RandomInit
-    from imprinting.methods import RandomNovel, WhitenedMeans
+    from imprinting.methods import (
+        AllClassJoint,
+        Finetune,
+        Imprinting,
+        ImprintInit,
+        NearestNeighbour,
+        RandomInit,
+        RandomNovel,
+        WhitenedMeans,
+    )
     from imprinting.methods.finetune_e2e import EndToEndFinetune
 
     data, model = setup.data, setup.more["model"]

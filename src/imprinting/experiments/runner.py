@@ -14,7 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from imprinting import protocol
-from imprinting.experiments import Experiment, Plan
+from imprinting.experiments.base import Experiment, Plan
 from imprinting.protocol import LowShotData
 from imprinting.report import provenance, write_tables
 from imprinting.train import TrainConfig

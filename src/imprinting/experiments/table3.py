@@ -4,14 +4,21 @@ weights only (novel-only top-1): `imprint reproduce table3`."""
 from __future__ import annotations
 
 from imprinting import protocol
-from imprinting.experiments import Experiment, Plan
+from imprinting.experiments.base import Experiment, Plan
 from imprinting.experiments.runner import train_config, write_results
 
 
 def plan(setup, o) -> Plan:
     """Rand-noFT, Imprinting (+Aug), the whitened head, and Rand+FT and Imprinting+FT in the
     transfer setting."""
-    from imprinting.methods import Finetune, Imprinting, ImprintInit, RandomInit, RandomNovel, WhitenedMeans
+    from imprinting.methods import (
+        Finetune,
+        Imprinting,
+        ImprintInit,
+        RandomInit,
+        RandomNovel,
+        WhitenedMeans,
+    )
 
     data, cfg = setup.data, train_config(o.epochs, o.seed)
     base, _ = protocol.train_base(data, o.dim, cfg)

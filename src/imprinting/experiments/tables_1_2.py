@@ -4,7 +4,7 @@ curves) of Qi, Brown and Lowe, CVPR 2018, on cached features: `imprint reproduce
 from __future__ import annotations
 
 from imprinting import protocol
-from imprinting.experiments import Experiment, Plan, option
+from imprinting.experiments.base import Experiment, Plan, option
 from imprinting.experiments.runner import timed_base, train_config, write_results
 from imprinting.report import write_tables
 
@@ -32,8 +32,15 @@ def plan(setup, o) -> Plan:
     """Rand-noFT, Imprinting (+Aug when views are cached), the whitened head (issue #13: the
     closed form on the backbone's features that ``imprint create`` uses) and, unless
     ``--no-finetune``, Rand+FT, Imprinting+FT and AllClassJoint, on one base model."""
-    from imprinting.methods import AllClassJoint, Finetune, Imprinting, ImprintInit, RandomInit, RandomNovel
-    from imprinting.methods import WhitenedMeans
+    from imprinting.methods import (
+        AllClassJoint,
+        Finetune,
+        Imprinting,
+        ImprintInit,
+        RandomInit,
+        RandomNovel,
+        WhitenedMeans,
+    )
 
     data, cfg = setup.data, train_config(o.epochs, o.seed)
     base, seconds = timed_base(data, o.dim, cfg)

@@ -17,7 +17,7 @@ import time
 import torch
 
 from imprinting import protocol
-from imprinting.experiments import Experiment, Plan, option
+from imprinting.experiments.base import Experiment, Plan, option
 from imprinting.model import create_head
 from imprinting.report import write_tables
 
@@ -109,7 +109,9 @@ def save_model(r) -> str:
     labels, emb = torch.tensor(data.train.labels), F.normalize(data.train_feats, dim=-1)
     for c, name in enumerate(data.train.class_names):  # the cached embeddings: no forward pass again
         full.add_class(name, emb[labels == c])
-    from imprinting.calibration import calibrate  # the scale and unknown threshold, by leave-one-out
+    from imprinting.calibration import (
+        calibrate,  # the scale and unknown threshold, by leave-one-out
+    )
 
     c = calibrate(full, emb, [data.train.class_names[y] for y in labels.tolist()])  # false reject 5 %, guaranteed
     checkpoint.save(full, o.save_model)

@@ -13,42 +13,17 @@ object (``imprinting.methods.init``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
-
-import torch
-
-from imprinting.protocol import Episode, LowShotData
-
-Scorer = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class FitResult:
-    """What fitting one episode gives: the scorer, the training history, extra facts."""
-
-    scorer: Scorer
-    history: list[dict] = field(default_factory=list)
-    info: dict = field(default_factory=dict)
-
-
-class Method:
-    name = "method"
-
-    def fit(self, data: LowShotData, episode: Episode) -> FitResult:
-        raise NotImplementedError
-
-
-from imprinting.methods.init import ImprintInit, RandomInit  # noqa: E402
-from imprinting.methods.ensemble import CosineEnsemble  # noqa: E402
-from imprinting.methods.finetune import Finetune  # noqa: E402
-from imprinting.methods.imprinting import Imprinting, RandomNovel  # noqa: E402
-from imprinting.methods.joint import AllClassJoint  # noqa: E402
-from imprinting.methods.lifted import LiftedEmbedding  # noqa: E402
-from imprinting.methods.nearest import NearestNeighbour  # noqa: E402
-from imprinting.methods.product_head import ProductHead  # noqa: E402
-from imprinting.methods.raw import RawFeatureNCM  # noqa: E402
-from imprinting.methods.whitened import WhitenedMeans  # noqa: E402
+from imprinting.methods.base import FitResult, Method, Scorer
+from imprinting.methods.ensemble import CosineEnsemble
+from imprinting.methods.finetune import Finetune
+from imprinting.methods.imprinting import Imprinting, RandomNovel
+from imprinting.methods.init import ImprintInit, RandomInit
+from imprinting.methods.joint import AllClassJoint
+from imprinting.methods.lifted import LiftedEmbedding
+from imprinting.methods.nearest import NearestNeighbour
+from imprinting.methods.product_head import ProductHead
+from imprinting.methods.raw import RawFeatureNCM
+from imprinting.methods.whitened import WhitenedMeans
 
 __all__ = [
     "AllClassJoint",

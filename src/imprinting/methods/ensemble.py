@@ -9,7 +9,7 @@ training-free classifier, as in Wang et al., "SimpleShot", 2019, for the second 
 
 from __future__ import annotations
 
-from imprinting.methods import FitResult, Method
+from imprinting.methods.base import FitResult, Method
 from imprinting.protocol import Episode, LowShotData
 
 

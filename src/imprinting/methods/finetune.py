@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import torch
 
-from imprinting.methods import FitResult, Method
+from imprinting.methods.base import FitResult, Method
 from imprinting.methods.imprinting import scorer
 from imprinting.methods.init import ImprintInit
 from imprinting.model import ImprintModel

@@ -26,7 +26,7 @@ from dataclasses import replace
 import torch
 from torchvision.transforms.functional import center_crop
 
-from imprinting.methods import FitResult, Method
+from imprinting.methods.base import FitResult, Method
 from imprinting.methods.init import ImprintInit
 from imprinting.model import ImprintModel
 from imprinting.protocol import Episode, LowShotData, accuracies

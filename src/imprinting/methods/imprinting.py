@@ -6,7 +6,7 @@ the Rand-noFT baseline of Tables 1 and 2).
 
 from __future__ import annotations
 
-from imprinting.methods import FitResult, Method
+from imprinting.methods.base import FitResult, Method
 from imprinting.methods.init import ImprintInit, RandomInit
 from imprinting.model import ImprintModel
 from imprinting.protocol import Episode, LowShotData

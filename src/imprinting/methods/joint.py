@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import torch
 
-from imprinting.methods import FitResult, Method
+from imprinting.methods.base import FitResult, Method
 from imprinting.protocol import Episode, LowShotData, linear_model
 from imprinting.train import FeatureDataset, TrainConfig, train
 

@@ -16,7 +16,7 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from torch.utils.data import DataLoader
 
 from imprinting.imprint import imprint_weights
-from imprinting.methods import FitResult, Method
+from imprinting.methods.base import FitResult, Method
 from imprinting.methods.nearest import max_cosine_per_class
 from imprinting.model import Embedder
 from imprinting.protocol import Episode, LowShotData

@@ -18,7 +18,7 @@ import torch
 from imprinting import heads
 from imprinting.classes import ClassTable
 from imprinting.layers import power_transform
-from imprinting.methods import FitResult, Method
+from imprinting.methods.base import FitResult, Method
 from imprinting.protocol import Episode, LowShotData
 from imprinting.rows import normalize_rows
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imprinting.imprint import imprint_weights
-from imprinting.methods import FitResult, Method
+from imprinting.methods.base import FitResult, Method
 from imprinting.protocol import Episode, LowShotData
 
 

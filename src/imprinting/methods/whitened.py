@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from imprinting import heads
-from imprinting.methods import FitResult, Method
+from imprinting.methods.base import FitResult, Method
 from imprinting.protocol import Episode, LowShotData
 
 
