@@ -133,6 +133,14 @@ def test_create_from_folder_calibrates_and_calibrate_command(tmp_path, tiny_fold
     assert r.exit_code == 0, r.output
     assert "scale 10.00 ->" in r.output and "unknown below cosine" in r.output
     assert "false reject at most 20 % (guaranteed)" in r.output and "(estimated" in r.output
+    # the photos of another class's colour are the only suspects, each named with its colour's class
+    # (imprinting.suspects; a random conv4 is sure of some of them only)
+    colour_of = {"red": "green", "green": "blue", "blue": "red"}  # what each class's 4.png shows
+    suspects = [line for line in r.output.splitlines() if " looks like " in line]
+    assert suspects, r.output
+    for line in suspects:
+        taught = line.split('taught as "')[1].split('"')[0]
+        assert f"/{taught}/4.png looks like \"{colour_of[taught]}\"" in line, line
     model = checkpoint.load(path)
     assert model.unknown_threshold == pytest.approx(model.conformal.known[int(0.2 * (model.conformal.n + 1)) - 1])
     # the fitted scale, recomputed independently: each taught image embedded again, scored by

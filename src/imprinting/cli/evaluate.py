@@ -111,7 +111,24 @@ def teach_and_calibrate(model, folder, target: dict, set_threshold: bool, head: 
     names = [taught["classes"][y] for y in taught["labels"]]
     result = calibrate(model, taught["embeddings"], names, "leave-one-out", set_threshold=set_threshold, **target)
     click.echo(describe_calibration(result))
+    report_suspects(model, images.paths, taught["embeddings"], names, result.scale)
     return taught["head"]
+
+
+def report_suspects(model, paths, embeddings, names, scale: float) -> None:
+    """One line per taught photo that looks taught to the wrong class (``imprinting.suspects``:
+    its class's leave-one-out probability under 0.1, another class the most probable)."""
+    import numpy as np
+
+    from imprinting.suspects import find_suspects, leave_one_out_probabilities
+
+    table = model.classes
+    e = embeddings.numpy() if hasattr(embeddings, "numpy") else np.asarray(embeddings)
+    probabilities, scored = leave_one_out_probabilities(table, e, names, scale)
+    labels = np.array([table.index_of(n) for n in names])
+    for s in find_suspects(probabilities, labels, scored):
+        click.echo(f'{paths[s.index]} looks like "{table.name_at(s.looks_like)}" (p {s.probability:.2f}), '
+                   f'taught as "{table.name_at(s.label)}": check it')
 
 
 @click.command("calibrate", cls=Command)
