@@ -105,3 +105,22 @@ def test_kill_9_during_calibrate_leaves_the_old_or_the_new_calibration(conv4_mod
             assert c.post("/calibrate", params={"false_reject": rate_new}).status_code == 200
         new = saved_calibration(store)
         assert old != new and got in (old, new), (trial, got[:200])
+
+
+def test_the_examples_listing_marks_photos_taught_to_the_wrong_class(conv4_model, tmp_path, kit):
+    """A blue photo taught as red is marked with the class it looks like (its class's other
+    photos say it is not red: imprinting.suspects); the red ones are not."""
+    with TestClient(create_app(conv4_model, tmp_path / "store.sqlite")) as c:
+        teach_colours(c.post, kit, per_class=5)
+        wrong = kit.files(("blue-in-red.png", kit.image_bytes(COLOURS["blue"], seed=77)))
+        assert c.post("/classes/red/examples", files=wrong).status_code == 200
+        # at the model's scale (10: a random conv4's cosines are all near 1, every class about as
+        # probable) nothing is sure enough; calibrated, the scale makes the leave-one-out sharp
+        assert all(e["looks_like"] is None for e in c.get("/classes/red/examples").json()["examples"])
+        assert c.post("/calibrate").status_code == 200
+        listed = c.get("/classes/red/examples").json()["examples"]
+        marks = {e["filename"]: e["looks_like"] for e in listed}
+        assert marks["blue-in-red.png"] is not None and marks["blue-in-red.png"]["class"] == "blue", marks
+        assert 0.5 < marks["blue-in-red.png"]["probability"] <= 1
+        assert [f for f, m in marks.items() if m is not None] == ["blue-in-red.png"]
+        assert all(e["looks_like"] is None for e in c.get("/classes/blue/examples").json()["examples"])

@@ -165,11 +165,37 @@ class ServiceEdits:
         source = "model" if name in self.model_classes else "store"
         try:
             records = [] if source == "model" else self.store.example_records(name)
+            stored = [] if source == "model" else self.store.examples(name)
         except StoreError as exc:
             raise store_error("the store could not be read", exc, write=False) from None
+        looks = self._suspects(name, stored)
         return {"name": name, "source": source,
                 "examples": [{"id": r["id"], "added": iso_time(r["added"]), "sha256": r["sha256"],
-                              "filename": r["filename"], "thumbnail": data_url(r["thumbnail"])} for r in records]}
+                              "filename": r["filename"], "thumbnail": data_url(r["thumbnail"]),
+                              "looks_like": looks.get(r["id"])} for r in records]}
+
+    def _suspects(self, name: str, stored: list) -> dict[int, dict]:
+        """{example id: {"class", "probability"}} for the examples of ``name`` that look taught to
+        the wrong class (``imprinting.suspects``: scored with their class recomputed without them,
+        at the model's scale or head temperature); empty when the class changed meanwhile."""
+        from imprinting.calibration import CalibrationError
+        from imprinting.suspects import find_suspects, leave_one_out_probabilities
+
+        if len(stored) < 2:
+            return {}
+        e = np.stack([x.embedding for x in stored])
+        with self.lock:
+            table = self.model.classes
+            if name not in table or table.count(name) != len(stored):
+                return {}  # changed between the two reads: no marks this time
+            scale = table.head.temperature if table.head is not None else float(table.scale.mean())
+            try:
+                probabilities, scored = leave_one_out_probabilities(table, e, [name] * len(stored), scale)
+            except CalibrationError:
+                return {}
+            found = find_suspects(probabilities, np.full(len(stored), table.index_of(name)), scored)
+            return {stored[s.index].id: {"class": table.name_at(s.looks_like), "probability": round(s.probability, 4)}
+                    for s in found}
 
     def remove_example(self, name: str, example_id: int) -> dict:
         """Remove one example of a class taught here: the store deletes it and recomputes the

@@ -135,7 +135,12 @@ function examplesRow(name) {
     const rm = element("button", "Remove", "remove-example");
     rm.type = "button";
     rm.onclick = () => removeExample(name, ex);
-    fig.append(cap, rm);
+    fig.append(cap);
+    if (ex.looks_like) {  // taught as this class, but the others of its class say another
+      fig.classList.add("suspect");
+      fig.append(element("p", `looks like "${ex.looks_like.class}" (p ${ex.looks_like.probability.toFixed(2)})`, "looks-like"));
+    }
+    fig.append(rm);
     grid.append(fig);
   }
   cell.append(rename, grid);
