@@ -26,8 +26,10 @@ demo: $(STAMP)
 	$(BIN)/imprint transfer --data-root $(IMPRINTING_DATA) --out runs/flowers102 --save-model models/flowers102.safetensors
 	$(BIN)/imprint reproduce tables --dataset cub --data-root $(IMPRINTING_DATA) --image-size 160 --augment 2 --draws 2 --out runs/cub-160
 
-## The test suite (real-data tests read ../shared/data, skipped with the reason when absent).
+## The layers (import-linter's contracts in pyproject.toml), then the test suite (real-data tests
+## read ../shared/data, skipped with the reason when absent).
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 ## The service on the model the main job wrote (http://127.0.0.1:8000/).

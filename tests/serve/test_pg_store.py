@@ -103,6 +103,36 @@ def test_bad_shapes_are_refused(store):
         store.add_examples("cat", vectors(0, 2), np.zeros(DIM), 2, ["a"], ["a", "b"])
 
 
+def test_both_stores_keep_the_one_contract(store, target):
+    """``serve.contract``: every method the service calls, on both stores; only PostgreSQL is
+    a shared store (replicas), and the service never needs to know which it has."""
+    from imprinting.serve.contract import ClassStore, SharedClassStore
+
+    assert isinstance(store, ClassStore)
+    assert isinstance(store, SharedClassStore) == is_postgres(target) == store.shared
+    assert store.state() == {"state": "ok"}
+
+
+def test_an_upload_that_breaks_the_contract_writes_nothing(store, target):
+    """The same checks in both stores (PostgreSQL's add_examples used to skip the last two)."""
+    from imprinting.serve.contract import MAX_COUNT
+
+    a = vectors(3, 2)
+    store.add_examples("cat", a, unit_sum(a), 2, ["x", "y"], ["x", "y"])
+    bad = a.copy()
+    bad[1, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        store.add_examples("dog", bad, unit_sum(a), 2, ["x", "y"], ["x", "y"])
+    with pytest.raises(StoreError, match="limit"):
+        store.add_examples("cat", a[:1], unit_sum(a), MAX_COUNT + 1, ["z"], ["z"])
+    with pytest.raises(ValueError, match="finite"):
+        store.add_examples("cat", a[:1], np.full(DIM, np.inf), 3, ["z"], ["z"])
+    for missing in (0, -1, 2**63, 10**30):  # ids no stored example can have: no driver overflow
+        with pytest.raises(KeyError):
+            store.remove_example("cat", missing)
+    assert {n: c for n, (c, _, _) in raw(target).items()} == {"cat": 2}
+
+
 def test_remove_class_takes_its_examples(store, target):
     a = vectors(4, 2)
     store.add_examples("cat", a, unit_sum(a), 2, ["x", "y"], ["x", "y"])
@@ -300,3 +330,17 @@ def test_labelled_embeddings_and_settings(editable):
     editable.set_setting("calibration", '{"scale": 13.0}')  # replaced
     assert editable.setting("calibration") == '{"scale": 13.0}'
     assert [(c.name, c.count) for c in editable.classes()] == [("cat", 2), ("dog", 1)]  # settings are no classes
+
+
+def test_the_service_depends_on_the_contract_alone():
+    """Importing the service loads neither store module nor a database driver: it talks to
+    ``serve.contract.ClassStore``, and ``serve.stores.open_store`` picks the store."""
+    import subprocess
+    import sys
+
+    code = ("import sys, imprinting.serve.service, imprinting.serve.edits, imprinting.serve.follow; "
+            "print(sorted(m for m in ('sqlite3', 'psycopg', 'imprinting.serve.store', 'imprinting.serve.store_pg') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -14,7 +14,7 @@ from imprinting.cli.common import Command, ExampleId
 def _open(model_path, store_path):
     # heavy: only when the command runs
     from imprinting.serve.service import Service
-    from imprinting.serve.store import StoreError
+    from imprinting.serve.contract import StoreError
 
     try:
         return Service.open(model_path, store_path)

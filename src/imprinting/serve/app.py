@@ -12,7 +12,8 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, File, Path as PathParam, Query, UploadFile
+from fastapi import FastAPI, File, Query, UploadFile
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -142,7 +143,9 @@ def create_app(
         yield
         service.close()
 
-    from fastapi_offline import FastAPIOffline  # /docs and /redoc from the package's files, no CDN
+    from fastapi_offline import (
+        FastAPIOffline,  # /docs and /redoc from the package's files, no CDN
+    )
 
     app = FastAPIOffline(
         title="imprinting",

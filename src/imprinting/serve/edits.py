@@ -24,9 +24,21 @@ import torch
 from imprinting.classes import ClassSnapshot
 from imprinting.names import confusable_with
 from imprinting.rows import normalize_rows
-from imprinting.serve.integrity import MAX_COUNT, MAX_EXAMPLE_ID, ClassTaken, StoreError, StoreInDoubt, StoreUnavailable
-from imprinting.serve.store import StoredClass
-from imprinting.serve.validation import ApiError, Upload, check_class_name, check_uploads
+from imprinting.serve.contract import (
+    MAX_COUNT,
+    MAX_EXAMPLE_ID,
+    ClassTaken,
+    StoredClass,
+    StoreError,
+    StoreInDoubt,
+    StoreUnavailable,
+)
+from imprinting.serve.validation import (
+    ApiError,
+    Upload,
+    check_class_name,
+    check_uploads,
+)
 
 WRITE_WAIT_SECONDS = 4.0  # the longest a write waits for the one before it (a store call is bounded too)
 THUMBNAIL_PIXELS = 128  # the longer side of the JPEG kept per example for the page

@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 
-from imprinting.serve.store import StoreError
+from imprinting.serve.contract import StoreError
 
 log = logging.getLogger("imprinting.serve.follow")
 

@@ -36,22 +36,27 @@ import torch
 from PIL import Image
 
 from imprinting import checkpoint
-from imprinting.data.images import MAX_PIXELS
 from imprinting.classes import ClassSnapshot, ClassTable
+from imprinting.data.images import MAX_PIXELS
 from imprinting.errors import UserError
 from imprinting.serve.admission import Admission
+from imprinting.serve.contract import ClassStore, StoredClass, StoreError
 from imprinting.serve.edits import ServiceEdits, store_error
-from imprinting.serve.integrity import StoreError
-from imprinting.serve.store import StoredClass
 from imprinting.serve.stores import open_store
-from imprinting.serve.validation import ApiError, Upload, check_class_name, check_uploads, read_images
+from imprinting.serve.validation import (
+    ApiError,
+    Upload,
+    check_class_name,
+    check_uploads,
+    read_images,
+)
 
 
 class Service(ServiceEdits):
     """The classes of one model, taught through the service and kept in one store. The
     example-level edits and calibration are in ``serve.edits`` (a part of this class)."""
 
-    def __init__(self, model, store, *, max_images: int = 16, max_pixels: int = MAX_PIXELS,
+    def __init__(self, model, store: ClassStore, *, max_images: int = 16, max_pixels: int = MAX_PIXELS,
                  admission: Admission | None = None, threshold_pinned: bool = False):
         """Take ``model`` (a cosine ``ImprintModel``) and ``store`` (opened for this model) and
         restore the store's classes into the model. The service owns the store from here:
@@ -119,7 +124,7 @@ class Service(ServiceEdits):
         service = cls(model, store, max_images=max_images, max_pixels=max_pixels, admission=admission,
                       threshold_pinned=unknown_threshold is not None)
         try:
-            if getattr(store, "shared", False):  # replicas: follow the others' writes (serve.follow)
+            if store.shared:  # replicas: follow the others' writes (serve.follow)
                 from imprinting.serve.follow import Follower
 
                 service.follower = Follower(service, store, store.snapshot_seq).start()

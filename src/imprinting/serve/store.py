@@ -32,13 +32,20 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from imprinting.serve.contract import StoredClass, StoredExample, checked_upload
+from imprinting.serve.integrity import (
+    ClassTaken,
+    ExampleSums,
+    StoreError,
+    check_count,
+    check_meta,
+    check_rows,
+)
 from imprinting.serve.store_edits import StoreEdits
-from imprinting.serve.integrity import ClassTaken, ExampleSums, StoreError, check_count, check_meta, check_rows
 
 __all__ = ["Store", "StoreError", "ClassTaken", "StoredClass", "StoredExample", "SCHEMA_VERSION"]
 
@@ -66,23 +73,10 @@ CREATE INDEX IF NOT EXISTS examples_by_class ON examples(class_id);
 """
 
 
-@dataclass
-class StoredClass:
-    name: str
-    sum: np.ndarray  # (dim,) float64
-    count: int
-
-
-@dataclass
-class StoredExample:
-    id: int
-    embedding: np.ndarray  # (dim,) float32
-    sha256: str
-    filename: str
-
-
 class Store(StoreEdits):
-    """The classes taught to one model through the service."""
+    """The classes taught to one model through the service (``serve.contract.ClassStore``)."""
+
+    shared = False  # one process owns the file (its flock): nothing to follow
 
     def __init__(self, path: str | os.PathLike, dim: int, fingerprint: str, description: str = ""):
         self.path = Path(path)
@@ -183,14 +177,10 @@ class Store(StoreEdits):
         class); otherwise the store and the caller disagree and nothing is written.
         Returns the new examples' ids once the transaction is durable.
         """
-        embeddings = np.ascontiguousarray(embeddings, dtype="<f4")
-        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim or len(embeddings) == 0:
-            raise ValueError(f"expected (n >= 1, {self.dim}) embeddings, got {embeddings.shape}")
-        if not (len(embeddings) == len(sha256s) == len(filenames)):
-            raise ValueError("one sha256 and one file name per embedding")
+        embeddings = checked_upload(self.dim, name, embeddings, sha256s, filenames)
         check_count(str(self.path), name, new_count)
         new_sum = np.ascontiguousarray(new_sum, dtype="<f8")
-        if new_sum.shape != (self.dim,) or not np.isfinite(new_sum).all() or not np.isfinite(embeddings).all():
+        if new_sum.shape != (self.dim,) or not np.isfinite(new_sum).all():
             raise ValueError(f"class {name!r}: the sum and the embeddings must be finite, (dim,) and (n, dim)")
         sum_blob = new_sum.tobytes()
         now = time.time()

@@ -41,9 +41,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from imprinting.classes import normalize_rows
+from imprinting.serve.contract import StoredClass, StoredExample, checked_upload
 from imprinting.serve.deadline import Deadline, bounded
-from imprinting.serve.integrity import ClassTaken, StoreUnavailable
-from imprinting.serve.store import StoredClass, StoredExample, StoreError
+from imprinting.serve.integrity import (
+    ClassTaken,
+    StoreError,
+    StoreUnavailable,
+    check_count,
+)
 from imprinting.serve.store_pg_edits import PgEdits
 from imprinting.serve.store_pg_schema import (
     LOG_CHANGE,
@@ -205,8 +210,12 @@ class PgStore(PgEdits):
         """As ``Store.add_examples``: record an upload and the class's new sum and count, in one
         transaction; ``new_count - len(embeddings)`` must be the count the store holds now, else
         nothing is written (``StoreError``). For writers on several replicas, ``add_to_class``."""
-        embeddings = self._checked(embeddings, sha256s, filenames)
-        sum_blob = np.ascontiguousarray(new_sum, dtype="<f8").tobytes()
+        embeddings = checked_upload(self.dim, name, embeddings, sha256s, filenames)
+        check_count(self.path, name, new_count)  # as the SQLite store: the same contract
+        new_sum = np.ascontiguousarray(new_sum, dtype="<f8")
+        if new_sum.shape != (self.dim,) or not np.isfinite(new_sum).all():
+            raise ValueError(f"class {name!r}: the sum must be finite and ({self.dim},)")
+        sum_blob = new_sum.tobytes()
         now = time.time()
         with self._transaction() as conn:
             row = conn.execute("SELECT id, count FROM imprint_classes WHERE name = %s FOR UPDATE", (name,)).fetchone()
@@ -232,10 +241,8 @@ class PgStore(PgEdits):
         one transaction under the class's row lock: the sum gains the examples' L2-normalized
         float64 embeddings, the count their number (what ``ClassTable.extend`` does, bit for
         bit). Returns (the examples' ids, the class as committed, whether this created it)."""
-        embeddings = self._checked(embeddings, sha256s, filenames)
+        embeddings = checked_upload(self.dim, name, embeddings, sha256s, filenames)
         e = embeddings.astype(np.float64)
-        if not np.isfinite(e).all():
-            raise ValueError("the embeddings have NaN or infinite values")
         delta = normalize_rows(e).sum(axis=0)
         now = time.time()
         with self._transaction() as conn:
@@ -271,14 +278,6 @@ class PgStore(PgEdits):
             self._pool = None
 
     # -- helpers ---------------------------------------------------------------
-    def _checked(self, embeddings, sha256s, filenames) -> np.ndarray:
-        embeddings = np.ascontiguousarray(embeddings, dtype="<f4")
-        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim or len(embeddings) == 0:
-            raise ValueError(f"expected (n >= 1, {self.dim}) embeddings, got {embeddings.shape}")
-        if not (len(embeddings) == len(sha256s) == len(filenames)):
-            raise ValueError("one sha256 and one file name per embedding")
-        return embeddings
-
     @staticmethod
     def _insert_class(conn, name, count, sum_blob, now):
         """The new class's (id,), or None when another transaction created it first."""

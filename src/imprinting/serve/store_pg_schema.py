@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 import uuid
 
-from imprinting.serve.store import SCHEMA_VERSION, StoreError
+from imprinting.serve.integrity import StoreError
+from imprinting.serve.store import SCHEMA_VERSION
 
 # Server-side bounds on each pooled connection (a slow statement, a row lock held by a stuck writer)
 SESSION_TIMEOUTS = {"statement_timeout": "5s", "lock_timeout": "5s", "idle_in_transaction_session_timeout": "30s"}
