@@ -162,7 +162,7 @@ def _epoch_seconds(model, dataset, cfg) -> float:
 
 
 def _head(args) -> dict:
-    from imprinting.model import create_head
+    from imprinting.build import create_head
     from imprinting.train import FeatureDataset, TrainConfig
 
     g = torch.Generator().manual_seed(0)
@@ -176,7 +176,7 @@ def _head(args) -> dict:
 
 
 def _e2e(args) -> dict:
-    from imprinting.model import create_model
+    from imprinting.build import create_model
     from imprinting.train import TensorImageDataset, TrainConfig
 
     g = torch.Generator().manual_seed(0)
@@ -193,7 +193,7 @@ def _allreduce(args) -> dict:
     import torch.distributed as dist
 
     from imprinting import distributed as dd
-    from imprinting.model import create_model
+    from imprinting.build import create_model
 
     out = {}
     model = create_model("efficientnet_lite0", dim=256, pretrained=False, num_classes=INAT_CLASSES)

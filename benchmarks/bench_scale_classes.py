@@ -14,8 +14,7 @@ from imprinting.report import markdown_table
 
 
 def _model(dim: int, backbone: bool = False):
-    from imprinting.model import create_model
-    from imprinting.model import create_head
+    from imprinting.build import create_head, create_model
 
     if backbone:
         return create_model("efficientnet_lite0", dim=dim, pretrained=False)

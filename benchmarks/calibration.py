@@ -50,7 +50,7 @@ def features(root, image_size, cache):
 
 def teach(pool, classes, n, rng, names):
     """A model of ``classes`` taught from n random pool images each; (model, embeddings, labels)."""
-    from imprinting.model import create_head
+    from imprinting.build import create_head
 
     e, y = pool
     model = create_head(e.shape[1], None, [], scale=10.0)

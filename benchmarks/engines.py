@@ -163,7 +163,7 @@ def train_child(keep: bool, size: int, steps: int) -> dict:
         from imprinting.engines.allocator import keep_freed_memory
 
         assert keep_freed_memory()
-    from imprinting.model import create_model
+    from imprinting.build import create_model
 
     torch.manual_seed(0)
     model = create_model("efficientnet_lite0", dim=64, num_classes=100).to(memory_format=torch.channels_last)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imprinting.build import create_model
 from imprinting.imprint import imprint_folder
-from imprinting.model import create_model
 
 
 def read(dataset: str, root: str, split: str):

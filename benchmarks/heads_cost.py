@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from imprinting import heads
+from imprinting.build import build_model
 from imprinting.classes import ClassTable
-from imprinting.model import build_model
 from imprinting.spec import ModelSpec
 
 

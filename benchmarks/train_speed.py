@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from imprinting.model import create_model
+from imprinting.build import create_model
 from imprinting.report import provenance, write_tables
 
 

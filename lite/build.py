@@ -28,6 +28,7 @@ MODULES = (
     "errors.py",
     "files.py",
     "classes.py",
+    "classes_head.py",
     "classes_file.py",
     "conformal.py",
     "rows.py",

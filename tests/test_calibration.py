@@ -9,10 +9,10 @@ import torch
 
 from helpers import make_image, run_cli as run
 from imprinting import checkpoint
+from imprinting.build import create_head
 from imprinting.calibration import (CalibrationError, calibrate, calibrate_table, expected_calibration_error,
                                     fit_scale, leave_one_out, nll, threshold_for)
 from imprinting.classes import ClassTable
-from imprinting.model import create_head
 
 
 def _clusters(rng, classes=6, per_class=(1, 3, 4, 5, 5, 6), dim=12, spread=0.6):

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from imprinting import checkpoint
+from imprinting.build import create_model
 from imprinting.checkpoint import CheckpointError
-from imprinting.model import create_model
 
 
 def _model():

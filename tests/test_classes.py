@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from imprinting.build import create_head
 from imprinting.classes import ClassTable
 from imprinting.errors import ClassError, UnknownClassError
-from imprinting.model import create_head
 
 
 def _unit(a):

@@ -18,8 +18,8 @@ from PIL import Image
 
 from helpers import make_image
 from imprinting import checkpoint
+from imprinting.build import create_model
 from imprinting.cli import main
-from imprinting.model import create_model
 
 LARGEST_SQLITE_INTEGER = 9223372036854775807  # 2**63 - 1, written out here rather than taken from the CLI
 

@@ -14,8 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from helpers import make_image
 from imprinting import checkpoint
+from imprinting.build import create_model
 from imprinting.cli import main
-from imprinting.model import create_model
 
 
 def run(*args):

@@ -12,11 +12,11 @@ import torch
 
 import imprinting
 from imprinting import checkpoint, heads
+from imprinting.build import build_model
 from imprinting.classes import ClassTable
 from imprinting.classes_file import ClassesData, load_classes, save_classes
 from imprinting.errors import ClassError
 from imprinting.imprint import fit_model_head
-from imprinting.model import build_model
 from imprinting.spec import ModelSpec
 
 

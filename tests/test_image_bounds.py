@@ -15,6 +15,7 @@ from PIL import Image
 
 from imprinting import checkpoint
 from imprinting.backbones import Preprocess
+from imprinting.build import create_model
 from imprinting.data.images import (
     MAX_ASPECT_RATIO,
     ImageError,
@@ -26,7 +27,6 @@ from imprinting.data.images import (
 from imprinting.data.transforms import eval_crop
 from imprinting.errors import UserError
 from imprinting.lite.preprocess import resize_short_side, to_array, to_batch
-from imprinting.model import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 PEAK_LIMIT = 1.5 * 2**30  # bytes

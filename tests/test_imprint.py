@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from imprinting import checkpoint
+from imprinting.build import create_model
 from imprinting.imprint import imprint_weights, normalized_mean, random_weights
-from imprinting.model import create_model
 from helpers import make_image
 
 

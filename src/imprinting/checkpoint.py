@@ -28,11 +28,12 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from imprinting.build import build_model
 from imprinting.classes import ClassTable
 from imprinting.conformal import ConformalScores
 from imprinting.errors import UserError
 from imprinting.files import atomic_write  # noqa: F401  (part of this module's API)
-from imprinting.model import ImprintModel, build_model
+from imprinting.model import ImprintModel
 from imprinting.spec import ModelSpec
 
 FORMAT = "imprinting-checkpoint"

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from imprinting.build import build_model, create_head
 from imprinting.data import ImageSet
 from imprinting.data.splits import shot_draws, take
-from imprinting.model import ImprintModel, build_model, create_head
+from imprinting.model import ImprintModel
 from imprinting.spec import ModelSpec
 from imprinting.train import FeatureDataset, TrainConfig, train
 

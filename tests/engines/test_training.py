@@ -7,9 +7,9 @@ import torch
 
 from helpers import make_image
 from imprinting import engines
+from imprinting.build import create_model
 from imprinting.engines import TorchEngine
 from imprinting.engines import select
-from imprinting.model import create_model
 from imprinting.train import TensorImageDataset, TrainConfig, train
 
 

@@ -11,7 +11,7 @@ import torch
 
 from experiments_fixtures import CLASSES, FEAT, png_size, tiny_lowshot, top1_by_hand
 from imprinting import protocol
-from imprinting.model import create_head
+from imprinting.build import create_head
 from imprinting.methods import Imprinting, NearestNeighbour, RawFeatureNCM
 from imprinting.train import TrainConfig
 

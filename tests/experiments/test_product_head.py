@@ -9,9 +9,9 @@ import torch
 from experiments_fixtures import tiny_lowshot
 
 from imprinting import protocol
+from imprinting.build import build_model
 from imprinting.imprint import fit_trained_head
 from imprinting.methods import ProductHead
-from imprinting.model import build_model
 from imprinting.protocol import LowShotData
 from imprinting.spec import ModelSpec
 

@@ -6,7 +6,7 @@ import torch
 
 from experiments_fixtures import BASE, CLASSES, FEAT, tiny_lowshot, top1_by_hand
 from imprinting import protocol
-from imprinting.model import create_head
+from imprinting.build import create_head
 from imprinting.methods import (
     AllClassJoint,
     Finetune,

@@ -58,7 +58,7 @@ def create(out, backbone, dim, random_init, image_size, scale, unknown_threshold
     target = targets(false_reject, false_accept)
     # heavy: only when the command runs
     from imprinting import checkpoint
-    from imprinting.model import create_model
+    from imprinting.build import create_model
 
     power = None if head == "normalized-mean" or (head == "auto" and from_folder is None) else 0.5
     model = create_model(backbone, dim=dim or None, pretrained=not random_init, image_size=image_size,
@@ -226,9 +226,9 @@ def train_command(folder, out, backbone, random_init, dim, mode, epochs, batch_s
 
     from imprinting import checkpoint as ckpt
     from imprinting import distributed as dd
+    from imprinting.build import create_model
     from imprinting.data.features import View, cached_features
     from imprinting.data.folder import read_folder
-    from imprinting.model import create_model
     from imprinting.train import FeatureDataset, ImageDataset, TrainConfig, train
 
     images = read_folder(folder)

@@ -93,7 +93,7 @@ def prepare_omniglot(root=None, dim: int = 64, cfg: TrainConfig | None = None, c
     Returns ``(data, model, train_pixels, test_pixels, history)``: the trained full model and
     the preprocessed images are for end-to-end fine-tuning.
     """
-    from imprinting.model import create_model
+    from imprinting.build import create_model
     from imprinting.train import TensorImageDataset, train
 
     train_set, test_set, rule = read_splits("omniglot", root)

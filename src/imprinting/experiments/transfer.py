@@ -17,8 +17,8 @@ import time
 import torch
 
 from imprinting import protocol
+from imprinting.build import create_head
 from imprinting.experiments.base import Experiment, Plan, option
-from imprinting.model import create_head
 from imprinting.report import write_tables
 
 COLUMNS = ["method", "n", "top1_mean", "top1_std", "draws", "imprint_us_per_class", "ms_per_class_from_jpeg",
@@ -61,7 +61,7 @@ def time_end_to_end(model, images, n: int, classes: int = 5) -> dict:
 
 
 def plan(setup, o) -> Plan:
-    from imprinting.model import create_model
+    from imprinting.build import create_model
 
     model = create_model(o.backbone, dim=None, image_size=o.image_size)
     jpeg = {n: time_end_to_end(model, setup.data.train, n) for n in o.shots}
@@ -102,7 +102,7 @@ def save_model(r) -> str:
     import torch.nn.functional as F
 
     from imprinting import checkpoint
-    from imprinting.model import create_model
+    from imprinting.build import create_model
 
     o, data = r.options, r.data
     full = create_model(o.backbone, dim=None, image_size=o.image_size)
