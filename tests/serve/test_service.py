@@ -58,7 +58,8 @@ def test_health_and_the_model_files_classes(service, conv4):
     health = service.health()
     load = health.pop("load")
     assert health == {
-        "status": "ok", "ready": True, "store": {"state": "ok"}, "classes": 3, "backbone": "conv4",
+        "status": "ok", "ready": True, "store": {"state": "ok"}, "calibration": {"calibrated": False},
+        "classes": 3, "backbone": "conv4",
         "embedding_dim": conv4.embedder.dim,
         "image_size": conv4.preprocess.image_size, "unknown_threshold": None,
         "limits": {"max_images": 4, "max_pixels": MAX_PIXELS, "max_images_in_flight": 8, "memory_limit_mb": None,
