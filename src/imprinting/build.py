@@ -15,6 +15,7 @@ from typing import Sequence
 
 from torch import nn
 
+from imprinting.backbones import create_backbone
 from imprinting.layers import CosineClassifier, Embedder, LinearClassifier
 from imprinting.model import ImprintModel
 from imprinting.spec import ModelSpec
@@ -27,8 +28,6 @@ def build_model(spec: ModelSpec, class_names: Sequence[str] = (), pretrained: bo
     random (Xavier-uniform) rows. ``pretrained=False`` skips loading the backbone's weights
     (a checkpoint brings its own). A spec without ``preprocess`` takes the backbone's, at
     ``image_size`` when given. ``engine``, ``precision``: the engine slot (``ImprintModel.engine``)."""
-    from imprinting.backbones import create_backbone
-
     if spec.backbone is None:
         backbone, feature_dim = nn.Identity(), spec.feature_dim
     else:

@@ -83,7 +83,7 @@ class Calibration:
 
 def nll(scale: float, cosines: np.ndarray, labels: np.ndarray) -> float:
     """Mean negative log-likelihood of ``labels`` under ``softmax(scale * cosines)``."""
-    from scipy.special import logsumexp
+    from scipy.special import logsumexp  # slow import: scipy only when fitting
 
     z = scale * np.asarray(cosines, np.float64)
     return float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(z)), labels]))
@@ -91,7 +91,7 @@ def nll(scale: float, cosines: np.ndarray, labels: np.ndarray) -> float:
 
 def fit_scale(cosines: np.ndarray, labels: np.ndarray, bounds=SCALE_BOUNDS) -> float:
     """The scale s minimizing ``nll`` (searched over log s within ``bounds``)."""
-    from scipy.optimize import minimize_scalar
+    from scipy.optimize import minimize_scalar  # slow import: scipy only when fitting
 
     if len(labels) == 0:
         raise CalibrationError("no labelled examples to fit the scale on")
@@ -236,7 +236,7 @@ def calibrate(model, embeddings, labels, method: str = "leave-one-out", target_f
 def apply(model, result: Calibration, set_threshold: bool = True) -> None:
     """Set the model's scale (every class's, with per-class scales) and, with
     ``set_threshold``, its unknown threshold."""
-    import torch
+    import torch  # torch-free module (suspects, imprinting.sklearn): torch only on this path
 
     if model.classes.head is not None:  # a closed-form head: the scale is its temperature
         model.classes.head.temperature = float(result.scale)

@@ -25,7 +25,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError
+import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from imprinting.build import build_model
@@ -33,6 +34,7 @@ from imprinting.classes import ClassTable
 from imprinting.conformal import ConformalScores
 from imprinting.errors import UserError
 from imprinting.files import atomic_write  # noqa: F401  (part of this module's API)
+from imprinting.heads import WhitenedHead
 from imprinting.model import ImprintModel
 from imprinting.spec import ModelSpec
 
@@ -46,8 +48,6 @@ class CheckpointError(UserError):
 
 def save(model: ImprintModel, path: str | os.PathLike) -> None:
     """Write ``model`` to one file, atomically."""
-    import torch
-
     table = model.classes
     tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     tensors["sums"] = torch.from_numpy(table.sums.copy())
@@ -74,8 +74,6 @@ def save(model: ImprintModel, path: str | os.PathLike) -> None:
 def digest(metadata: dict, tensors: dict) -> str:
     """SHA-256 of the header entries (but ``sha256``) and of each tensor's name, dtype,
     shape and bytes, in name order."""
-    import torch
-
     h = hashlib.sha256(json.dumps({k: v for k, v in metadata.items() if k != "sha256"}, sort_keys=True).encode())
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
@@ -86,8 +84,6 @@ def digest(metadata: dict, tensors: dict) -> str:
 
 def non_finite(tensors: dict) -> str | None:
     """The name of the first floating-point tensor with a NaN or infinite value, or None."""
-    import torch
-
     for name in sorted(tensors):
         t = tensors[name]
         if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
@@ -97,8 +93,6 @@ def non_finite(tensors: dict) -> str | None:
 
 def read_metadata(path: str | os.PathLike) -> dict:
     """The checkpoint's header (spec, class names, threshold) without loading the weights."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")
@@ -157,8 +151,6 @@ def load(path: str | os.PathLike) -> ImprintModel:
     try:
         head = None
         if meta["head"] is not None:
-            from imprinting.heads import WhitenedHead
-
             head = WhitenedHead.from_parts(meta["head"], {k[len("head."):]: v.numpy() for k, v in tensors.items()
                                                            if k.startswith("head.")})
         model = build_model(meta["spec"], names, pretrained=False, unknown_threshold=meta["unknown_threshold"])

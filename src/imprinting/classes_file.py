@@ -48,8 +48,10 @@ from pathlib import Path
 import numpy as np
 
 from imprinting.classes import ClassTable
+from imprinting.conformal import ConformalScores
 from imprinting.errors import ExportFormatError
 from imprinting.files import atomic_write
+from imprinting.heads import WhitenedHead
 
 CLASSES_FORMAT = "imprinting-classes"
 CLASSES_VERSION = 1
@@ -145,8 +147,6 @@ class ClassesData:
     def conformal(self):
         """The calibration scores kept in the header's ``conformal`` (``imprinting.conformal``), or
         None (a file calibrated before they were kept: no prediction sets)."""
-        from imprinting.conformal import ConformalScores
-
         data = self.extra.get("conformal")
         return None if data is None else ConformalScores.from_json(data)
 
@@ -370,8 +370,6 @@ def _classes_data(path: Path, header: dict, arrays: dict, head_arrays: dict) -> 
     try:
         head = None
         if header.get("head") is not None:
-            from imprinting.heads import WhitenedHead
-
             head = WhitenedHead.from_parts(header["head"], head_arrays)
             if head.dim != header["dim"]:
                 raise TypeError(f"a {head.dim}-d head for {header['dim']}-d classes")

@@ -23,8 +23,10 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from imprinting.calibration import expected_calibration_error
 from imprinting.data import DatasetError, ImageSet
 from imprinting.data.images import IMAGE_EXTENSIONS, ImageError
+from imprinting.imprint import embed_files
 
 
 def _is_image(path: Path) -> bool:
@@ -138,8 +140,6 @@ def evaluate(model, folder: str | os.PathLike, k: int = 5, unknown_threshold: fl
     Every class folder must name a class of the model. ``embed(files)`` returns the
     embeddings (default ``embed_files(model, files)``; the CLI passes one with a progress bar).
     ``coverage``: also score the prediction sets at that coverage (a calibrated model)."""
-    from imprinting.imprint import embed_files
-
     data = read_tree(folder)
     missing = [n for n in data.class_names if not model.has_class(n)]
     if missing:
@@ -179,6 +179,7 @@ def risk_coverage(scores: np.ndarray, correct: np.ndarray) -> dict:
 
 def score(paths: Sequence, truth: Sequence[str], predictions: Sequence, k: int = 5, top_pairs: int = 10) -> Evaluation:
     """The metrics of ``predictions`` (``Prediction`` objects, best first) against the true names."""
+    # slow import: scikit-learn (~1 s) only when scoring (imprint predict and calibrate import this module)
     from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 
     if not len(truth):
@@ -204,8 +205,6 @@ def score(paths: Sequence, truth: Sequence[str], predictions: Sequence, k: int =
              "probability": round(p.probabilities[0], 6), "cosine": round(p.cosines[0], 6), "unknown": p.unknown,
              f"in_top{k}": hit}
             for path, t, p, hit in zip(paths, truth, predictions, hits)]
-    from imprinting.calibration import expected_calibration_error
-
     confidence = np.array([p.probabilities[0] for p in predictions])
     correct = np.array([t == b for t, b in zip(truth, best)])
     curve = risk_coverage(np.array([max(p.cosines) for p in predictions]), correct)
@@ -218,6 +217,7 @@ def score(paths: Sequence, truth: Sequence[str], predictions: Sequence, k: int =
 def plot_confusion(matrix: np.ndarray, labels: Sequence[str], path: Path, rows: int) -> None:
     """The confusion matrix as a PNG: the folder's classes as rows (each row as shares of its
     images), every predicted class as a column; names shown up to 60 classes."""
+    # slow import: matplotlib only when plotting (imprint predict and calibrate import this module)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,6 +243,7 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], path: Path, rows: 
 def plot_risk_coverage(curve: dict, path: Path) -> None:
     """The risk-coverage curve as a PNG: accuracy of the accepted photos against the share
     accepted, accepting the highest best cosines first."""
+    # slow import: matplotlib only when plotting (imprint predict and calibrate import this module)
     import matplotlib
 
     matplotlib.use("Agg")

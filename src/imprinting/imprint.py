@@ -7,14 +7,20 @@ live in the class table (``imprinting.classes.ClassTable``); these are the batch
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imprinting import heads
+from imprinting.classes import ClassTable
+from imprinting.data.folder import read_folder
 from imprinting.data.images import ImageError
 from imprinting.errors import ClassError
+from imprinting.layers import power_transform
 
 
 def normalized_mean(embeddings: torch.Tensor) -> torch.Tensor:
@@ -54,10 +60,6 @@ def imprint_folder(model, folder, views: int = 1, progress: Callable[[int], None
     (a name of ``imprinting.heads.HEADS``), the head is then fitted on these examples
     (``fit_model_head``). Returns ``{"classes": the class names in order, "head": what the head
     choice measured or None, "embeddings": (N * views, D), "labels": (N * views,) class indices}``."""
-    import numpy as np
-
-    from imprinting.data.folder import read_folder
-
     images = folder if hasattr(folder, "class_names") else read_folder(folder)
     embeddings = embed_files(model, images.paths, views, progress=progress)  # each image's views together
     labels = np.repeat(np.asarray(images.labels), views)
@@ -74,8 +76,6 @@ def fit_model_head(model, embeddings, labels, choice: str = "auto", source: str 
     class table (or keep the paper's head, as the choice rule says). ``names[label]`` is the
     class of each label value (default: the model's classes in order); the head's correction
     rule knows its reference rows by these names. Returns what was measured."""
-    from imprinting import heads
-
     if choice != "normalized-mean" and model.spec.power is None:
         raise ClassError("the closed-form heads work on power-transformed embeddings: create the model with "
                          "a head (imprint create --head auto) or power=0.5")
@@ -95,16 +95,8 @@ def fit_trained_head(model, features, labels, choice: str = "auto", seed: int = 
     model is left as trained. Otherwise the embedder gets the power transform and every class
     becomes the class mean of its training embeddings, scored by the whitened head (so the
     classes then take examples like any imprinted class). Returns what was measured."""
-    import dataclasses
-
-    import numpy as np
-
-    from imprinting import heads
-
     if model.spec.power is not None:
         raise ClassError("this model already has a power-transformed embedder")
-    from imprinting.layers import power_transform
-
     with torch.no_grad():  # the embedding the model will have once it takes the power transform
         z = power_transform(model.embedder.forward_head(torch.as_tensor(features, dtype=torch.float32)), 0.5)
     y = np.asarray(labels)
@@ -117,8 +109,6 @@ def fit_trained_head(model, features, labels, choice: str = "auto", seed: int = 
     del model.embedder.power
     model.embedder.register_buffer("power", torch.tensor(0.5))
     model.spec = dataclasses.replace(model.spec, power=0.5)
-    from imprinting.classes import ClassTable
-
     names = model.class_names
     table = ClassTable(model.embedder.dim, model.classes.per_class_scale, model.spec.scale)
     for c, name in enumerate(names):

@@ -17,15 +17,20 @@ lazily (``__getattr__`` below), so this module never imports that one while it l
 from __future__ import annotations
 
 import copy
+import importlib
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from imprinting.backbones import Backbone
 from imprinting.classes import ClassSnapshot, ClassTable
-from imprinting.errors import ClassError
 from imprinting.conformal import set_q
+from imprinting.data.images import ImageError, load_image
+from imprinting.engines import frozen_engine, record
+from imprinting.errors import ClassError
+from imprinting.imprint import random_weights
 from imprinting.layers import CosineClassifier, Embedder, Head, LinearClassifier  # noqa: F401  (this API)
 from imprinting.layers import to_numpy as _numpy
 from imprinting.prediction import Prediction, UnknownClassError, top_k  # noqa: F401  (this API)
@@ -146,8 +151,6 @@ class ImprintModel(nn.Module):
 
     def add_random_class(self, name: str, generator: torch.Generator | None = None) -> int:
         """A class with Xavier-uniform random weights (the paper's Rand baseline)."""
-        from imprinting.imprint import random_weights
-
         return self._change(self._table.add_vector, name, random_weights(1, self.embedder.dim, generator)[0].numpy())
 
     def remove_class(self, name: str) -> None:
@@ -179,14 +182,12 @@ class ImprintModel(nn.Module):
     @property
     def backbone(self):
         """The backbone as ``imprinting.backbones.Backbone`` (its module is this model's)."""
-        from imprinting.backbones import Backbone
-
         return Backbone(self.spec.backbone, self.embedder.backbone, self.embedder.feature_dim, self.preprocess,
                         self.spec.pretrained, self.spec.weights_id)
 
     def load_images(self, images: Sequence) -> list:
         """Paths or PIL images -> PIL images in the backbone's mode (errors name the file)."""
-        from imprinting.data.images import load_image
+        # slow import: torchvision (~1 s), only when images are read (loading a model stays fast)
         from imprinting.data.transforms import image_mode
 
         mode = image_mode(self.preprocess)
@@ -200,8 +201,6 @@ class ImprintModel(nn.Module):
     def frozen_engine(self, training: bool | None = None):
         """The engine (``imprinting.engines.Engine``) that runs this model's frozen backbone;
         PyTorch while the model is in training mode."""
-        from imprinting.engines import frozen_engine
-
         training = self.training if training is None else training
         return frozen_engine(self.embedder.backbone, self.preprocess, self.engine, self.precision, training)
 
@@ -213,9 +212,9 @@ class ImprintModel(nn.Module):
 
         The backbone runs on the model's engine (``frozen_engine``), decoding in parallel
         (``imprinting.engines.pipeline``); FC and normalization run in PyTorch."""
-        from imprinting.data.images import ImageError
+        # slow import: torchvision (~1 s), only when images are embedded (loading a model stays fast)
         from imprinting.data.transforms import train_transform
-        from imprinting.engines import pipeline, record
+        from imprinting.engines import pipeline
 
         if not len(images):
             raise ImageError("no images to embed")
@@ -354,6 +353,4 @@ def __getattr__(name: str):
     (PEP 562; by name, like the package's own lazy names, so the two modules import one way)."""
     if name not in _BUILDERS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module("imprinting.build"), name)

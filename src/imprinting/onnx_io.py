@@ -36,7 +36,7 @@ def onnx_export(module: nn.Module, example: torch.Tensor, path: Path, output: st
     """Write ``module`` as an ONNX graph at ``path``, atomically: input ``image`` (N, C, H, W)
     with a dynamic batch, one output named ``output``, ``metadata`` in the graph's properties,
     checked by ``onnx.checker``. The module's training flags are as they were after."""
-    import onnx
+    import onnx  # optional: onnx (pip install 'imprinting[lite]')
 
     # torch.onnx.export puts the module back in the mode it found it in, recursively: a
     # wrapper left in training mode would switch the shared embedder to training mode too.

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from imprinting.build import build_model, create_head
 from imprinting.data import ImageSet
@@ -196,8 +197,6 @@ def run(data: LowShotData, methods: list, eps: list[Episode], progress: bool = T
     calls); ``keep_scores`` keeps each episode's test scores in its result (Figure 5).
     Scores are compared in float32 whatever type a method returns.
     """
-    from tqdm.auto import tqdm
-
     results = []
     bar = tqdm(total=len(methods) * len(eps), desc=f"{data.name} protocol", disable=not progress)
     for method in methods:

@@ -13,6 +13,8 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from imprinting.backbones import Preprocess
 from imprinting.errors import UserError
 
@@ -133,8 +135,6 @@ def fingerprint(module) -> str:
 
 
 def _uint8():
-    import torch
-
     return torch.uint8
 
 

@@ -56,6 +56,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from imprinting.calibration import head_scores, leave_one_out
+
 MAX_OWN_PROBABILITY = 0.1
 
 
@@ -126,8 +128,6 @@ def leave_one_out_probabilities(table, embeddings: np.ndarray, labels: np.ndarra
     own class's cosine taken with its template recomputed without it
     (``calibration.leave_one_out``); with one: ``softmax(scale * head_scores(..., leave_out=True))``.
     Rows of ``scored`` False (a class with one example) are not leave-one-out scores."""
-    from imprinting.calibration import head_scores, leave_one_out
-
     y = np.array([table.index_of(v) if isinstance(v, str) else int(v) for v in labels], np.int64)
     e = np.asarray(embeddings, np.float64)
     cos, scored = leave_one_out(table, e, y)

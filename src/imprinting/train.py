@@ -15,6 +15,7 @@ a checkpoint after each epoch makes the run resumable.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,8 +30,10 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomS
 from tqdm.auto import tqdm
 
 from imprinting import distributed as dd
+from imprinting.checkpoint import CheckpointError
 from imprinting.data.images import load_image
 from imprinting.data.transforms import image_mode, train_transform
+from imprinting.files import atomic_write
 from imprinting.model import ImprintModel
 
 
@@ -269,8 +272,6 @@ def _evaluate(model, evaluate, home) -> dict:
     with torch.no_grad():
         if _device_of(model) == home:
             return evaluate(model)
-        import copy
-
         return evaluate(copy.deepcopy(model).to(home).eval())
 
 
@@ -295,8 +296,6 @@ def _save_state(path, epoch, model, optimizer, scheduler, generator, history, cf
 
 
 def _write_state(path, epoch, model, optimizer, scheduler, generator, history, cfg, ranks) -> None:
-    from imprinting.files import atomic_write
-
     state = {
         "epoch": epoch,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -327,8 +326,6 @@ def _resume(path, model, optimizer, scheduler, generator) -> tuple[int, list[dic
     Rank 0 reads the file and hands the state to the other ranks (a barrier too: no rank
     starts before all have it).
     """
-    from imprinting.checkpoint import CheckpointError
-
     payload = None
     if dd.is_main():
         if not Path(path).exists():

@@ -23,9 +23,10 @@ def _slice(image_set, classes: int, step: int = 1) -> ImageSet:
 def flowers_slice(shared_data, monkeypatch):
     """``read_flowers102`` gives 8 classes: 80 training images, a third of their test images."""
     from imprinting.data import flowers
+    from imprinting.experiments import runner
 
     read = flowers.read_flowers102
-    monkeypatch.setattr(flowers, "read_flowers102",
+    monkeypatch.setattr(runner, "read_flowers102",
                         lambda root, split, **kw: _slice(read(root, split, download=False), 8, 1 if split == "train" else 3))
     return shared_data
 

@@ -133,7 +133,7 @@ class Command(click.Command):
 
         keep_freed_memory()  # glibc keeps freed blocks: no page faults per batch (training, extraction)
         if _ENGINE in ctx.meta or _PRECISION in ctx.meta:
-            from imprinting import engines
+            from imprinting import engines  # heavy (imports torch): only when the command runs
 
             engines.set_default(engine=ctx.meta.pop(_ENGINE, None), precision=ctx.meta.pop(_PRECISION, None))
         return super().invoke(ctx)
@@ -175,14 +175,14 @@ def engine_options(command):
 
 def embed_with_bar(model, files, views):
     """``imprinting.imprint.embed_files`` with a progress bar."""
-    from imprinting.imprint import embed_files
+    from imprinting.imprint import embed_files  # heavy (imports torch): only when the command runs
 
     with progress_bar(len(files), "embedding images") as bar:
         return embed_files(model, files, views, progress=bar.update)
 
 
 def progress_bar(total, desc):
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # heavy (~30 ms): only when a bar is shown (imprint --help stays fast)
 
     return tqdm(total=total, desc=desc, unit="img" if "images" in desc else "class",
                 disable=total < 2 or not sys.stderr.isatty())
@@ -369,7 +369,7 @@ class StoreFile(OutputFile):
         path = super().convert(value, param, ctx)
         if path.is_file():
             def not_foreign():
-                # numpy and the store's SQL: only when the command runs
+                # heavy (numpy, the store's SQL): only when the command runs
                 from imprinting.serve.store import foreign_tables
 
                 problem = foreign_tables(path)

@@ -18,6 +18,7 @@ from imprinting.cli.common import (
     targets,
     unknown_threshold_option,
 )
+from imprinting.data import DatasetError
 
 
 @click.command(cls=Command)
@@ -118,6 +119,7 @@ def teach_and_calibrate(model, folder, target: dict, set_threshold: bool, head: 
 def report_suspects(model, paths, embeddings, names, scale: float) -> None:
     """One line per taught photo that looks taught to the wrong class (``imprinting.suspects``:
     its class's leave-one-out probability under 0.1, another class the most probable)."""
+    # heavy: only when the command runs
     import numpy as np
 
     from imprinting.suspects import find_suspects, leave_one_out_probabilities
@@ -148,7 +150,6 @@ def calibrate_command(model_path, folder, method, false_reject, false_accept, ke
     # heavy: only when the command runs
     from imprinting import checkpoint
     from imprinting.calibration import CalibrationError, calibrate
-    from imprinting.data import DatasetError
     from imprinting.evaluate import read_tree
 
     target = targets(false_reject, false_accept)

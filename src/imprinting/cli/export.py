@@ -50,7 +50,7 @@ def export(model_path, out_dir, quantize, check_images, classes_only, force, ops
         return
     images = None
     if check_images:
-        from imprinting.data.images import collect_images
+        from imprinting.data.images import collect_images  # heavy (PIL): only when the command runs
 
         images = collect_images(check_images)
     manifest = export_model(model, out_dir, quantize=quantize, overwrite=force, check_images=images, opset=opset)

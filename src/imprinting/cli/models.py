@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -13,13 +15,14 @@ from imprinting.cli.common import (
     Finite,
     ModelFile,
     OutputFile,
+    coverage_option,
     embed_with_bar,
     engine_options,
-    coverage_option,
     rate_options,
     targets,
     unknown_threshold_option,
 )
+from imprinting.cli.evaluate import teach_and_calibrate
 
 # imprinting.heads.HEADS (that package imports numpy); tests/test_cli_startup.py checks they match
 HEADS = ("auto", "whitened", "normalized-mean")
@@ -65,8 +68,6 @@ def create(out, backbone, dim, random_init, image_size, scale, unknown_threshold
                          scale=scale, unknown_threshold=unknown_threshold, power=power)
     report = None
     if from_folder is not None:  # the classes, the head, then the scale and unknown threshold by leave-one-out
-        from imprinting.cli.evaluate import teach_and_calibrate
-
         report = teach_and_calibrate(model, from_folder, target, set_threshold=unknown_threshold is None, head=head)
     checkpoint.save(model, out)
     chosen = model.classes.head.kind if model.classes.head is not None else "normalized-mean"
@@ -119,14 +120,10 @@ def add_class(model_path, images, name, augment, append):
 def predict(model_path, images, top_k, unknown_threshold, coverage, as_json, csv_path):
     """Print the top-k classes of each image in IMAGES (files, or folders: every image at any depth
     below), and with --coverage the set of classes each could be."""
-    import csv
-    import sys
-
     # heavy: only when the command runs
     from imprinting import checkpoint
-    from imprinting.evaluate import find_images
-
     from imprinting.conformal import set_q
+    from imprinting.evaluate import find_images
 
     model = checkpoint.load(model_path)
     set_q(model.conformal, coverage)  # a model without calibration scores: say so before the work
@@ -248,7 +245,7 @@ def train_command(folder, out, backbone, random_init, dim, mode, epochs, batch_s
         return
     report = {"head": "normalized-mean"}
     if head != "normalized-mean":
-        from imprinting.imprint import fit_trained_head
+        from imprinting.imprint import fit_trained_head  # heavy: only when the command runs
 
         model.eval()
         centre_crops = feats if mode == "frozen" and not augment else \

@@ -5,12 +5,14 @@ without the ``serve`` extra (the two constants below import PIL, not the service
 from __future__ import annotations
 
 import ipaddress
+import platform
 
 import click
 
 from imprinting.cli.common import Command, Finite, ModelFile, StoreFile
 from imprinting.data.images import MAX_PIXELS
 from imprinting.serve.admission import DEFAULT_MEMORY_LIMIT_MB
+from imprinting.serve.urls import redact
 
 
 @click.command(cls=Command)
@@ -60,13 +62,13 @@ def serve(model_path, store_path, host, port, token, unknown_threshold, max_requ
     it is on disk, and they are all back after a restart. Memory stays under
     --memory-limit-mb: over the bounds a request is answered 503 with Retry-After.
     """
-    try:  # heavy: only when the command runs
+    try:
+        # optional: the serve extra (pip install 'imprinting[serve]'); heavy: only when the command runs
         import uvicorn
 
         from imprinting.serve.app import create_app
         from imprinting.serve.middleware import header_timeout_protocol
         from imprinting.serve.store import StoreError
-        from imprinting.serve.urls import redact
     except ImportError as exc:
         raise click.ClickException(f"the service needs its extra dependencies ({exc}): pip install 'imprinting[serve]'")
     if token is not None and (not token.strip() or not token.isprintable()):
@@ -93,9 +95,9 @@ def return_freed_memory() -> None:
     """Undo ``imprint``'s ``keep_freed_memory`` for the server: a long-lived process must give
     the memory of a large request back (big blocks from mmap, the heap top trimmed, few
     malloc arenas for the request threads), or its resident size only ever grows."""
+    # heavy (ctypes.util, ~3 ms): only when the server starts (imprint --help imports this module)
     import ctypes
     import ctypes.util
-    import platform
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return

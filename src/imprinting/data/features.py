@@ -29,6 +29,9 @@ from imprinting import distributed as dd
 from imprinting.backbones import Backbone, Preprocess
 from imprinting.cache import cache_dir  # noqa: F401  (also this module's API)
 from imprinting.data import ImageSet
+from imprinting.engines import TorchEngine, frozen_engine, pipeline, record, resolve_precision
+from imprinting.files import atomic_write
+from imprinting.spec import fingerprint
 
 # The engine (its ``describe()``) that computed the features ``cached_features`` last
 # returned, read from the cache entry when they came from it: for result headers.
@@ -50,8 +53,6 @@ class View:
 def weights_fingerprint(module: torch.nn.Module) -> str:
     """A hash of every parameter and buffer (``imprinting.spec.fingerprint``): the same
     weights, the same features."""
-    from imprinting.spec import fingerprint
-
     return fingerprint(module)[:16]
 
 
@@ -113,8 +114,6 @@ def compute_features(
 
 
 def _engine(backbone: Backbone, pre: Preprocess, engine, precision, device, cache=None):
-    from imprinting.engines import TorchEngine, frozen_engine, resolve_precision
-
     backbone.module.eval()
     if device is not None:  # a rank of torchrun: PyTorch on its device
         return TorchEngine(backbone.module, resolve_precision(precision), device=device)
@@ -122,8 +121,6 @@ def _engine(backbone: Backbone, pre: Preprocess, engine, precision, device, cach
 
 
 def _compute(engine, backbone, pre, paths, offset, view, batch_size, num_workers, progress, desc) -> torch.Tensor:
-    from imprinting.engines import pipeline
-
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress)
     if not view.augment:
         out = pipeline.center_features(engine, paths, pre, batch_size, num_workers, progress=bar.update)
@@ -153,8 +150,6 @@ def cached_features(
     only when every rank can read it (put the cache on a shared file system for several
     machines, or every run computes the features again).
     """
-    from imprinting.files import atomic_write
-
     if dd.init_from_env():
         dd.broadcast_module(backbone.module)  # random weights differ per process: rank 0's for all
     pre = pre or backbone.preprocess
@@ -187,8 +182,6 @@ def cached_features(
 
 def _inexact_engine(backbone: Backbone, pre: Preprocess, kwargs: dict, cache) -> str | None:
     """``"<engine>-<precision>"`` when the features would not be float32-exact, else ``None``."""
-    from imprinting.engines import resolve_precision
-
     if resolve_precision(kwargs.get("precision")) == "float32":
         return None
     engine = _engine(backbone, pre, kwargs.get("engine"), kwargs.get("precision"), None, cache)
@@ -196,8 +189,6 @@ def _inexact_engine(backbone: Backbone, pre: Preprocess, kwargs: dict, cache) ->
 
 
 def _note(description: str) -> None:
-    from imprinting.engines import record
-
     global last_engine
     last_engine = description
     record(description)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from torchvision.datasets import Flowers102
+
 from imprinting.data import DatasetError, ImageSet, data_root
 
 NUM_CLASSES = 102
@@ -30,8 +32,6 @@ CLASS_NAMES = tuple(_class_names())  # class k + 1 of the data set (label k)
 
 
 def _open(folder: Path, split: str, download: bool):
-    from torchvision.datasets import Flowers102
-
     try:
         return Flowers102(str(folder), split=split, download=False)
     except RuntimeError:

@@ -3,9 +3,12 @@ each backbone's own normalization and an image-size option for CPU runs."""
 
 from __future__ import annotations
 
+import torch
 import torchvision.transforms as T
+from PIL import Image
 
 from imprinting.backbones import Preprocess
+from imprinting.data.images import check_decoded, resized_size
 
 _INTERPOLATION = {
     "bilinear": T.InterpolationMode.BILINEAR,
@@ -35,16 +38,12 @@ class eval_crop:
     """
 
     def __init__(self, pre: Preprocess):
-        from PIL import Image
-
         self.interp = _INTERPOLATION[pre.interpolation]
         self.resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[pre.interpolation]
         self.resize, self.center = T.Resize(pre.resize_size, interpolation=self.interp), T.CenterCrop(pre.image_size)
         self.resize_size = pre.resize_size
 
     def __call__(self, img):
-        from imprinting.data.images import check_decoded, resized_size
-
         check_decoded(img, resize_to=self.resize_size)  # a thin image would resize to gigabytes
         full = img.info.get("full_size")
         if full is None:
@@ -57,8 +56,6 @@ class eval_crop:
 def normalize_table(pre: Preprocess):
     """float32 (C, 256): what ``eval_transform``'s ToTensor + Normalize make of each 8-bit
     value in each channel, computed by those very operations (so a lookup is bit-identical)."""
-    import torch
-
     levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 256).expand(pre.in_chans, 1, 256).contiguous()
     return T.Normalize(pre.mean, pre.std)(levels.to(torch.float32).div(255)).reshape(pre.in_chans, 256).numpy()
 

@@ -18,6 +18,7 @@ from torch import nn
 from imprinting.cache import cache_dir
 from imprinting.engines.base import EngineUnavailable
 from imprinting.onnx_io import OPSET, onnx_export
+from imprinting.spec import fingerprint
 
 
 def engines_dir(cache=None) -> Path:
@@ -34,13 +35,11 @@ def onnx_graph(module: nn.Module, input_shape: tuple[int, int, int], fp: str | N
     Raises ``EngineUnavailable`` when ``onnx`` is not installed or the module cannot be
     written as ONNX.
     """
-    from imprinting.spec import fingerprint
-
     fp = fp or fingerprint(module)
     path = graph_path(fp, input_shape, cache)
     if path.is_file():
         return path
-    try:
+    try:  # optional: onnx (pip install 'imprinting[lite]')
         import onnx  # noqa: F401  (the export checks the graph with it)
     except ImportError:
         raise EngineUnavailable("the ONNX graph needs the onnx package: pip install 'imprinting[lite]'") from None

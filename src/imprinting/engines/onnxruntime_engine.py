@@ -11,11 +11,11 @@ from imprinting.engines.base import Engine, EngineUnavailable, as_numpy, threads
 
 def unavailable() -> str | None:
     """Why onnxruntime cannot run here, or ``None``."""
-    try:
+    try:  # optional: onnxruntime (pip install 'imprinting[lite]')
         import onnxruntime  # noqa: F401
     except ImportError:
         return "onnxruntime is not installed: pip install 'imprinting[lite]'"
-    try:
+    try:  # optional: onnx (pip install 'imprinting[lite]')
         import onnx  # noqa: F401
     except ImportError:
         return "onnx is not installed (it writes the backbone's graph): pip install 'imprinting[lite]'"
@@ -34,7 +34,7 @@ class OnnxRuntimeEngine(Engine):
             raise EngineUnavailable(reason)
         if precision != "float32":
             raise EngineUnavailable("onnxruntime runs float32 only here (its CPU provider has no bf16 kernels)")
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional: checked by unavailable() above
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads()

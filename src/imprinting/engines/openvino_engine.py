@@ -28,11 +28,11 @@ HINTS = {"float32": "f32", "bfloat16": "bf16"}
 
 def unavailable() -> str | None:
     """Why OpenVINO cannot run here, or ``None``."""
-    try:
+    try:  # optional: openvino (pip install 'imprinting[fast]')
         import openvino  # noqa: F401
     except ImportError:
         return "openvino is not installed: pip install 'imprinting[fast]'"
-    try:
+    try:  # optional: onnx (pip install 'imprinting[lite]')
         import onnx  # noqa: F401
     except ImportError:
         return "onnx is not installed (it writes the backbone's graph): pip install 'imprinting[lite]'"
@@ -41,7 +41,7 @@ def unavailable() -> str | None:
 
 @lru_cache(maxsize=1)
 def _core():
-    import openvino as ov
+    import openvino as ov  # optional: openvino (pip install 'imprinting[fast]')
 
     return ov.Core()
 
@@ -70,7 +70,7 @@ class OpenVinoEngine(Engine):
         if precision == "bfloat16" and not supports_bf16():
             raise EngineUnavailable("this CPU has no bf16 support (OpenVINO's OPTIMIZATION_CAPABILITIES: "
                                     f"{', '.join(cpu_capabilities())})")
-        import openvino as ov
+        import openvino as ov  # optional: checked by unavailable() above
 
         self.graph, self.hint, self.streams = str(graph), HINTS[precision], threads()
         self.compiled = self._compile("THROUGHPUT", NUM_STREAMS=self.streams, INFERENCE_NUM_THREADS=self.streams)

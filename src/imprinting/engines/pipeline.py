@@ -26,7 +26,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
+from imprinting.data.images import check_decoded, load_image
+from imprinting.data.transforms import eval_crop, image_mode, normalize_table, train_transform
 from imprinting.engines.base import Engine
 
 GROUP = 8  # images one decoding task takes
@@ -41,8 +44,6 @@ def decode(source, mode: str, reduce_to: int | None = None):
     """A path (decoded, errors name the file) or a PIL image, in ``mode``. Either must pass
     ``imprinting.data.images.check_image_size`` first (a path from its header), since every
     caller resizes the short side next and a thin image would resize to gigabytes."""
-    from imprinting.data.images import check_decoded, load_image
-
     if hasattr(source, "convert"):
         check_decoded(source, resize_to=reduce_to)
         return source.convert(mode)
@@ -53,8 +54,6 @@ class _Center:
     """Sources -> their normalized centre crops, written into a slice of a batch array."""
 
     def __init__(self, pre, draft: bool):
-        from imprinting.data.transforms import eval_crop, image_mode, normalize_table
-
         self.pre, self.mode, self.crop = pre, image_mode(pre), eval_crop(pre)
         self.table = normalize_table(pre)
         self.reduce_to = pre.resize_size if draft else None
@@ -136,8 +135,6 @@ class _SeededViews:
     image is resized once for all its views (``train_transform`` resizes it for each)."""
 
     def __init__(self, pre, views: int, seed_of: Callable[[int], int]):
-        from imprinting.data.transforms import image_mode, normalize_table, train_transform
-
         self.pre, self.mode, self.views, self.seed_of = pre, image_mode(pre), views, seed_of
         self.resize = train_transform(pre).transforms[0]  # the Resize of the short side
         self.table = normalize_table(pre)
@@ -148,8 +145,6 @@ class _SeededViews:
 
     def __call__(self, sources: Sequence, first: int, out: np.ndarray) -> None:
         """Views of ``sources`` (images ``first``, ``first + 1``, ... of the set) into ``out``."""
-        from PIL import Image
-
         s, c = self.pre.image_size, self.pre.in_chans
         pixels = np.empty((len(sources), self.views, s, s, c), np.uint8)
         for i, src in enumerate(sources):
@@ -181,8 +176,6 @@ def view_features(engine: Engine, images: Sequence, transform: Callable, views: 
                   workers: int | None = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Features (N * views, F) of ``views`` random versions of each image (``transform``:
     random crop + flip to a tensor), drawn in order in this thread."""
-    from imprinting.data.transforms import image_mode
-
     mode = image_mode(pre)
     workers = decode_workers() if workers is None else workers
     if workers:

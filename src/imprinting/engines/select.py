@@ -23,12 +23,15 @@ from datetime import datetime, timezone
 
 import torch
 from torch import nn
+from torch.nn.functional import normalize
 
 from imprinting.engines import graph as graphs
 from imprinting.engines import onnxruntime_engine, openvino_engine
 from imprinting.engines.base import PRECISIONS, Engine, EngineError, EngineUnavailable, threads
 from imprinting.engines.torch_engine import TorchEngine, module_device
+from imprinting.files import atomic_write
 from imprinting.machine import cpu_name
+from imprinting.spec import fingerprint
 
 ENGINES = ("torch", "onnxruntime", "openvino")
 TOLERANCE = 1e-5  # max abs difference to PyTorch eager of L2-normalized float32 features
@@ -102,8 +105,6 @@ def check_batch(preprocess, n: int = MEASURE_BATCH) -> torch.Tensor:
 
 def embedding_difference(features: torch.Tensor, reference: torch.Tensor) -> float:
     """Max abs difference between the L2-normalized rows of two feature batches."""
-    from torch.nn.functional import normalize
-
     return float((normalize(features.float(), dim=1) - normalize(reference.float(), dim=1)).abs().max())
 
 
@@ -135,8 +136,6 @@ def _load_choices(path) -> dict:
 
 
 def _save_choice(key: str, record: dict, cache=None) -> None:
-    from imprinting.files import atomic_write
-
     path = graphs.engines_dir(cache) / CHOICES
     path.parent.mkdir(parents=True, exist_ok=True)
     choices = _load_choices(path)
@@ -147,8 +146,6 @@ def _save_choice(key: str, record: dict, cache=None) -> None:
 def measure(module: nn.Module, preprocess, precision: str = "float32", fp: str | None = None, cache=None):
     """Build, check and time every installed engine. Returns ``(engines, record)``: the built
     engines by name and the JSON-able record of rates, differences and reasons."""
-    from imprinting.spec import fingerprint
-
     fp = fp or fingerprint(module)
     shape = (preprocess.in_chans, preprocess.image_size, preprocess.image_size)
     x = check_batch(preprocess)
@@ -189,8 +186,6 @@ def select_engine(module: nn.Module, preprocess, engine: str = "auto", precision
     reshape) and one on a GPU run in PyTorch. ``cache``: the cache folder (default
     ``imprinting.cache.cache_dir()``), whose ``engines/`` keeps graphs and choices.
     """
-    from imprinting.spec import fingerprint
-
     precision = "float32" if precision in (None, "auto") else precision
     if precision not in PRECISIONS:
         raise EngineError(f"precision must be auto, {', '.join(PRECISIONS)}; got {precision!r}")

@@ -21,6 +21,7 @@ def best_method(data, seed: int = 0):
     """The best low-shot configuration found (results/README.md, 'Beyond the paper'): cosines of
     imprinting on a trained 512-d embedding, averaged with those of class means on the
     power-transformed, centred raw features."""
+    # slow import: imprinting.methods loads scikit-learn (~1 s), only when the plan runs, not for --help
     from imprinting.methods import CosineEnsemble, Imprinting, RawFeatureNCM
 
     base, _ = protocol.train_base(data, 512, TrainConfig(epochs=20, seed=seed))
@@ -46,6 +47,7 @@ def default_configs(seed: int = 0) -> dict:
 def plan(setup, o, configs: dict | None = None) -> Plan:
     """Four raw-feature class means, imprinting under each of ``configs``, the best ensemble,
     and whitened class means (``imprinting.heads``)."""
+    # slow import: imprinting.methods loads scikit-learn (~1 s), only when the plan runs, not for --help
     from imprinting.methods import Imprinting, RawFeatureNCM, WhitenedMeans
     from imprinting.methods.raw import FeatureTransform
 

@@ -9,12 +9,19 @@ import os
 from dataclasses import replace
 
 import torch
+from torch import nn
 
+from imprinting.backbones import Backbone, create_backbone
+from imprinting.build import create_model
 from imprinting.data import ImageSet, data_root
+from imprinting.data.cub import read_cub
 from imprinting.data.features import View, cached_features
+from imprinting.data.flowers import read_flowers102
+from imprinting.data.inaturalist import read_inaturalist
+from imprinting.data.omniglot import omniglot_train_test, read_omniglot
 from imprinting.data.splits import base_novel_split
 from imprinting.protocol import LowShotData
-from imprinting.train import TrainConfig
+from imprinting.train import TensorImageDataset, TrainConfig, train
 
 DATASETS = ("cub", "flowers102", "omniglot", "inaturalist")
 
@@ -33,24 +40,16 @@ def read_splits(dataset: str, root=None) -> tuple[ImageSet, ImageSet, str]:
     """
     root = data_root(root)
     if dataset == "cub":
-        from imprinting.data.cub import read_cub
-
         return read_cub(root, "train"), read_cub(root, "test"), "cub"
     if dataset == "flowers102":
-        from imprinting.data.flowers import read_flowers102
-
         tr, va = read_flowers102(root, "train"), read_flowers102(root, "val")
         train = ImageSet("flowers102/trainval", tr.paths + va.paths, tr.labels + va.labels, tr.class_names,
                          {"split": "train"})
         return train, read_flowers102(root, "test"), "flowers102"
     if dataset == "omniglot":
-        from imprinting.data.omniglot import omniglot_train_test, read_omniglot
-
         train, test = omniglot_train_test(read_omniglot(root, "all"))
         return train, test, "omniglot"
     if dataset == "inaturalist":
-        from imprinting.data.inaturalist import read_inaturalist
-
         return read_inaturalist(root, "train"), read_inaturalist(root, "val"), "inaturalist"
     raise ValueError(f"unknown data set {dataset!r}; choose from {', '.join(DATASETS)}")
 
@@ -75,8 +74,6 @@ def prepare(dataset: str, root=None, backbone: str = "efficientnet_lite0", image
     train, test, rule = read_splits(dataset, root)
     base, novel = base_novel_split(train, rule)
     train, test, base, novel = limit_classes(train, test, base, novel, limit)
-    from imprinting.backbones import create_backbone
-
     bb = backbone_obj or create_backbone(backbone, pretrained=True)
     pre = bb.preprocess.at_size(image_size)
     train_feats = cached_features(bb, train, pre, View(), cache, progress)
@@ -93,9 +90,6 @@ def prepare_omniglot(root=None, dim: int = 64, cfg: TrainConfig | None = None, c
     Returns ``(data, model, train_pixels, test_pixels, history)``: the trained full model and
     the preprocessed images are for end-to-end fine-tuning.
     """
-    from imprinting.build import create_model
-    from imprinting.train import TensorImageDataset, train
-
     train_set, test_set, rule = read_splits("omniglot", root)
     base, novel = base_novel_split(train_set, rule)
     train_set, test_set, base, novel = limit_classes(train_set, test_set, base, novel, limit)
@@ -117,10 +111,6 @@ def prepare_omniglot(root=None, dim: int = 64, cfg: TrainConfig | None = None, c
 def cached_pixels(images: ImageSet, pre, cache=None, progress: bool = True) -> torch.Tensor:
     """The decoded, resized, normalized images (N, C, H, W) of ``pre`` (its centre crop),
     through the feature cache like any features: decoded once, then read back."""
-    from torch import nn
-
-    from imprinting.backbones import Backbone
-
     pixels = Backbone("pixels", nn.Flatten(), pre.in_chans * pre.image_size**2, pre, False, "pixels")
     shape = (-1, pre.in_chans, pre.image_size, pre.image_size)
     return cached_features(pixels, images, pre, View(), cache, progress).reshape(shape)

@@ -17,7 +17,9 @@ import time
 
 from imprinting import protocol
 from imprinting.experiments.base import Experiment, Plan, option
+from imprinting.experiments.data import cached_pixels, check_memory, training_square
 from imprinting.experiments.runner import timed_base, train_config, write_results
+from imprinting.report.plots import plot_curves
 
 RECIPE = "RMSProp, lr 1e-4 backbone / 1e-3 FC and classifier, batch 64, novel classes oversampled"
 
@@ -25,7 +27,7 @@ RECIPE = "RMSProp, lr 1e-4 backbone / 1e-3 FC and classifier, batch 64, novel cl
 def plan(setup, o) -> Plan:
     """Imprinting, Rand+FT and Imprinting+FT on frozen features (20 epochs), then Rand+FT and
     Imprinting+FT end to end."""
-    from imprinting.experiments.data import cached_pixels, check_memory, training_square
+    # slow import: imprinting.methods loads scikit-learn (~1 s), only when the plan runs, not for --help
     from imprinting.methods import Finetune, Imprinting, ImprintInit, RandomInit
     from imprinting.methods.finetune_e2e import EndToEndFinetune
 
@@ -51,8 +53,6 @@ def plan(setup, o) -> Plan:
 
 
 def write(r):
-    from imprinting.report.plots import plot_curves
-
     path = write_results(r, "end_to_end", "End-to-end fine-tuning vs frozen backbone: top-1 (%)")
     if r.options.curves:
         plot_curves(r.results, r.out, r.prov, stem="end_to_end_curves")

@@ -9,10 +9,12 @@ from imprinting import protocol
 from imprinting.experiments.base import Experiment, Plan
 from imprinting.experiments.runner import train_config
 from imprinting.report import write_tables
+from imprinting.report.plots import plot_figure_5
 
 
 def plan(setup, o) -> Plan:
     """Imprinting on one 1-shot draw, its test scores kept."""
+    # slow import: imprinting.methods loads scikit-learn (~1 s), only when the plan runs, not for --help
     from imprinting.methods import Imprinting
 
     base, _ = protocol.train_base(setup.data, o.dim, train_config(o.epochs, o.seed))
@@ -53,8 +55,6 @@ def recall_and_cases(data, ep, scores: torch.Tensor, seed: int = 0, show: int = 
 
 
 def write(r):
-    from imprinting.report.plots import plot_figure_5
-
     (result,) = r.results
     rows, cases = recall_and_cases(r.data, r.plan.extra["episode"], result.scores, r.options.seed)
     path = write_tables(r.out, "figure_5", "Figure 5: per-class recall@1 of 1-shot imprinting (novel classes)",

@@ -6,9 +6,11 @@ from __future__ import annotations
 from imprinting import protocol
 from imprinting.experiments.base import Experiment, Plan
 from imprinting.experiments.runner import train_config, write_results
+from imprinting.report.plots import plot_lines
 
 
 def plan(setup, o) -> Plan:
+    # slow import: imprinting.methods loads scikit-learn (~1 s), only when the plan runs, not for --help
     from imprinting.methods import Imprinting, LiftedEmbedding, NearestNeighbour
     from imprinting.methods.lifted import train_lifted_embedder
 
@@ -21,8 +23,6 @@ def plan(setup, o) -> Plan:
 
 
 def write(r):
-    from imprinting.report.plots import plot_lines
-
     path = write_results(r, "figure_6", "Figure 6: novel-only top-1, averaging vs nearest neighbour")
     plot_lines(r.results, r.out, "figure_6", "novel_only", "Figure 6: novel classes (novel-only)", r.prov)
     return path

@@ -14,7 +14,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from imprinting import protocol
+from imprinting.backbones import create_backbone
+from imprinting.data import data_root
+from imprinting.data.features import View, cached_features
+from imprinting.data.flowers import read_flowers102
 from imprinting.experiments.base import Experiment, Plan
+from imprinting.experiments.data import describe, omniglot_config, prepare, prepare_omniglot
 from imprinting.protocol import LowShotData
 from imprinting.report import provenance, write_tables
 from imprinting.train import TrainConfig
@@ -55,8 +60,6 @@ class Run:
 
 
 def _features(o, backbone_obj=None, use="frozen, features cached") -> Setup:
-    from imprinting.experiments.data import describe, prepare
-
     t0 = time.perf_counter()
     data = prepare(o.dataset, o.data_root, o.backbone, o.image_size, o.augment, o.seed, o.cache,
                    backbone_obj=backbone_obj, limit=o.limit_classes)
@@ -67,15 +70,11 @@ def _features(o, backbone_obj=None, use="frozen, features cached") -> Setup:
 
 def _features_and_backbone(o) -> Setup:
     """Features, and the backbone kept (end-to-end fine-tuning trains a copy of it)."""
-    from imprinting.backbones import create_backbone
-
     return _features(o, create_backbone(o.backbone, pretrained=True), "frozen, or trained end to end")
 
 
 def _omniglot(o) -> Setup:
     """The ConvNet trained from scratch on the background characters; its features."""
-    from imprinting.experiments.data import omniglot_config, prepare_omniglot
-
     t0 = time.perf_counter()
     data, model, train_px, test_px, history = prepare_omniglot(o.data_root, o.dim, omniglot_config(o.epochs, o.seed),
                                                                o.cache, seed=o.seed, limit=o.limit_classes)
@@ -88,11 +87,6 @@ def _omniglot(o) -> Setup:
 
 def _flowers102_transfer(o) -> Setup:
     """Flowers-102's official train and test splits, every class novel (no base classes)."""
-    from imprinting.backbones import create_backbone
-    from imprinting.data import data_root
-    from imprinting.data.features import View, cached_features
-    from imprinting.data.flowers import read_flowers102
-
     root = data_root(o.data_root)
     train, test = read_flowers102(root, "train"), read_flowers102(root, "test")
     bb = create_backbone(o.backbone, pretrained=True)

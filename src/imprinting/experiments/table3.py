@@ -11,6 +11,7 @@ from imprinting.experiments.runner import train_config, write_results
 def plan(setup, o) -> Plan:
     """Rand-noFT, Imprinting (+Aug), the whitened head, and Rand+FT and Imprinting+FT in the
     transfer setting."""
+    # slow import: imprinting.methods loads scikit-learn (~1 s), only when the plan runs, not for --help
     from imprinting.methods import (
         Finetune,
         Imprinting,

@@ -15,9 +15,12 @@ from __future__ import annotations
 import time
 
 import torch
+import torch.nn.functional as F
 
-from imprinting import protocol
-from imprinting.build import create_head
+from imprinting import checkpoint, protocol
+from imprinting.build import create_head, create_model
+from imprinting.calibration import calibrate  # the scale and unknown threshold, by leave-one-out
+from imprinting.data.transforms import eval_transform
 from imprinting.experiments.base import Experiment, Plan, option
 from imprinting.report import write_tables
 
@@ -27,6 +30,7 @@ COLUMNS = ["method", "n", "top1_mean", "top1_std", "draws", "imprint_us_per_clas
 
 def methods(data) -> list:
     """Rand-noFT, Imprinting and (views cached) Imprinting+Aug on the bare, normalized features."""
+    # slow import: imprinting.methods loads scikit-learn (~1 s), only when the plan runs, not for --help
     from imprinting.methods import Imprinting, RandomNovel
 
     base = create_head(data.feature_dim, None, [])
@@ -39,8 +43,6 @@ def methods(data) -> list:
 def time_end_to_end(model, images, n: int, classes: int = 5) -> dict:
     """Seconds to teach a class from n JPEG files (decode + forward + imprint), per class,
     and the plain forward time of the same images, measured on ``classes`` classes."""
-    from imprinting.data.transforms import eval_transform
-
     by_class: dict[int, list] = {}
     for p, y in zip(images.paths, images.labels):
         by_class.setdefault(y, []).append(p)
@@ -61,8 +63,6 @@ def time_end_to_end(model, images, n: int, classes: int = 5) -> dict:
 
 
 def plan(setup, o) -> Plan:
-    from imprinting.build import create_model
-
     model = create_model(o.backbone, dim=None, image_size=o.image_size)
     jpeg = {n: time_end_to_end(model, setup.data.train, n) for n in o.shots}
     eps = protocol.episodes(setup.data, o.shots, o.draws, o.seed)
@@ -99,20 +99,11 @@ def write(r):
 
 def save_model(r) -> str:
     """A model with every class imprinted from all its training images (for imprint serve)."""
-    import torch.nn.functional as F
-
-    from imprinting import checkpoint
-    from imprinting.build import create_model
-
     o, data = r.options, r.data
     full = create_model(o.backbone, dim=None, image_size=o.image_size)
     labels, emb = torch.tensor(data.train.labels), F.normalize(data.train_feats, dim=-1)
     for c, name in enumerate(data.train.class_names):  # the cached embeddings: no forward pass again
         full.add_class(name, emb[labels == c])
-    from imprinting.calibration import (
-        calibrate,  # the scale and unknown threshold, by leave-one-out
-    )
-
     c = calibrate(full, emb, [data.train.class_names[y] for y in labels.tolist()])  # false reject 5 %, guaranteed
     checkpoint.save(full, o.save_model)
     unknown = (f"unknown below cosine {c.unknown_threshold:.3f} (false reject at most {100 * c.target_false_reject:g} % "

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+import imprinting
 from imprinting.export.base import ExportError, check_exportable
 from imprinting.export.classes import export_classes
 from imprinting.export.graphs import write_graphs
@@ -36,8 +37,6 @@ def export(
     hold classes taught on a device. ``check_images`` (paths or PIL images) are used to
     measure the int8 graphs against the float ones when ``quantize`` is set.
     """
-    import imprinting
-
     check_exportable(model)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

@@ -26,6 +26,7 @@ def logits_graph(embedder_path: Path, model: ImprintModel, path: Path, metadata:
     """model.onnx: the embedder graph followed by ``logits = scale * (embedding @ T.T)`` (T: the
     templates as constants), or a closed-form head's scores from its rows; nodes appended to
     the exported embedder, not traced again."""
+    # optional: onnx (pip install 'imprinting[lite]')
     import onnx
     from onnx import TensorProto, compose, helper, numpy_helper
 
@@ -67,7 +68,7 @@ def logits_graph(embedder_path: Path, model: ImprintModel, path: Path, metadata:
 
 
 def session(path: Path):
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional: onnxruntime (pip install 'imprinting[lite]')
 
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 

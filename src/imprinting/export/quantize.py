@@ -14,6 +14,7 @@ import numpy as np
 from imprinting.export.graphs import run_graph
 from imprinting.files import atomic_write
 from imprinting.lite import format as fmt
+from imprinting.lite.runtime import LiteModel
 from imprinting.onnx_io import quiet
 
 QUANTIZATION_METHOD = (
@@ -38,6 +39,7 @@ def _quantize_excluded(graph) -> list[str]:
 
 def quantize_graph(src: Path, dst: Path) -> None:
     """Write the int8 version of the graph ``src`` to ``dst`` (``QUANTIZATION_METHOD``), atomically."""
+    # optional: onnx and onnxruntime (pip install 'imprinting[lite]')
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -54,8 +56,6 @@ def quantization_report(out_dir: str | os.PathLike, images: Sequence | None = No
     """How far the int8 graphs are from the float ones on ``images`` (paths or PIL images;
     without them, on random noise, which says less): cosine between float and int8
     embeddings, and, with classes, how often the top-1 class agrees."""
-    from imprinting.lite.runtime import LiteModel
-
     out = Path(out_dir)
     manifest = fmt.read_manifest(out)
     files = manifest["files"]

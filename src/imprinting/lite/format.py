@@ -138,7 +138,7 @@ def export_file(folder: str | os.PathLike, manifest: dict, key: str, default: st
 
 def read_preprocess(folder: str | os.PathLike) -> dict:
     """The preprocessing recipe, with every field checked (see the module docstring)."""
-    # Pillow comes with preprocess: imported here, where images are, not by every reader of the format
+    # light module: Pillow comes with preprocess, imported here where images are, not by every reader of the format
     from imprinting.lite.preprocess import PIL_INTERPOLATION
 
     path = Path(folder) / PREPROCESS

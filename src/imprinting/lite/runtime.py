@@ -8,16 +8,16 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from imprinting.data.images import ImageError
+from imprinting.conformal import set_q
+from imprinting.data.images import ImageError, load_image
 from imprinting.errors import ClassError
 from imprinting.lite import format as fmt
 from imprinting.lite.preprocess import image_mode, to_batch
-from imprinting.conformal import set_q
 from imprinting.prediction import Prediction, UnknownClassError, top_k  # noqa: F401  (shared with the PyTorch model)
 
 
 def _session(path: Path, threads: int | None, providers: Sequence[str] | None):
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional: onnxruntime (pip install 'imprinting[lite]')
 
     if not path.is_file():
         raise fmt.ExportFormatError(f"{path}: no such ONNX file")
@@ -142,8 +142,6 @@ class LiteModel:
     # -- images ------------------------------------------------------------------
     def load_images(self, images: Iterable) -> list:
         """Paths or PIL images -> PIL images in the embedder's mode (errors name the file)."""
-        from imprinting.data.images import load_image
-
         mode = image_mode(self.recipe)
         return [img.convert(mode) if hasattr(img, "convert") else load_image(img, mode) for img in images]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from imprinting.engines import used
 from imprinting.machine import cpu_name
 
 # The command line, set by the `imprint` command (see cli._Group.main); else sys.argv is used.
@@ -20,8 +21,6 @@ COMMAND: list[str] | None = None
 
 def provenance(command: list[str] | None = None, **extra) -> dict:
     """The command, machine and date behind a result, plus anything in ``extra`` (seed, data...)."""
-    from imprinting.engines import used
-
     cmd = command or COMMAND or [Path(sys.argv[0]).name, *sys.argv[1:]]
     engine = {"engine": used()} if used() else {}  # what ran the frozen backbone, when anything did
     return {

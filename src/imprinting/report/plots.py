@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imprinting import protocol
+import numpy as np
+from PIL import Image
 
+from imprinting import protocol
 
 CURVE_STYLES = {"Imprinting+FT": "-", "Rand+FT": "--", "AllClassJoint": ":",
                 "Imprinting+FT (end to end)": "-.", "Rand+FT (end to end)": (0, (1, 3))}
@@ -15,11 +17,11 @@ CURVE_STYLES = {"Imprinting+FT": "-", "Rand+FT": "--", "AllClassJoint": ":",
 
 def plot_curves(results, out_dir: Path, prov: dict, stem: str = "figures_3_4") -> Path:
     """Figures 3 and 4: per-epoch test accuracy of the fine-tuned models (mean over draws)."""
+    # slow import: matplotlib only when plotting (imprint reproduce's commands import this module)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric, title in ((axes[0], "novel", "Figure 3: novel classes"), (axes[1], "all", "Figure 4: all classes")):
@@ -45,6 +47,7 @@ def plot_curves(results, out_dir: Path, prov: dict, stem: str = "figures_3_4") -
 
 def plot_lines(results, out_dir: Path, stem: str, metric: str, title: str, prov: dict) -> Path:
     """A line per method of ``metric`` against n (Figures 6 and 7)."""
+    # slow import: matplotlib only when plotting (imprint reproduce's commands import this module)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,6 +76,7 @@ def plot_lines(results, out_dir: Path, stem: str, metric: str, title: str, prov:
 
 def plot_dims(results, out_dir: Path, prov: dict) -> Path:
     """Figure 7: top-1 against embedding size, a line per (method, n)."""
+    # slow import: matplotlib only when plotting (imprint reproduce's commands import this module)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,11 +108,11 @@ def plot_dims(results, out_dir: Path, prov: dict) -> Path:
 
 def plot_figure_5(rows: list[dict], cases: dict, out_dir: Path, prov: dict, show: int = 8) -> Path:
     """Figure 5: the exemplars of the best and worst classes, random successes and failures."""
+    # slow import: matplotlib only when plotting (imprint reproduce's commands import this module)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     picks = rows[:show] + rows[-show:]
     fig, axes = plt.subplots(4, show, figsize=(1.7 * show, 8.4))
@@ -135,6 +139,7 @@ def plot_figure_5(rows: list[dict], cases: dict, out_dir: Path, prov: dict, show
 def plot_accuracy_vs_time(summary: list[dict], path: Path) -> None:
     """benchmarks/compare.py: top-1 against the time to add the novel classes, a line per
     method, a column per data set, a row per metric (novel, all)."""
+    # slow import: matplotlib only when plotting (imprint reproduce's commands import this module)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+from imprinting.files import atomic_write
+
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -18,8 +20,6 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 def write_tables(out_dir: str | os.PathLike, stem: str, title: str, rows: list[dict], columns: list[str], prov: dict) -> Path:
     """Write ``stem``.md / .csv / .json under ``out_dir``; returns the Markdown path."""
-    from imprinting.files import atomic_write
-
     out = Path(out_dir)
     header = "\n".join(f"- {k}: `{v}`" if k == "command" else f"- {k}: {v}" for k, v in prov.items())
     md = f"# {title}\n\n{header}\n\n{markdown_table(rows, columns)}\n"

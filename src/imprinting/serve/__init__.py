@@ -16,7 +16,7 @@ __all__ = ["create_app"]
 
 def __getattr__(name: str):
     if name == "create_app":
-        from imprinting.serve.app import create_app
+        from imprinting.serve.app import create_app  # light package: FastAPI only when the app is built
 
         return create_app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,11 +12,12 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, File, Query, UploadFile
+from fastapi import Body, FastAPI, File, Query, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline  # /docs and /redoc from the package's files, no CDN
 from pydantic import BaseModel
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
@@ -143,10 +144,6 @@ def create_app(
         yield
         service.close()
 
-    from fastapi_offline import (
-        FastAPIOffline,  # /docs and /redoc from the package's files, no CDN
-    )
-
     app = FastAPIOffline(
         title="imprinting",
         summary="Teach a trained image classifier new classes from a few pictures (imprinted weights).",
@@ -268,8 +265,6 @@ def _add_example_routes(app: FastAPI, service: Service, writes: tuple = ()) -> N
 
     ``/classes/{name:anytext}`` above matches any path below ``/classes/``, so these routes
     are moved in front of the others: the more specific path is tried first."""
-    from fastapi import Body
-
     before = list(app.router.routes)
 
     @app.get("/classes/{name:anytext}/examples", summary="A class's stored examples, with thumbnails",

@@ -21,7 +21,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from imprinting.calibration import Calibration, CalibrationError, apply, calibrate_table
 from imprinting.classes import ClassSnapshot
+from imprinting.conformal import ConformalScores
 from imprinting.names import confusable_with
 from imprinting.rows import normalize_rows
 from imprinting.serve.contract import (
@@ -33,12 +35,14 @@ from imprinting.serve.contract import (
     StoreInDoubt,
     StoreUnavailable,
 )
+from imprinting.serve.thumbnails import data_url, iso_time, jpeg_thumbnail
 from imprinting.serve.validation import (
     ApiError,
     Upload,
     check_class_name,
     check_uploads,
 )
+from imprinting.suspects import find_suspects, leave_one_out_probabilities
 
 WRITE_WAIT_SECONDS = 4.0  # the longest a write waits for the one before it (a store call is bounded too)
 THUMBNAIL_PIXELS = 128  # the longer side of the JPEG kept per example for the page
@@ -168,8 +172,6 @@ class ServiceEdits:
         """Class ``name``'s stored examples, oldest first: id, added (UTC, ISO 8601), SHA-256 of
         the image bytes, upload name and a JPEG thumbnail as a data URL (None for examples
         stored before thumbnails were kept). A model file's class has none here."""
-        from imprinting.serve.thumbnails import data_url, iso_time
-
         check_class_name(name)
         self.wait_for_thumbnails()
         with self.lock:
@@ -190,9 +192,6 @@ class ServiceEdits:
         """{example id: {"class", "probability"}} for the examples of ``name`` that look taught to
         the wrong class (``imprinting.suspects``: scored with their class recomputed without them,
         at the model's scale or head temperature); empty when the class changed meanwhile."""
-        from imprinting.calibration import CalibrationError
-        from imprinting.suspects import find_suspects, leave_one_out_probabilities
-
         if len(stored) < 2:
             return {}
         e = np.stack([x.embedding for x in stored])
@@ -277,8 +276,6 @@ class ServiceEdits:
         keep them in the store (one transaction: a crash leaves the old calibration or the new
         one, never a mix), then apply them, so a restart applies them again. A threshold chosen at
         start (``--unknown-threshold``) stays in force: ``unknown_threshold_applied`` says which."""
-        from imprinting.calibration import CalibrationError, apply, calibrate_table
-
         try:
             names, embeddings = self.store.labelled_embeddings()
         except StoreError as exc:
@@ -308,9 +305,6 @@ class ServiceEdits:
     def apply_saved_calibration(self) -> None:
         """The calibration ``calibrate`` kept in the store, if any (a threshold chosen at start
         stays)."""
-        from imprinting.calibration import Calibration, apply
-        from imprinting.conformal import ConformalScores
-
         if (saved := self.store.setting("calibration")) is not None:
             v = json.loads(saved)
             before = float(self.model.classes.scale.mean())
@@ -332,8 +326,6 @@ class ServiceEdits:
         self._thumbnail_jobs.append(self._thumbnails.submit(self._write_thumbnails, ids, images))
 
     def _write_thumbnails(self, ids: list[int], images: list) -> None:
-        from imprinting.serve.thumbnails import jpeg_thumbnail
-
         try:
             self.store.add_thumbnails(ids, [jpeg_thumbnail(img, THUMBNAIL_PIXELS) for img in images])
         except Exception:  # noqa: BLE001  the class deleted meanwhile, the store closed or away: no thumbnail

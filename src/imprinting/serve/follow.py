@@ -66,7 +66,7 @@ class Follower:
 
     # -- the others' writes ------------------------------------------------------------
     def _run(self) -> None:
-        import psycopg
+        import psycopg  # optional: psycopg (pip install 'imprinting[postgres]')
 
         delay = 0.2
         while not self._stop.is_set():

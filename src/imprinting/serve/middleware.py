@@ -12,6 +12,7 @@ import hmac
 
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Mount
 
 
 class Guard:
@@ -94,6 +95,7 @@ def header_timeout_protocol(seconds: float):
     that has not sent a whole request head within ``seconds`` of connecting (or of its last
     answer) is closed, so half-sent requests cannot hold connections open forever.
     (uvicorn's own ``timeout_keep_alive`` covers only idle connections between requests.)"""
+    # optional: uvicorn, only to run the server (the app itself runs under any ASGI server)
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class HeaderTimeoutProtocol(H11Protocol):
@@ -126,8 +128,6 @@ def header_timeout_protocol(seconds: float):
 def allowed_methods(routes, scope) -> list[str]:
     """Every method the app's routes take at ``scope``'s path (for Allow), OPTIONS included;
     empty when no route has the path."""
-    from starlette.routing import Match, Mount
-
     # the path as the app's routes see it (inside a Mount, root_path has grown: undo that)
     probe = {"type": "http", "method": "GET", "path": scope["path"],
              "root_path": scope.get("app_root_path", scope.get("root_path", ""))}

@@ -37,11 +37,14 @@ from PIL import Image
 
 from imprinting import checkpoint
 from imprinting.classes import ClassSnapshot, ClassTable
+from imprinting.conformal import ConformalError
 from imprinting.data.images import MAX_PIXELS
+from imprinting.data.transforms import eval_crop, image_mode
 from imprinting.errors import UserError
 from imprinting.serve.admission import Admission
 from imprinting.serve.contract import ClassStore, StoredClass, StoreError
 from imprinting.serve.edits import ServiceEdits, store_error
+from imprinting.serve.follow import Follower
 from imprinting.serve.stores import open_store
 from imprinting.serve.validation import (
     ApiError,
@@ -65,8 +68,6 @@ class Service(ServiceEdits):
         (``serve.admission``; default: two full requests in flight, no ceiling on the process).
         ``threshold_pinned``: the unknown threshold was chosen at start (``--unknown-threshold``)
         and calibration leaves it as it is."""
-        from imprinting.data.transforms import eval_crop, image_mode
-
         self.model = model
         self.store = store
         self.model_classes = frozenset(model.class_names)
@@ -125,8 +126,6 @@ class Service(ServiceEdits):
                       threshold_pinned=unknown_threshold is not None)
         try:
             if store.shared:  # replicas: follow the others' writes (serve.follow)
-                from imprinting.serve.follow import Follower
-
                 service.follower = Follower(service, store, store.snapshot_seq).start()
             size = model.preprocess.image_size
             model.embed_images([Image.new("RGB", (size, size))])  # warm up
@@ -208,8 +207,6 @@ class Service(ServiceEdits):
         """The top-k classes of each upload with probabilities and cosines, and whether its
         best cosine is below the threshold (this call's, or the model's); with ``coverage``,
         each one's prediction set (``imprinting.conformal``; empty: not one of the classes)."""
-        from imprinting.conformal import ConformalError
-
         start = time.perf_counter()
         check_uploads(uploads, self.max_images)
         with self.lock:

@@ -326,7 +326,7 @@ def lock_file(path: Path) -> int | None:
     as the returned descriptor is open. The lock is on the file, not its name: every hard
     link, symlink or other path to it finds it held. ``None`` where there is no ``fcntl``
     (Windows: one process per store is then up to the user)."""
-    try:
+    try:  # optional: fcntl is POSIX-only (none on Windows)
         import fcntl
     except ImportError:
         return None

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from imprinting.classes import normalize_rows
 from imprinting.serve.integrity import MAX_EXAMPLE_ID
 
 
@@ -54,8 +55,6 @@ class StoreEdits:
         The sum is computed as ``ClassTable`` imprints: float32 embeddings in float64,
         L2-normalized, summed in their stored order, so it is the sum a batch imprint of the
         remaining examples gives, bit for bit."""
-        from imprinting.classes import normalize_rows
-
         if not isinstance(example_id, int) or not 1 <= example_id <= MAX_EXAMPLE_ID:
             raise KeyError(example_id)  # no stored example can have it (SQL integers are 64-bit)
         with self._writing(f"removing example {example_id} of class {name!r}"):

@@ -85,7 +85,7 @@ class PgStore(PgEdits):
         store belongs to this model and is whole. ``timeout``: how long a request waits for a
         connection before it is refused with ``StoreUnavailable``. ``deadline``: how long any
         call may take in all before the caller gets ``StoreUnavailable`` (``serve.deadline``)."""
-        try:
+        try:  # optional: psycopg (pip install 'imprinting[postgres]')
             import psycopg
             from psycopg_pool import ConnectionPool
         except ImportError as exc:
@@ -314,7 +314,7 @@ class PgStore(PgEdits):
         error); ``snapshot``: every statement sees the same snapshot (REPEATABLE READ).
         The driver's errors become ``StoreUnavailable`` (no connection) or ``StoreError``."""
         psycopg = self._psycopg
-        from psycopg_pool import PoolClosed, PoolTimeout
+        from psycopg_pool import PoolClosed, PoolTimeout  # optional: imported by __init__ already
 
         if self._pool is None:
             raise StoreError(f"{self.path}: the store is closed")

@@ -16,6 +16,8 @@ from contextlib import nullcontext
 
 from PIL import Image, UnidentifiedImageError
 
+from imprinting.data.images import ImageSizeError, check_image_size, draft
+
 # Decoders allowed for uploads, chosen by content (PIL sniffs the bytes), never by file name.
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
@@ -70,8 +72,6 @@ def open_image(data: bytes, name: str, max_pixels: int, reduce_to: int | None = 
     check_image_size``). ``reduce_to``: the short side the model resizes to; a JPEG is set to
     decode at the smallest DCT scale that keeps its short side at least that long (Pillow's
     ``draft``; recorded in ``info`` for the crop)."""
-    from imprinting.data.images import ImageSizeError, check_image_size, draft
-
     if not data:
         raise ApiError(422, "empty_image", f"{name}: the file is empty (0 bytes)")
     with _image_errors(name, max_pixels):
