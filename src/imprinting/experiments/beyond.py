@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from imprinting import protocol
 from imprinting.experiments.base import Experiment, Plan
-from imprinting.experiments.runner import write_results
-from imprinting.train import TrainConfig
 
 BEST_NAME = "Best: 0.4 x Imprinting D=512 + 0.6 x raw class means (power 0.5, centred)"
 
@@ -21,8 +18,12 @@ def best_method(data, seed: int = 0):
     """The best low-shot configuration found (results/README.md, 'Beyond the paper'): cosines of
     imprinting on a trained 512-d embedding, averaged with those of class means on the
     power-transformed, centred raw features."""
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting import protocol
+
     # slow import: imprinting.methods loads scikit-learn (~1 s), only when the plan runs, not for --help
     from imprinting.methods import CosineEnsemble, Imprinting, RawFeatureNCM
+    from imprinting.train import TrainConfig
 
     base, _ = protocol.train_base(data, 512, TrainConfig(epochs=20, seed=seed))
     members = [(Imprinting(base, cosine=True), 0.4), (RawFeatureNCM(center=True, power=0.5), 0.6)]
@@ -32,6 +33,9 @@ def best_method(data, seed: int = 0):
 def default_configs(seed: int = 0) -> dict:
     """name -> (embedding dim or None for no FC, training config, initial scale, per-class scale,
     power transform of the features (with centering) or None)."""
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting.train import TrainConfig
+
     paper = TrainConfig(epochs=20, seed=seed)
     return {
         "Imprinting (paper: D=64)": (64, paper, 10.0, False, None),
@@ -47,6 +51,9 @@ def default_configs(seed: int = 0) -> dict:
 def plan(setup, o, configs: dict | None = None) -> Plan:
     """Four raw-feature class means, imprinting under each of ``configs``, the best ensemble,
     and whitened class means (``imprinting.heads``)."""
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting import protocol
+
     # slow import: imprinting.methods loads scikit-learn (~1 s), only when the plan runs, not for --help
     from imprinting.methods import Imprinting, RawFeatureNCM, WhitenedMeans
     from imprinting.methods.raw import FeatureTransform
@@ -66,6 +73,9 @@ def plan(setup, o, configs: dict | None = None) -> Plan:
 
 
 def write(r):
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting.experiments.runner import write_results
+
     return write_results(r, "beyond", "Beyond the paper: configurations vs raw-feature class means")
 
 

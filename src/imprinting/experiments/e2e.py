@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import time
 
-from imprinting import protocol
 from imprinting.experiments.base import Experiment, Plan, option
-from imprinting.experiments.data import cached_pixels, check_memory, training_square
-from imprinting.experiments.runner import timed_base, train_config, write_results
-from imprinting.report.plots import plot_curves
 
 RECIPE = "RMSProp, lr 1e-4 backbone / 1e-3 FC and classifier, batch 64, novel classes oversampled"
 
@@ -27,6 +23,11 @@ RECIPE = "RMSProp, lr 1e-4 backbone / 1e-3 FC and classifier, batch 64, novel cl
 def plan(setup, o) -> Plan:
     """Imprinting, Rand+FT and Imprinting+FT on frozen features (20 epochs), then Rand+FT and
     Imprinting+FT end to end."""
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting import protocol
+    from imprinting.experiments.data import cached_pixels, check_memory, training_square
+    from imprinting.experiments.runner import timed_base, train_config
+
     # slow import: imprinting.methods loads scikit-learn (~1 s), only when the plan runs, not for --help
     from imprinting.methods import Finetune, Imprinting, ImprintInit, RandomInit
     from imprinting.methods.finetune_e2e import EndToEndFinetune
@@ -53,6 +54,10 @@ def plan(setup, o) -> Plan:
 
 
 def write(r):
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting.experiments.runner import write_results
+    from imprinting.report.plots import plot_curves
+
     path = write_results(r, "end_to_end", "End-to-end fine-tuning vs frozen backbone: top-1 (%)")
     if r.options.curves:
         plot_curves(r.results, r.out, r.prov, stem="end_to_end_curves")

@@ -3,17 +3,20 @@ recall@1, and random success and failure cases: `imprint reproduce fig5`."""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from imprinting import protocol
 from imprinting.experiments.base import Experiment, Plan
-from imprinting.experiments.runner import train_config
-from imprinting.report import write_tables
-from imprinting.report.plots import plot_figure_5
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it runs
+    import torch
 
 
 def plan(setup, o) -> Plan:
     """Imprinting on one 1-shot draw, its test scores kept."""
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting import protocol
+    from imprinting.experiments.runner import train_config
+
     # slow import: imprinting.methods loads scikit-learn (~1 s), only when the plan runs, not for --help
     from imprinting.methods import Imprinting
 
@@ -25,6 +28,8 @@ def plan(setup, o) -> Plan:
 def recall_and_cases(data, ep, scores: torch.Tensor, seed: int = 0, show: int = 8) -> tuple[list[dict], dict]:
     """Per-class rows (class, exemplar, recall@1), best first, and ``show`` random successes
     and failures among the novel test images."""
+    import torch  # heavy: imports torch; `imprint reproduce --help` stays fast
+
     pred = scores.argmax(1)
     rows = []
     for c_idx, c in enumerate(data.novel, start=data.num_base):
@@ -55,6 +60,10 @@ def recall_and_cases(data, ep, scores: torch.Tensor, seed: int = 0, show: int = 
 
 
 def write(r):
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting.report import write_tables
+    from imprinting.report.plots import plot_figure_5
+
     (result,) = r.results
     rows, cases = recall_and_cases(r.data, r.plan.extra["episode"], result.scores, r.options.seed)
     path = write_tables(r.out, "figure_5", "Figure 5: per-class recall@1 of 1-shot imprinting (novel classes)",

@@ -3,14 +3,14 @@ softmax vs lifted structured loss (novel-only top-1): `imprint reproduce fig6`."
 
 from __future__ import annotations
 
-from imprinting import protocol
 from imprinting.experiments.base import Experiment, Plan
-from imprinting.experiments.runner import train_config, write_results
-from imprinting.report.plots import plot_lines
 
 
 def plan(setup, o) -> Plan:
     # slow import: imprinting.methods loads scikit-learn (~1 s), only when the plan runs, not for --help
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting import protocol
+    from imprinting.experiments.runner import train_config
     from imprinting.methods import Imprinting, LiftedEmbedding, NearestNeighbour
     from imprinting.methods.lifted import train_lifted_embedder
 
@@ -23,6 +23,10 @@ def plan(setup, o) -> Plan:
 
 
 def write(r):
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting.experiments.runner import write_results
+    from imprinting.report.plots import plot_lines
+
     path = write_results(r, "figure_6", "Figure 6: novel-only top-1, averaging vs nearest neighbour")
     plot_lines(r.results, r.out, "figure_6", "novel_only", "Figure 6: novel classes (novel-only)", r.prov)
     return path

@@ -3,14 +3,15 @@ embedding sizes: `imprint reproduce fig7`."""
 
 from __future__ import annotations
 
-from imprinting import protocol
 from imprinting.experiments.base import Experiment, Plan, option
-from imprinting.experiments.runner import train_config, write_results
-from imprinting.report.plots import plot_dims
 
 
 def plan(setup, o) -> Plan:
     """A base model per embedding size D; Imprinting and AllClassJoint named "... D=<D>"."""
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting import protocol
+    from imprinting.experiments.runner import train_config
+
     # slow import: imprinting.methods loads scikit-learn (~1 s), only when the plan runs, not for --help
     from imprinting.methods import AllClassJoint, Imprinting
 
@@ -25,6 +26,10 @@ def plan(setup, o) -> Plan:
 
 
 def write(r):
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting.experiments.runner import write_results
+    from imprinting.report.plots import plot_dims
+
     path = write_results(r, "figure_7", "Figure 7: embedding size")
     plot_dims(r.results, r.out, r.prov)
     return path

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from imprinting import protocol
 from imprinting.experiments.base import Experiment, Plan, option
-from imprinting.experiments.data import omniglot_config
-from imprinting.experiments.runner import write_results
-from imprinting.report.plots import plot_curves
 
 
 def plan(setup, o) -> Plan:
     """Frozen-feature methods at ``--shots``; end-to-end fine-tuning at ``--e2e-shots`` on the
     first ``--e2e-draws`` draws of the same episodes."""
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting import protocol
+    from imprinting.experiments.data import omniglot_config
+
     # slow import: imprinting.methods loads scikit-learn (~1 s), only when the plan runs, not for --help
     from imprinting.methods import (
         AllClassJoint,
@@ -48,6 +48,10 @@ def plan(setup, o) -> Plan:
 
 
 def write(r):
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting.experiments.runner import write_results
+    from imprinting.report.plots import plot_curves
+
     path = write_results(r, "tables_1_2", "Omniglot: top-1 (%) on novel and all classes")
     plot_curves(r.results, r.out, r.prov)
     return path

@@ -3,14 +3,16 @@ weights only (novel-only top-1): `imprint reproduce table3`."""
 
 from __future__ import annotations
 
-from imprinting import protocol
 from imprinting.experiments.base import Experiment, Plan
-from imprinting.experiments.runner import train_config, write_results
 
 
 def plan(setup, o) -> Plan:
     """Rand-noFT, Imprinting (+Aug), the whitened head, and Rand+FT and Imprinting+FT in the
     transfer setting."""
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting import protocol
+    from imprinting.experiments.runner import train_config
+
     # slow import: imprinting.methods loads scikit-learn (~1 s), only when the plan runs, not for --help
     from imprinting.methods import (
         Finetune,
@@ -30,6 +32,9 @@ def plan(setup, o) -> Plan:
 
 
 def write(r):
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting.experiments.runner import write_results
+
     return write_results(r, "table_3", "Table 3: transfer to the novel classes (novel_only column)",
                          ["method", "n", "novel_only", "draws", "seconds"])
 

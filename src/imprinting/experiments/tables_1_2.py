@@ -3,11 +3,7 @@ curves) of Qi, Brown and Lowe, CVPR 2018, on cached features: `imprint reproduce
 
 from __future__ import annotations
 
-from imprinting import protocol
 from imprinting.experiments.base import Experiment, Plan, option
-from imprinting.experiments.runner import timed_base, train_config, write_results
-from imprinting.report import write_tables
-from imprinting.report.plots import plot_curves
 
 # Paper numbers (CUB-200-2011, InceptionV1, 100 base + 100 novel classes).
 PAPER_TABLE1 = {  # novel classes
@@ -33,6 +29,10 @@ def plan(setup, o) -> Plan:
     """Rand-noFT, Imprinting (+Aug when views are cached), the whitened head (issue #13: the
     closed form on the backbone's features that ``imprint create`` uses) and, unless
     ``--no-finetune``, Rand+FT, Imprinting+FT and AllClassJoint, on one base model."""
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting import protocol
+    from imprinting.experiments.runner import timed_base, train_config
+
     # slow import: imprinting.methods loads scikit-learn (~1 s), only when the plan runs, not for --help
     from imprinting.methods import (
         AllClassJoint,
@@ -73,6 +73,12 @@ def paper_comparison(rows: list[dict]) -> list[dict]:
 
 
 def write(r):
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting import protocol
+    from imprinting.experiments.runner import write_results
+    from imprinting.report import write_tables
+    from imprinting.report.plots import plot_curves
+
     cols = ["method", "n", "novel (ours)", "novel (paper, CUB)", "all (ours)", "all (paper, CUB)", "draws", "seconds"]
     path = write_tables(r.out, "tables_1_2", "Tables 1 and 2: top-1 (%) on novel and all classes",
                         paper_comparison(protocol.summarize(r.results)), cols, r.prov)

@@ -13,16 +13,12 @@ features, and from the JPEG files: decode + forward + imprint).
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-
-from imprinting import checkpoint, protocol
-from imprinting.build import create_head, create_model
-from imprinting.calibration import calibrate  # the scale and unknown threshold, by leave-one-out
-from imprinting.data.transforms import eval_transform
 from imprinting.experiments.base import Experiment, Plan, option
-from imprinting.report import write_tables
+
+if TYPE_CHECKING:  # annotations only: protocol is imported where it runs
+    from imprinting import protocol
 
 COLUMNS = ["method", "n", "top1_mean", "top1_std", "draws", "imprint_us_per_class", "ms_per_class_from_jpeg",
            "forward_ms_per_class"]
@@ -30,6 +26,9 @@ COLUMNS = ["method", "n", "top1_mean", "top1_std", "draws", "imprint_us_per_clas
 
 def methods(data) -> list:
     """Rand-noFT, Imprinting and (views cached) Imprinting+Aug on the bare, normalized features."""
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting.build import create_head
+
     # slow import: imprinting.methods loads scikit-learn (~1 s), only when the plan runs, not for --help
     from imprinting.methods import Imprinting, RandomNovel
 
@@ -43,6 +42,10 @@ def methods(data) -> list:
 def time_end_to_end(model, images, n: int, classes: int = 5) -> dict:
     """Seconds to teach a class from n JPEG files (decode + forward + imprint), per class,
     and the plain forward time of the same images, measured on ``classes`` classes."""
+    import torch  # heavy: imports torch; `imprint reproduce --help` stays fast
+
+    from imprinting.data.transforms import eval_transform
+
     by_class: dict[int, list] = {}
     for p, y in zip(images.paths, images.labels):
         by_class.setdefault(y, []).append(p)
@@ -63,6 +66,10 @@ def time_end_to_end(model, images, n: int, classes: int = 5) -> dict:
 
 
 def plan(setup, o) -> Plan:
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting import protocol
+    from imprinting.build import create_model
+
     model = create_model(o.backbone, dim=None, image_size=o.image_size)
     jpeg = {n: time_end_to_end(model, setup.data.train, n) for n in o.shots}
     eps = protocol.episodes(setup.data, o.shots, o.draws, o.seed)
@@ -72,6 +79,9 @@ def plan(setup, o) -> Plan:
 def rows(results: list[protocol.Result], num_classes: int, jpeg: dict | None = None) -> list[dict]:
     """One row per (n, method), n first: top-1 mean and std over draws (every test image is of
     a novel class), and for Imprinting the time to imprint a class from its cached features."""
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting import protocol
+
     summary = protocol.summarize(results)
     shots = list(dict.fromkeys(r.n for r in results))
     out = []
@@ -89,6 +99,9 @@ def rows(results: list[protocol.Result], num_classes: int, jpeg: dict | None = N
 
 
 def write(r):
+    # heavy: imports torch; `imprint reproduce --help` stays fast
+    from imprinting.report import write_tables
+
     data = r.data
     path = write_tables(r.out, "transfer", "Transfer learning by imprinting on Flowers-102 (top-1 %, test split)",
                         rows(r.results, len(data.novel), r.plan.extra["jpeg"]), COLUMNS, r.prov)
@@ -99,6 +112,13 @@ def write(r):
 
 def save_model(r) -> str:
     """A model with every class imprinted from all its training images (for imprint serve)."""
+    import torch  # heavy: imports torch; `imprint reproduce --help` stays fast
+    import torch.nn.functional as F
+
+    from imprinting import checkpoint
+    from imprinting.build import create_model
+    from imprinting.calibration import calibrate
+
     o, data = r.options, r.data
     full = create_model(o.backbone, dim=None, image_size=o.image_size)
     labels, emb = torch.tensor(data.train.labels), F.normalize(data.train_feats, dim=-1)
