@@ -17,6 +17,9 @@ pre-declared rule that decides whether any score replaces the best cosine.
 Usage::
 
     .venv/bin/python benchmarks/open_set.py --image-size 224 --draws 20 --out results/open_set.md
+    # round 2 (Rule 2, fresh draws), appended to the same file:
+    .venv/bin/python benchmarks/open_set.py --image-size 224 --draws 20 --seed 1 --rule 2 \
+        --out results/open_set.md --append "..."
 """
 
 from __future__ import annotations
@@ -206,6 +209,27 @@ def conformal_table(results: dict) -> list[str]:
     return lines + [""]
 
 
+RULE2 = ("Rule 2 (declared 2026-12-07 before its run): a score replaces the best cosine as the default only if "
+         "(a) on never-taught classes its AUROC gain over the cosine, paired by draw and averaged over the shot "
+         "counts, exceeds 2 standard errors of the paired differences on at least 2 of the 3 data sets, and (b) on "
+         "every far-away pair (CUB model shown Flowers-102 and Omniglot, Flowers-102 model shown CUB and Omniglot) "
+         "at every shot count its mean AUROC is at most 0.01 below the cosine's. If several scores pass, the largest "
+         "mean near-class gain wins. The draws are new: seed 1 (the first round used seed 0).")
+FAR_PAIRS = (("cub", "flowers102 test"), ("cub", "omniglot test"), ("flowers102", "cub test"),
+             ("flowers102", "omniglot test"))
+
+
+def near_gain(r: dict, s: str) -> tuple[float, float]:
+    """Score ``s``'s AUROC gain over the cosine on never-taught classes, per draw averaged over
+    the shot counts: (mean, 2 standard errors of the paired per-draw differences)."""
+    per_draw: dict = {}
+    for m in r["metrics"]:
+        if m["score"] in (s, "cosine"):
+            per_draw.setdefault(m["draw"], {}).setdefault(m["score"], []).append(m["auroc"])
+    diff = np.array([np.mean(v[s]) - np.mean(v["cosine"]) for _, v in sorted(per_draw.items())])
+    return float(diff.mean()), float(2 * diff.std(ddof=1) / np.sqrt(len(diff)))
+
+
 def rule(results: dict) -> tuple[list[str], str]:
     """A score replaces the best cosine only if, on at least two of the three data sets, its
     per-draw AUROC gain over the cosine (averaged over the three shot counts, paired by draw)
@@ -217,25 +241,56 @@ def rule(results: dict) -> tuple[list[str], str]:
              "| score | " + " | ".join(results) + " | data sets beaten |", "|---|" + "---|" * (len(results) + 1)]
     winners = {}
     for s in RULE_SCORES[1:]:
-        cells, beaten, gains = [], 0, []
-        for r in results.values():
-            per_draw: dict = {}
-            for m in r["metrics"]:
-                if m["score"] in (s, "cosine"):
-                    per_draw.setdefault(m["draw"], {}).setdefault(m["score"], []).append(m["auroc"])
-            diff = np.array([np.mean(v[s]) - np.mean(v["cosine"]) for _, v in sorted(per_draw.items())])
-            se = diff.std(ddof=1) / np.sqrt(len(diff))
-            win = diff.mean() > 2 * se
-            beaten += win
-            gains.append(diff.mean())
-            cells.append(f"{diff.mean():+.4f} / {2 * se:.4f}{' **beats**' if win else ''}")
+        g = [near_gain(r, s) for r in results.values()]
+        beaten = sum(m > se for m, se in g)
+        cells = [f"{m:+.4f} / {se:.4f}{' **beats**' if m > se else ''}" for m, se in g]
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {beaten} |")
         if beaten >= 2:
-            winners[s] = float(np.mean(gains))
+            winners[s] = float(np.mean([m for m, _ in g]))
     outcome = (f"**{max(winners, key=winners.get)}** replaces the best cosine (qualifying: "
                + ", ".join(f"{k} {v:+.4f}" for k, v in winners.items()) + ")") if winners else \
         "no score qualifies: **the best cosine stays the default**"
     return lines + ["", f"Outcome: {outcome}.", ""] + per_shot(results), outcome
+
+
+def far_gap(results: dict, s: str, ds: str, far: str, n: int) -> float:
+    """Mean far-away AUROC of ``s`` minus the cosine's (model ``ds`` shown ``far``, n shots)."""
+    v = lambda name: np.mean([m[f"far {far}"] for m in results[ds]["metrics"] if m["n"] == n and m["score"] == name])
+    return float(v(s) - v("cosine"))
+
+
+def rule2(results: dict) -> tuple[list[str], str]:
+    """Rule 2, applied mechanically: (a) the near-class test of Rule 1, (b) the far-away guard."""
+    missing = [p for p in FAR_PAIRS if p[0] not in results or p[1] not in results[p[0]]["far"]]
+    assert len(results) == 3 and not missing, f"Rule 2 needs all three data sets and every far-away pair: {missing}"
+    shots = {ds: list(dict.fromkeys(m["n"] for m in r["metrics"])) for ds, r in results.items()}
+    cols = [(ds, far, n) for ds, far in FAR_PAIRS for n in shots[ds]]
+    lines = [("### Rule 2: (a) near-class AUROC gain over the cosine, paired by draw, averaged over n (mean / 2 SE); "
+              "(b) the worst far-away mean AUROC minus the cosine's"), "", "> " + RULE2, "",
+             "Candidates: " + ", ".join(SCORES[1:]) + ".", "",
+             ("| score | " + " | ".join(results) + " | (a) data sets beaten | (b) worst far-away gap (where) | "
+              "(a) | (b) | passes |"), "|---|" + "---|" * (len(results) + 5)]
+    passing, far_rows = {}, []
+    for s in SCORES[1:]:
+        g = [near_gain(r, s) for r in results.values()]
+        beaten = sum(m > se for m, se in g)
+        gaps = {c: far_gap(results, s, *c) for c in cols}
+        worst = min(gaps, key=gaps.get)
+        ok_a, ok_b = beaten >= 2, all(v >= -0.01 for v in gaps.values())
+        cells = [f"{m:+.4f} / {se:.4f}{' **beats**' if m > se else ''}" for m, se in g]
+        lines.append(f"| {s} | " + " | ".join(cells) + f" | {beaten} | {gaps[worst]:+.4f} ({worst[0]} model, "
+                     f"{worst[1]}, n={worst[2]}) | {'yes' if ok_a else 'no'} | {'yes' if ok_b else 'no'} | "
+                     f"{'**yes**' if ok_a and ok_b else 'no'} |")
+        far_rows.append(f"| {s} | " + " | ".join(f"{gaps[c]:+.4f}" for c in cols) + " |")
+        if ok_a and ok_b:
+            passing[s] = float(np.mean([m for m, _ in g]))
+    outcome = (f"**{max(passing, key=passing.get)}** replaces the best cosine (passing, mean near-class "
+               "gain: " + ", ".join(f"{k} {v:+.4f}" for k, v in passing.items()) + ")") if passing else \
+        "no score passes: **the best cosine stays the default**"
+    far_lines = ["### Far-away mean AUROC minus the cosine's, per pair and n (Rule 2 (b) needs every cell >= -0.01)",
+                 "", "| score | " + " | ".join(f"{ds} model / {far} n={n}" for ds, far, n in cols) + " |",
+                 "|---|" + "---|" * len(cols)] + far_rows
+    return lines + ["", f"Outcome: {outcome}.", ""] + far_lines + [""] + per_shot(results), outcome
 
 
 def per_shot(results: dict) -> list[str]:
@@ -264,6 +319,9 @@ def main(argv=None) -> int:
     ap.add_argument("--datasets", nargs="+", default=["cub", "flowers102", "omniglot"])
     ap.add_argument("--out", default="results/open_set.md")
     ap.add_argument("--json", default=None, help="Also write every per-draw number here.")
+    ap.add_argument("--rule", type=int, choices=(1, 2), default=1, help="1: round 1's rule; 2: Rule 2 (far-away guard)")
+    ap.add_argument("--append", default=None, metavar="TITLE",
+                    help="Append to --out under a '### TITLE' heading (tables one level down) instead of replacing it.")
     a = ap.parse_args(argv)
     start = time.time()
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -289,7 +347,7 @@ def main(argv=None) -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
 
     head = [
-        "# Open-set rejection: which score says \"not one of my classes\"", "",
+        "# Open-set rejection: which score says \"not one of my classes\"" if not a.append else f"### {a.append}", "",
         f"- command: `.venv/bin/python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:] if argv is None else argv)}`",
         (f"- date: {when}; run time {time.time() - start:.0f} s; git HEAD {commit} (others' uncommitted src/ edits "
          "may be in the tree)"),
@@ -302,18 +360,24 @@ def main(argv=None) -> int:
     for ds, r in results.items():
         head.append(f"- {ds}: {r['info']}; {r['queries']} novel-class test photos; far-away {r['far']}; "
                     f"{r['seconds']:.0f} s")
-    rule_lines, outcome = rule(results)
+    rule_lines, outcome = (rule if a.rule == 1 else rule2)(results)
     body = (metric_table(results, "auroc", "AUROC, taught vs never-taught classes' test photos (mean ± std over draws)")
             + metric_table(results, "fpr95", "FPR at 95 % TPR (lower is better)")
             + metric_table(results, "aurc", "AURC of the known photos, each score with its own classifier "
                            "(lower is better)")
             + far_table(results) + conformal_table(results) + rule_lines)
-    text = "\n".join(head + ["", "## Tables", ""] + body)
-    Path(a.out).write_text(text + "\n")
+    if a.append:  # one heading level down, under the section's own heading
+        body = [("#" + ln) if ln.startswith("### ") else ln for ln in body]
+    text = "\n".join(head + ([""] if a.append else ["", "## Tables", ""]) + body)
+    if a.append:
+        with open(a.out, "a") as f:
+            f.write("\n" + text + "\n")
+    else:
+        Path(a.out).write_text(text + "\n")
     if a.json:
         Path(a.json).write_text(json.dumps(results, default=float))
     print(text)
-    log(f"outcome: {outcome}")
+    log(f"outcome (rule {a.rule}): {outcome}")
     return 0
 
 

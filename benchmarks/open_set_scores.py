@@ -14,8 +14,9 @@ from scipy.special import logsumexp
 from sklearn.metrics import roc_auc_score
 
 RULE_SCORES = ("cosine", "whitened max", "whitened energy", "Mahalanobis", "rel. Mahalanobis", "kNN k=1", "kNN k=5")
-# a diagnostic, not a candidate (added after the first run showed relative Mahalanobis failing on
-# far-away photos at n = 1): is it the shot correction, which scales the class term and not the background's?
+# added after round 1 showed relative Mahalanobis failing on far-away photos at n = 1 (is it the
+# shot correction, which scales the class term and not the background's?): a diagnostic in round 1
+# (Rule 1's candidates are RULE_SCORES), a candidate in round 2 (Rule 2's candidates are SCORES)
 SCORES = (*RULE_SCORES, "rel. Mahalanobis uncorrected")
 
 
