@@ -28,6 +28,7 @@ import argparse
 import datetime
 import json
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -348,7 +349,7 @@ def main(argv=None) -> int:
 
     head = [
         "# Open-set rejection: which score says \"not one of my classes\"" if not a.append else f"### {a.append}", "",
-        f"- command: `.venv/bin/python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:] if argv is None else argv)}`",
+        f"- command: `.venv/bin/python benchmarks/{Path(__file__).name} {shlex.join(sys.argv[1:] if argv is None else argv)}`",
         (f"- date: {when}; run time {time.time() - start:.0f} s; git HEAD {commit} (others' uncommitted src/ edits "
          "may be in the tree)"),
         f"- machine: {platform.machine()}, {cpu}, {os.cpu_count()} cores (shared), no GPU; python {platform.python_version()}",
