@@ -234,8 +234,9 @@ def calibrate(model, embeddings, labels, method: str = "leave-one-out", target_f
 
 
 def apply(model, result: Calibration, set_threshold: bool = True) -> None:
-    """Set the model's scale (every class's, with per-class scales) and, with
-    ``set_threshold``, its unknown threshold."""
+    """Set the model's scale (every class's, with per-class scales), its calibration scores
+    (``model.conformal``: the result's, None included) and, with ``set_threshold``, its
+    unknown threshold."""
     import torch  # torch-free module (suspects, imprinting.sklearn): torch only on this path
 
     if model.classes.head is not None:  # a closed-form head: the scale is its temperature
@@ -245,8 +246,7 @@ def apply(model, result: Calibration, set_threshold: bool = True) -> None:
             model.classifier.scale.fill_(result.scale)
     if set_threshold and (result.unknown_threshold is not None or result.target_false_reject is not None):
         model.unknown_threshold = result.unknown_threshold  # None: too few examples for the rate asked
-    if result.conformal is not None:
-        model.conformal = result.conformal
+    model.conformal = result.conformal  # None: nothing scored this time, so no sets (not the old ones)
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:

@@ -74,7 +74,7 @@ class ConformalScores:
     def stale_for(self, class_names) -> bool:
         """Whether the classes changed since the scores were computed (the guarantees were for
         those classes; calibrate again). Scores that did not record their classes never are."""
-        return bool(self.classes) and tuple(class_names) != self.classes
+        return bool(self.classes) and sorted(class_names) != sorted(self.classes)  # a set: order is no change
 
     # -- the unknown flag -----------------------------------------------------------
     def unknown_threshold(self, false_reject: float) -> float | None:

@@ -124,3 +124,53 @@ def test_the_examples_listing_marks_photos_taught_to_the_wrong_class(conv4_model
         assert 0.5 < marks["blue-in-red.png"]["probability"] <= 1
         assert [f for f, m in marks.items() if m is not None] == ["blue-in-red.png"]
         assert all(e["looks_like"] is None for e in c.get("/classes/blue/examples").json()["examples"])
+
+
+def test_a_calibration_with_nothing_to_score_clears_the_old_sets(conv4_model, tmp_path, kit):
+    """Calibrated, then down to one example a class: the next calibration scores nothing, and
+    the service stops answering sets from the old scores (as a restart would)."""
+    store = tmp_path / "store.sqlite"
+    with TestClient(create_app(conv4_model, store)) as c:
+        teach_colours(c.post, kit, per_class=3)
+        assert c.post("/calibrate", params={"false_reject": 0.3}).json()["calibration_examples"] == 9
+        for name in COLOURS:
+            for e in c.get(f"/classes/{name}/examples").json()["examples"][1:]:
+                assert c.delete(f"/classes/{name}/examples/{e['id']}").status_code == 200
+        assert c.post("/calibrate").json()["calibration_examples"] == 0
+        probe = kit.files(("p.png", kit.image_bytes(seed=5)))
+        r = c.post("/predict", params={"coverage": 0.9}, files=probe)
+        assert (r.status_code, r.json()["error"]) == (409, "not_calibrated")
+        assert c.get("/health").json()["calibration"] == {"calibrated": False}
+    with TestClient(create_app(conv4_model, store)) as c:  # the same after a restart
+        assert c.get("/health").json()["calibration"] == {"calibrated": False}
+
+
+def test_a_damaged_saved_calibration_is_a_clear_error_and_frees_the_store(conv4_model, tmp_path, kit):
+    from imprinting.serve.contract import StoreError
+    from imprinting.serve.service import Service
+
+    store = tmp_path / "store.sqlite"
+    with TestClient(create_app(conv4_model, store)) as c:
+        teach_colours(c.post, kit, per_class=3)
+    db = sqlite3.connect(store)
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('setting:calibration', '{\"scale\": \"x\"}')")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="saved calibration is damaged"):
+        Service.open(conv4_model, store)
+    db = sqlite3.connect(store)  # the store was closed: it opens again once repaired
+    db.execute("DELETE FROM meta WHERE key = 'setting:calibration'")
+    db.commit()
+    db.close()
+    with Service.open(conv4_model, store) as service:
+        assert service.calibration_state() == {"calibrated": False}
+        with pytest.raises(Exception) as info:
+            service.predict([("p.png", kit.image_bytes(seed=1))], coverage=1.5)
+        assert (info.value.status, info.value.error) == (422, "invalid_request")
+
+
+def test_stale_means_other_classes_not_another_order():
+    from imprinting.conformal import ConformalScores
+
+    s = ConformalScores([0.5, 0.6], [0.1], [0.2, 0.3], classes=("b", "a"))
+    assert not s.stale_for(["a", "b"]) and s.stale_for(["a", "b", "c"]) and s.stale_for(["a"])

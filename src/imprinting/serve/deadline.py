@@ -19,10 +19,10 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from imprinting.serve.integrity import StoreInDoubt, StoreUnavailable
+from imprinting.serve.integrity import StoreError, StoreInDoubt, StoreUnavailable
 
 
 class Deadline:
@@ -51,10 +51,18 @@ class Deadline:
             raise StoreUnavailable(f"{self.label}: the database has not answered for {waited:.0f} s (hung or "
                                    "unreachable); nothing was sent")
         start = time.monotonic()
-        future = self._workers.submit(fn, *args, **kwargs)
+        try:
+            future = self._workers.submit(fn, *args, **kwargs)
+        except RuntimeError:  # the pool is shut down: the store was closed
+            raise StoreError(f"{self.label}: the store is closed") from None
         try:
             return future.result(timeout=self.seconds)
+        except CancelledError:  # closed while the call waited for a worker
+            raise StoreError(f"{self.label}: the store is closed") from None
         except FutureTimeout:
+            if future.cancel():  # still waiting for a worker: it will never run
+                raise StoreUnavailable(f"{self.label}: the database is busy with earlier calls; nothing was "
+                                       "sent") from None
             with self._lock:
                 if self._late is None or self._late.done():
                     self._late, self._late_since = future, start

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
@@ -48,13 +47,15 @@ WRITE_WAIT_SECONDS = 4.0  # the longest a write waits for the one before it (a s
 THUMBNAIL_PIXELS = 128  # the longer side of the JPEG kept per example for the page
 
 
-def store_error(detail: str, exc: BaseException | None = None, write: bool = True) -> ApiError:
+def store_error(detail: str, exc: BaseException | None = None, write: bool = True,
+                check: str = "GET /classes shows the classes as the store holds them") -> ApiError:
     """503 ``store_error`` with ``Retry-After``: the store refused a call or cannot be reached;
     ``detail`` says what did not happen. A write the database did not answer in time
-    (``StoreInDoubt``) may still be committed later, and the answer says so instead."""
+    (``StoreInDoubt``) may still be committed later, and the answer says so instead, with how
+    to ``check`` before retrying."""
     if write and isinstance(exc, StoreInDoubt):
-        detail = ("the store did not answer in time: this change may still be saved, whole, when it answers (check "
-                  "before retrying: GET /classes/{name}/examples lists each example's sha256)")
+        detail = ("the store did not answer in time: this change may still be saved, whole, when it answers "
+                  f"(check before retrying: {check})")
     retry = "2" if isinstance(exc, StoreUnavailable) or exc is None else "10"
     return ApiError(503, "store_error", detail + (f" ({exc})" if exc is not None else ""), headers={"Retry-After": retry})
 
@@ -137,7 +138,8 @@ class ServiceEdits:
                     ids, stored, created = self.store.add_to_class(name, e, shas, names)
                     version = stored.version
             except StoreError as exc:
-                raise store_error("the upload was not saved, nothing changed", exc) from None
+                raise store_error("the upload was not saved, nothing changed", exc,
+                                  check="GET /classes/{name}/examples lists each example's sha256") from None
             self.apply_committed([(name, stored, version)])
         return {**self._describe(name, stored.count), "created": created, "added": len(ids), "example_ids": ids}
 
@@ -195,18 +197,18 @@ class ServiceEdits:
         if len(stored) < 2:
             return {}
         e = np.stack([x.embedding for x in stored])
-        with self.lock:
-            table = self.model.classes
-            if name not in table or table.count(name) != len(stored):
-                return {}  # changed between the two reads: no marks this time
-            scale = table.head.temperature if table.head is not None else float(table.scale.mean())
-            try:
-                probabilities, scored = leave_one_out_probabilities(table, e, [name] * len(stored), scale)
-            except CalibrationError:
-                return {}
-            found = find_suspects(probabilities, np.full(len(stored), table.index_of(name)), scored)
-            return {stored[s.index].id: {"class": table.name_at(s.looks_like), "probability": round(s.probability, 4)}
-                    for s in found}
+        with self.lock:  # a copy: the leave-one-out runs without holding predictions up
+            table = self.model.classes.copy()
+        if name not in table or table.count(name) != len(stored):
+            return {}  # changed between the two reads: no marks this time
+        scale = table.head.temperature if table.head is not None else float(table.scale.mean())
+        try:
+            probabilities, scored = leave_one_out_probabilities(table, e, [name] * len(stored), scale)
+        except CalibrationError:
+            return {}
+        found = find_suspects(probabilities, np.full(len(stored), table.index_of(name)), scored)
+        return {stored[s.index].id: {"class": table.name_at(s.looks_like), "probability": round(s.probability, 4)}
+                for s in found}
 
     def remove_example(self, name: str, example_id: int) -> dict:
         """Remove one example of a class taught here: the store deletes it and recomputes the
@@ -223,7 +225,8 @@ class ServiceEdits:
                 self._sync(name)  # memory may be behind the store (another replica): reload the class
                 raise ApiError(404, "unknown_example", f"class {name!r} has no example {example_id}") from None
             except StoreError as exc:
-                raise store_error("the example was not removed, nothing changed", exc) from None
+                raise store_error("the example was not removed, nothing changed", exc,
+                                  check="GET /classes/{name}/examples lists the examples left") from None
             self._sync(name, None if state is None else StoredClass(name, *state))
         if state is None:
             return {"removed": example_id, "name": name, "examples": 0, "class_deleted": True}
@@ -276,26 +279,28 @@ class ServiceEdits:
         keep them in the store (one transaction: a crash leaves the old calibration or the new
         one, never a mix), then apply them, so a restart applies them again. A threshold chosen at
         start (``--unknown-threshold``) stays in force: ``unknown_threshold_applied`` says which."""
-        try:
-            names, embeddings = self.store.labelled_embeddings()
-        except StoreError as exc:
-            raise store_error("the store could not be read, nothing changed", exc, write=False) from None
-        if not names:
-            raise ApiError(409, "no_examples", "no class has been taught here yet: nothing to calibrate from")
-        with self._writing():
-            with self.lock:
-                try:
-                    result = calibrate_table(self.model.classes, embeddings, [n for n in names], "leave-one-out",
-                                             target_false_accept, target_false_reject=target_false_reject)
-                except (CalibrationError, KeyError) as exc:
-                    raise ApiError(409, "cannot_calibrate", str(exc)) from None
+        with self._writing():  # no upload of this process between the read and the fit
+            try:
+                names, embeddings = self.store.labelled_embeddings()
+            except StoreError as exc:
+                raise store_error("the store could not be read, nothing changed", exc, write=False) from None
+            if not names:
+                raise ApiError(409, "no_examples", "no class has been taught here yet: nothing to calibrate from")
+            with self.lock:  # a copy of the classes: the fit (seconds at thousands of classes) runs unlocked
+                table = self.model.classes.copy()
+            try:
+                result = calibrate_table(table, embeddings, list(names), "leave-one-out", target_false_accept,
+                                         target_false_reject=target_false_reject)
+            except (CalibrationError, KeyError) as exc:
+                raise ApiError(409, "cannot_calibrate", str(exc)) from None
             saved = {"scale": result.scale, "unknown_threshold": result.unknown_threshold,
                      "target_false_reject": result.target_false_reject, "target_false_accept": result.target_false_accept,
                      "conformal": result.conformal.to_json() if result.conformal is not None else None}
             try:
                 self.store.set_setting("calibration", json.dumps(saved))
             except StoreError as exc:
-                raise store_error("the calibration was not saved, nothing changed", exc) from None
+                raise store_error("the calibration was not saved, nothing changed", exc,
+                                  check="POST /calibrate again once the store answers") from None
             with self.lock:
                 apply(self.model, result, set_threshold=not self.threshold_pinned)
                 in_force = self.model.unknown_threshold
@@ -306,12 +311,16 @@ class ServiceEdits:
         """The calibration ``calibrate`` kept in the store, if any (a threshold chosen at start
         stays)."""
         if (saved := self.store.setting("calibration")) is not None:
-            v = json.loads(saved)
-            before = float(self.model.classes.scale.mean())
-            scores = ConformalScores.from_json(v["conformal"]) if v.get("conformal") is not None else None
-            calibration = Calibration("saved", before, float(v["scale"]), None, None, 0, v["unknown_threshold"],
-                                      v.get("target_false_accept", 0.0), None, v.get("target_false_reject"),
-                                      conformal=scores)
+            try:
+                v = json.loads(saved)
+                before = float(self.model.classes.scale.mean())
+                scores = ConformalScores.from_json(v["conformal"]) if v.get("conformal") is not None else None
+                calibration = Calibration("saved", before, float(v["scale"]), None, None, 0, v["unknown_threshold"],
+                                          v.get("target_false_accept", 0.0), None, v.get("target_false_reject"),
+                                          conformal=scores)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise StoreError(f"the store's saved calibration is damaged ({exc}); POST /calibrate again, or "
+                                 "use a new store") from None
             with self.lock:
                 apply(self.model, calibration, set_threshold=not self.threshold_pinned)
 
@@ -320,10 +329,9 @@ class ServiceEdits:
         """Keep a small JPEG of each uploaded image with its example (for the page), made and
         written by a background thread so that the upload's answer does not wait for it
         (``examples`` waits for the pending ones). Best effort: a failure leaves them NULL."""
-        if self._thumbnails is None:
-            self._thumbnails, self._thumbnail_jobs = ThreadPoolExecutor(1, thread_name_prefix="thumbnails"), []
-        self._thumbnail_jobs = [j for j in self._thumbnail_jobs if not j.done()]
-        self._thumbnail_jobs.append(self._thumbnails.submit(self._write_thumbnails, ids, images))
+        with self._thumbnail_lock:
+            self._thumbnail_jobs = [j for j in self._thumbnail_jobs if not j.done()]
+            self._thumbnail_jobs.append(self._thumbnails.submit(self._write_thumbnails, ids, images))
 
     def _write_thumbnails(self, ids: list[int], images: list) -> None:
         try:
@@ -332,7 +340,9 @@ class ServiceEdits:
             pass
 
     def wait_for_thumbnails(self) -> None:
-        for job in list(getattr(self, "_thumbnail_jobs", [])):
+        with self._thumbnail_lock:
+            jobs = list(self._thumbnail_jobs)
+        for job in jobs:
             job.result()
 
     def _sync_many(self, names: list[str]) -> None:

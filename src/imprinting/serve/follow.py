@@ -71,8 +71,12 @@ class Follower:
         delay = 0.2
         while not self._stop.is_set():
             try:
+                # the store's pool has keepalives and session timeouts; so has this connection, so
+                # that a hung or vanished database cannot hold the follower (or close()) for long
                 with psycopg.connect(self.store.url, autocommit=True, connect_timeout=5,
-                                     application_name="imprint serve follower") as conn:
+                                     application_name="imprint serve follower", keepalives=1, keepalives_idle=5,
+                                     keepalives_interval=2, keepalives_count=3, tcp_user_timeout=10_000,
+                                     options="-c statement_timeout=5000") as conn:
                     conn.execute(f'LISTEN "{self.store.channel}"')
                     self.catch_up()  # after LISTEN: a change committed meanwhile is in the log or notified
                     self.connected.set()

@@ -28,6 +28,7 @@ methods at the end of the class (``_state``, ``_count``, ``_counts``, ``_undo``,
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from collections.abc import Sequence
 
@@ -81,7 +82,9 @@ class Service(ServiceEdits):
         self.lock = threading.Lock()  # the classes in memory (never held across a store call)
         self._writes = threading.Lock()  # this process's writes, one at a time
         self._versions: dict[str, int] = {}  # shared store: class -> change number of its state in memory
-        self._thumbnails = None  # the thumbnail writer (serve.edits), made on first use
+        self._thumbnails = ThreadPoolExecutor(1, thread_name_prefix="thumbnails")  # serve.edits
+        self._thumbnail_jobs: list = []
+        self._thumbnail_lock = threading.Lock()
         # one forward pass at a time: it already uses every core, and more at once only add
         # runnable threads (the event loop, /health, would wait for the CPU behind them)
         self._forward = threading.Lock()
@@ -129,10 +132,10 @@ class Service(ServiceEdits):
                 service.follower = Follower(service, store, store.snapshot_seq).start()
             size = model.preprocess.image_size
             model.embed_images([Image.new("RGB", (size, size))])  # warm up
+            service.apply_saved_calibration()  # POST /calibrate's
         except BaseException:
             service.close()
             raise
-        service.apply_saved_calibration()  # POST /calibrate's
         return service
 
     def close(self) -> None:
@@ -140,6 +143,7 @@ class Service(ServiceEdits):
         if self.follower is not None:
             self.follower.stop()
         self.wait_for_thumbnails()
+        self._thumbnails.shutdown(wait=True)
         with self._writes:
             self.store.close()
 
@@ -237,6 +241,8 @@ class Service(ServiceEdits):
                 "seconds": round(time.perf_counter() - start, 4)}
 
     def _check_coverage(self, coverage: float | None) -> None:
+        if coverage is not None and not (isinstance(coverage, (int, float)) and 0 < coverage < 1):
+            raise ApiError(422, "invalid_request", f"coverage must be a share between 0 and 1, got {coverage!r}")
         if coverage is not None and self.model.conformal is None:
             raise ApiError(409, "not_calibrated", "no calibration yet: POST /calibrate first (prediction sets come "
                                                   "from the examples taught here, scored one left out at a time)")
