@@ -17,6 +17,19 @@ def run_cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+def one_error_line(result, exit_code: int, *words) -> str:
+    """A click run's output is exactly one ``Error:`` line holding every word, with this exit
+    code and no traceback."""
+    message = result.output.strip()
+    assert result.exit_code == exit_code, (result.exit_code, message, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert message.startswith("Error:") and len(message.splitlines()) == 1, message
+    assert "Traceback" not in message
+    for w in words:
+        assert w in message, message
+    return message
+
+
 def make_image(path: Path, color=(200, 30, 30), size=(40, 32), noise: int = 20, seed: int = 0) -> Path:
     """A small image of one colour plus noise, written to ``path``."""
     rng = np.random.default_rng(seed)

@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from helpers import make_image
+from helpers import make_image, one_error_line
 from imprinting import checkpoint
 from imprinting.build import create_model
 from imprinting.cli import main
@@ -26,18 +26,6 @@ LARGEST_SQLITE_INTEGER = 9223372036854775807  # 2**63 - 1, written out here rath
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_error_line(result, exit_code, *words) -> str:
-    """The output is exactly one ``Error:`` line holding every word; no traceback."""
-    message = result.output.strip()
-    assert result.exit_code == exit_code, (result.exit_code, message, result.exception)
-    assert isinstance(result.exception, SystemExit), result.exception
-    assert message.startswith("Error:") and len(message.splitlines()) == 1, message
-    assert "Traceback" not in message
-    for w in words:
-        assert w in message, message
-    return message
 
 
 @pytest.fixture(scope="module")

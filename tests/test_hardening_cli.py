@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from helpers import make_image
+from helpers import make_image, one_error_line
 from imprinting import checkpoint
 from imprinting.build import create_model
 from imprinting.cli import main
@@ -23,14 +23,8 @@ def run(*args):
 
 
 def refused(result, *words) -> str:
-    message = result.output.strip()
-    assert result.exit_code == 2, (result.exit_code, message, result.exception)
-    assert isinstance(result.exception, SystemExit), result.exception
-    assert message.startswith("Error:") and len(message.splitlines()) == 1, message
-    assert "Traceback" not in message
-    for w in words:
-        assert w in message, message
-    return message
+    """A usage error (exit 2): one ``Error:`` line naming ``words``."""
+    return one_error_line(result, 2, *words)
 
 
 @pytest.fixture(scope="module")

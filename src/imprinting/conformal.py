@@ -73,8 +73,18 @@ class ConformalScores:
 
     def stale_for(self, class_names) -> bool:
         """Whether the classes changed since the scores were computed (the guarantees were for
-        those classes; calibrate again). Scores that did not record their classes never are."""
-        return bool(self.classes) and sorted(class_names) != sorted(self.classes)  # a set: order is no change
+        those classes; calibrate again). Scores that did not record their classes never are.
+        The answer for the last ``class_names`` object is kept: the service asks on every
+        prediction with the class table's ``names`` tuple, which is the same object until a
+        class changes, so 100,000 names are compared once per change, not once per request."""
+        if not self.classes:
+            return False
+        last = getattr(self, "_last", None)
+        if last is not None and last[0] is class_names:
+            return last[1]
+        stale = len(class_names) != len(self.classes) or set(class_names) != set(self.classes)  # order is no change
+        object.__setattr__(self, "_last", (class_names, stale))
+        return stale
 
     # -- the unknown flag -----------------------------------------------------------
     def unknown_threshold(self, false_reject: float) -> float | None:

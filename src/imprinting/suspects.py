@@ -56,7 +56,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from imprinting.calibration import head_scores, leave_one_out
+# softmax is re-exported: the same one calibration's leave-one-out probabilities use
+from imprinting.calibration import head_scores, leave_one_out, softmax
 
 MAX_OWN_PROBABILITY = 0.1
 
@@ -108,13 +109,6 @@ def find_suspects(probabilities: np.ndarray, labels: np.ndarray, scored: np.ndar
     flagged = np.flatnonzero(keep & (own < max_own_probability) & (best > own))
     flagged = flagged[np.lexsort((flagged, own[flagged]))]
     return [Suspect(int(i), int(y[i]), int(looks_like[i]), float(best[i]), float(own[i])) for i in flagged]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64."""
-    z = np.asarray(logits, np.float64)
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
 
 
 def leave_one_out_probabilities(table, embeddings: np.ndarray, labels: np.ndarray,

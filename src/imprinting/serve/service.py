@@ -28,9 +28,9 @@ methods at the end of the class (``_state``, ``_count``, ``_counts``, ``_undo``,
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -248,13 +248,14 @@ class Service(ServiceEdits):
                                                   "from the examples taught here, scored one left out at a time)")
 
     def calibration_state(self) -> dict:
-        """What the unknown flag and the prediction sets rest on (the caller holds the lock):
+        """What the unknown flag and the prediction sets rest on (read without waiting: one
+        read of the model's scores and names):
         ``calibrated``, the examples scored, and ``stale`` when classes were added or removed
         since (POST /calibrate again to restore the guarantees for the classes of now)."""
         c = self.model.conformal
         if c is None:
             return {"calibrated": False}
-        return {"calibrated": True, "examples": c.n, "stale": c.stale_for(self.model.class_names)}
+        return {"calibrated": True, "examples": c.n, "stale": c.stale_for(self.model.classes.names)}
 
     # -- helpers ---------------------------------------------------------------
     def _read_and_embed(self, uploads: Sequence[Upload]) -> tuple[torch.Tensor, list[str], list[str], list]:
