@@ -38,10 +38,11 @@ the prediction sets' threshold (``Calibration.conformal``, kept with the model).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
+from imprinting.calibration_set import CalibrationSet
 from imprinting.classes import normalize_rows
 from imprinting.conformal import ConformalScores, scores_from
 from imprinting.errors import UserError
@@ -73,10 +74,11 @@ class Calibration:
     false_accept: float | None = None  # estimated share of never-taught images accepted (leave-one-class-out)
     conformal: ConformalScores | None = None  # the scores behind the threshold and the prediction sets
     note: str | None = None  # why there is no threshold, when there is none
+    kept: CalibrationSet | None = None  # the examples, kept with the classes (leave-one-out calibrations)
 
     def to_dict(self) -> dict:
         """JSON-able: the conformal scores as their count (``calibration_examples``)."""
-        out = {k: v for k, v in asdict(self).items() if k != "conformal"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("conformal", "kept")}
         out["calibration_examples"] = 0 if self.conformal is None else self.conformal.n
         return out
 
@@ -101,16 +103,23 @@ def fit_scale(cosines: np.ndarray, labels: np.ndarray, bounds=SCALE_BOUNDS) -> f
     return float(np.exp(res.x))
 
 
-def leave_one_out(table, embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def leave_one_out(table, embeddings: np.ndarray, labels: np.ndarray,
+                  subset: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(cosines (N, C), scored (N,) bool): each example against its class's template without it.
 
     ``embeddings`` must be exactly the examples the labelled classes were taught from (all of
-    them: their normalized sum is the class's sum), else a ``CalibrationError``."""
+    them: their normalized sum is the class's sum), else a ``CalibrationError``; with ``subset``,
+    some of them (a sample kept by ``imprinting.calibration_set``: no more than the class holds)."""
     cos = _cosines(table, embeddings)
     e = normalize_rows(np.asarray(embeddings, np.float64))
     sums, counts = np.asarray(table.sums), np.asarray(table.counts)
     for c in np.unique(labels):
         mine = labels == c
+        if subset:
+            if mine.sum() > counts[c]:
+                raise CalibrationError(f"class {table.name_at(int(c))!r}: {int(mine.sum())} kept examples, but it "
+                                       f"was taught from {int(counts[c])}")
+            continue
         if counts[c] != mine.sum() or not np.allclose(e[mine].sum(axis=0), sums[c], atol=1e-4 * max(1, counts[c])):
             raise CalibrationError(
                 f"class {table.name_at(int(c))!r}: these {int(mine.sum())} images are not the {int(counts[c])} "
@@ -141,10 +150,18 @@ def threshold_for(unknown_scores: np.ndarray, target_false_accept: float) -> flo
 
 
 def calibrate_table(table, embeddings, labels, method: str = "leave-one-out", target_false_accept: float | None = None,
-                    *, target_false_reject: float | None = None) -> Calibration:
+                    *, target_false_reject: float | None = None, fit: bool = True, subset: bool = False,
+                    scale: float | None = None) -> Calibration:
     """Fit the scale and the unknown threshold of ``table``'s classes (a ``ClassTable``) from
     ``embeddings`` (N, D) labelled with class indices or names (see the module): for
-    ``target_false_accept`` if given, else for ``target_false_reject`` (default 0.05)."""
+    ``target_false_accept`` if given, else for ``target_false_reject`` (default 0.05).
+
+    With ``fit=False`` the scale stays the table's (only the scores and the threshold are
+    computed: what ``imprinting.calibration_set`` recomputes after a change of the classes);
+    ``subset`` allows leave-one-out on some of a class's examples (``leave_one_out``); ``scale``
+    replaces the table's. A leave-one-out fit keeps the examples (``Calibration.kept``, at most
+    ``calibration_set.MAX_ROWS``): the scale is fitted on all of them, the threshold and the
+    scores come from those kept, as they will after every change of the classes."""
     if target_false_accept is not None and target_false_reject is not None:
         raise CalibrationError("choose one: a target false-accept rate or a target false-reject rate")
     if target_false_accept is None and target_false_reject is None:
@@ -159,18 +176,30 @@ def calibrate_table(table, embeddings, labels, method: str = "leave-one-out", ta
     e = np.asarray(embeddings, np.float64)
     if e.ndim != 2 or e.shape[0] != len(labels) or e.shape[0] == 0 or e.shape[1] != table.dim:
         raise CalibrationError(f"expected (n >= 1, {table.dim}) embeddings with one label each, got {e.shape}")
+    e = normalize_rows(e).astype(np.float32).astype(np.float64)  # unit float32 rows, as they are kept
     if method == "leave-one-out":
-        cos, scored = leave_one_out(table, e, labels)
+        cos, scored = leave_one_out(table, e, labels, subset)
     else:
         cos, scored = _cosines(table, e), np.ones(len(e), bool)
-    before = float(np.mean(table.scale))
+    before = float(np.mean(table.scale)) if scale is None else float(scale)
     y = labels[scored]
     scores = cos  # what the softmax multiplies: cosines, or a closed-form head's scores
     if getattr(table, "head", None) is not None:
-        before = float(table.head.temperature)
+        before = float(table.head.temperature) if scale is None else float(scale)
         scores = head_scores(table, e, labels, method == "leave-one-out")
     bounds = SCALE_BOUNDS if getattr(table, "head", None) is None else TEMPERATURE_BOUNDS
-    scale = fit_scale(scores[scored], y, bounds) if scored.any() else before
+    scale = fit_scale(scores[scored], y, bounds) if scored.any() and fit else before
+    if getattr(table, "head", None) is None:
+        scale = float(np.float32(scale))  # as the classifier keeps it
+    kept = None
+    if method == "leave-one-out" and fit:
+        kept = CalibrationSet(e, [table.name_at(int(i)) for i in labels], target_false_reject, target_false_accept)
+        if len(kept) < len(e):  # a sample kept: the scores and the threshold from it, at the fitted scale
+            sub = calibrate_table(table, kept.embeddings, kept.labels, method, target_false_accept,
+                                  target_false_reject=target_false_reject, fit=False, subset=True, scale=scale)
+            return replace(sub, scale_before=before, nll_before=nll(before, scores[scored], y) if scored.any() else None,
+                           nll_after=nll(scale, scores[scored], y) if scored.any() else None, kept=kept)
+    fitted = scored.any() and fit  # the NLLs only when fitting: recomputing needs no scipy (the lite runtime)
     others_best = np.zeros(0)
     if len(table) >= 2:
         others = cos.copy()
@@ -191,9 +220,9 @@ def calibrate_table(table, embeddings, labels, method: str = "leave-one-out", ta
                     f"needs {ConformalScores.min_examples(target_false_reject)}); no unknown threshold")
     false_reject = conformal.false_reject_at(threshold) if conformal is not None else None
     false_accept = conformal.false_accept_at(threshold) if conformal is not None else None
-    return Calibration(method, before, scale, nll(before, scores[scored], y) if scored.any() else None,
-                       nll(scale, scores[scored], y) if scored.any() else None, int(scored.sum()), threshold,
-                       target_false_accept, false_reject, target_false_reject, false_accept, conformal, note)
+    return Calibration(method, before, scale, nll(before, scores[scored], y) if fitted else None,
+                       nll(scale, scores[scored], y) if fitted else None, int(scored.sum()), threshold,
+                       target_false_accept, false_reject, target_false_reject, false_accept, conformal, note, kept)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -235,17 +264,21 @@ def calibrate(model, embeddings, labels, method: str = "leave-one-out", target_f
 
 def apply(model, result: Calibration, set_threshold: bool = True) -> None:
     """Set the model's scale (every class's, with per-class scales), its calibration scores
-    (``model.conformal``: the result's, None included) and, with ``set_threshold``, its
-    unknown threshold."""
-    import torch  # torch-free module (suspects, imprinting.sklearn): torch only on this path
-
+    (``model.conformal``: the result's, None included), the examples they came from (kept with
+    the class table, so that scores and threshold follow later changes of the classes) and,
+    with ``set_threshold``, its unknown threshold."""
     if model.classes.head is not None:  # a closed-form head: the scale is its temperature
         model.classes.head.temperature = float(result.scale)
     else:
-        with torch.no_grad():
-            model.classifier.scale.fill_(result.scale)
+        model.classifier.scale.data.fill_(result.scale)  # .data: no autograd, and no torch import here
+    table = model.classes  # up to date with the new scale
+    table.calibration = result.kept  # the examples, to follow the classes (None: fixed scores)
+    if result.kept is not None and result.scale == (table.head.temperature if table.head is not None
+                                                      else float(np.mean(table.scale))):
+        result.kept.seed(table, result)  # what it gives for these classes at this scale: this result
     if set_threshold and (result.unknown_threshold is not None or result.target_false_reject is not None):
         model.unknown_threshold = result.unknown_threshold  # None: too few examples for the rate asked
+        model.threshold_follows = result.kept is not None
     model.conformal = result.conformal  # None: nothing scored this time, so no sets (not the old ones)
 
 

@@ -12,6 +12,10 @@ other header entries and every tensor's name, dtype, shape and bytes (``digest``
 load, so a flipped byte anywhere is a clear error; files without it (older ones) still load. The header
 may also have ``conformal``: the calibration scores behind the unknown threshold and the
 prediction sets (``imprinting.conformal``); a file without them predicts as before, without sets.
+A calibrated model also keeps the examples those scores came from (header ``calibration``: their
+class names, the rate asked for and whether the threshold follows them; tensor
+``calibration.embeddings`` (M, D) float32), so the scores and the threshold follow later
+changes of the classes (``imprinting.calibration_set``); without them they stay fixed.
 NaN or infinite weights are refused at save and at load. A model with a closed-form head
 (``imprinting.heads``) adds header ``head`` (its JSON) and tensors ``head.centre``,
 ``head.covariance`` (float64).
@@ -31,6 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from imprinting.build import build_model
 from imprinting.classes import ClassTable
+from imprinting.calibration_set import CalibrationSet
 from imprinting.conformal import ConformalScores
 from imprinting.errors import UserError
 from imprinting.files import atomic_write  # noqa: F401  (part of this module's API)
@@ -61,6 +66,9 @@ def save(model: ImprintModel, path: str | os.PathLike) -> None:
     }
     if getattr(model, "conformal", None) is not None:  # calibration's scores (imprinting.conformal)
         metadata["conformal"] = json.dumps(model.conformal.to_json())
+    if table.calibration is not None:  # the examples the scores follow the classes with (calibration_set)
+        metadata["calibration"] = json.dumps({**table.calibration.header(), "threshold_follows": model.threshold_follows})
+        tensors["calibration.embeddings"] = torch.from_numpy(table.calibration.embeddings.copy())
     if table.head is not None:
         metadata["head"] = json.dumps(table.head.header())
         tensors.update({f"head.{k}": torch.from_numpy(np.array(v, np.float64)) for k, v in table.head.arrays().items()})
@@ -115,6 +123,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
         threshold = json.loads(meta.get("unknown_threshold", "null"))
         head = json.loads(meta["head"]) if "head" in meta else None
         conformal = ConformalScores.from_json(json.loads(meta["conformal"])) if "conformal" in meta else None
+        calibration = json.loads(meta["calibration"]) if "calibration" in meta else None
+        if calibration is not None and not isinstance(calibration, dict):
+            raise ValueError("calibration is not an object")
     except (KeyError, json.JSONDecodeError, ValueError) as exc:
         raise CheckpointError(f"{path}: damaged header ({exc})") from None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -130,7 +141,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: damaged header (config {exc.__class__.__name__}: {exc})") from None
     return {"spec": spec, "config": config, "class_names": names, "unknown_threshold": threshold, "raw": meta, "head": head,
-            "conformal": conformal}
+            "conformal": conformal, "calibration": calibration}
 
 
 def load(path: str | os.PathLike) -> ImprintModel:
@@ -155,13 +166,17 @@ def load(path: str | os.PathLike) -> ImprintModel:
                                                            if k.startswith("head.")})
         model = build_model(meta["spec"], names, pretrained=False, unknown_threshold=meta["unknown_threshold"])
         model.conformal = meta["conformal"]
+        kept = None
+        if meta["calibration"] is not None:
+            kept = CalibrationSet.from_stored(meta["calibration"], tensors["calibration.embeddings"].numpy())
         model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
         clf = model.classifier
         scale = clf.scale_rows
         model.set_classes(ClassTable.from_arrays(
             names, clf.rows.detach().numpy(), tensors["sums"].numpy(), tensors["counts"].numpy(),
             scale.detach().numpy() if scale is not None else np.array([meta["spec"].scale]),
-            bool(getattr(clf, "per_class_scale", False)), meta["spec"].scale, head), copy=False)
+            bool(getattr(clf, "per_class_scale", False)), meta["spec"].scale, head, kept), copy=False)
+        model.threshold_follows = kept is not None and bool(meta["calibration"].get("threshold_follows"))
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # UserError is a ValueError
         raise CheckpointError(f"{path}: weights do not fit the recorded configuration ({exc})") from None
     return model.eval()

@@ -23,6 +23,12 @@ correction-free bias ``head_b0``, ``head_lift`` and, with a correction rule, ``h
 changed class's rows are recomputed alone, the others stay; the biases in use (``head_rows``)
 follow the correction chosen for the classes held now. That bookkeeping is the mixin
 ``TableHead`` (``imprinting.classes_head``).
+
+A calibrated table also keeps the examples its calibration scored (``calibration``, an
+``imprinting.calibration_set.CalibrationSet``): adding a class with examples adds them,
+removing a class drops them, so the scores, the unknown threshold and the prediction sets are
+recomputed for the classes of now, as one batch computation would (once per ``version``: every
+change of the table counts it up).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from imprinting.calibration_set import CalibrationSet
 from imprinting.classes_head import TableHead
 from imprinting.errors import ClassError, UnknownClassError
 from imprinting.rows import Rows, normalize_rows, template_of
@@ -43,6 +50,7 @@ class ClassSnapshot:
     name: str
     index: int
     fields: dict
+    kept: np.ndarray | None = None  # its kept calibration examples (a calibrated table's)
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -73,19 +81,25 @@ class ClassTable(TableHead):
             self._rows["scale"] = Rows(np.zeros(0, np.float32))
         self._shared_scale = np.full(1, self.initial_scale, np.float32)
         self._stale = False
+        self.version = 0  # counts every change (what calibration results are kept for)
+        self.calibration: CalibrationSet | None = None
         self.head = self._head_b = self._head_state = None
         if head is not None:
             self.set_head(head)
 
     @classmethod
     def from_arrays(cls, names, weights, sums, counts, scale, per_class_scale: bool = False,
-                    initial_scale: float = 10.0, head=None) -> ClassTable:
+                    initial_scale: float = 10.0, head=None, calibration: CalibrationSet | None = None) -> ClassTable:
         """A table holding exactly these rows (a checkpoint's or a classes file's)."""
         table = cls(np.asarray(weights).shape[1], per_class_scale, initial_scale)
         table._load(list(names), weights, sums, counts, scale)
         if head is not None:
             table.set_head(head)
+        table.calibration = calibration.only(table.names) if calibration is not None else None
         return table
+
+    def _changed(self) -> None:
+        self.version += 1
 
     def _load(self, names, weights, sums, counts, scale) -> None:
         names = [str(n) for n in names]
@@ -178,6 +192,7 @@ class ClassTable(TableHead):
         """The vectors were trained in place: the templates are recomputed at their next use
         (and the head's rows now)."""
         self._stale = True
+        self._changed()
         if self.head is not None:
             self.set_head(self.head)
 
@@ -227,6 +242,7 @@ class ClassTable(TableHead):
         self._names.append(name)
         self._index[name] = index
         self._names_tuple = None
+        self._changed()
         self._head_row(index, added=True)
         return index
 
@@ -234,7 +250,12 @@ class ClassTable(TableHead):
         """A new imprinted class: its vector is the normalized mean of ``embeddings`` (n, D)."""
         self._check_new(name)
         total, n = self._summed(embeddings)
+        self._keep(name, embeddings)
         return self._append(name, normalize_rows(total), total, n)
+
+    def _keep(self, name: str, embeddings) -> None:
+        if self.calibration is not None:
+            self.calibration = self.calibration.with_examples(name, np.asarray(embeddings, np.float32))
 
     def extend(self, name: str, embeddings) -> int:
         """More examples for an imprinted class: its vector is the normalized sum of all."""
@@ -242,6 +263,8 @@ class ClassTable(TableHead):
         if not self._rows["counts"].view[index]:
             raise ClassError(f"class {name!r} is a trained base class; only imprinted classes take examples")
         total, n = self._summed(embeddings)
+        self._keep(name, embeddings)
+        self._changed()
         sums = self._rows["sums"].view
         sums[index] += total
         self._rows["counts"].view[index] += n
@@ -281,6 +304,9 @@ class ClassTable(TableHead):
         del self._names[index]
         self._index = {n: i for i, n in enumerate(self._names)}
         self._names_tuple = None
+        self._changed()
+        if self.calibration is not None:
+            self.calibration = self.calibration.without_class(name)
         if self.head is not None:
             self._rechoose()
 
@@ -288,10 +314,16 @@ class ClassTable(TableHead):
         index = self.index_of(name)
         self.templates  # noqa: B018  (bring stale templates up to date before copying a row)
         fields = {k: np.array(r.view[index], copy=True) for k, r in self._rows.items()}
-        return ClassSnapshot(name, index, fields)
+        kept = self.calibration.rows_of(name) if self.calibration is not None else None
+        return ClassSnapshot(name, index, fields, kept)
 
     def restore(self, snap: ClassSnapshot) -> None:
         """Put a class back exactly as it was when ``snapshot`` was taken, at its place."""
+        self._changed()
+        if self.calibration is not None:
+            self.calibration = self.calibration.without_class(snap.name)
+            if snap.kept is not None and len(snap.kept):
+                self.calibration = self.calibration.with_examples(snap.name, snap.kept)
         if snap.name in self._index:
             index = self._index[snap.name]
             for key, value in snap.fields.items():
@@ -311,7 +343,8 @@ class ClassTable(TableHead):
         idx = [int(i) for i in indices]
         scale = self.scale[idx] if self.per_class_scale else self.scale
         return ClassTable.from_arrays([self._names[i] for i in idx], self.weights[idx], self.sums[idx],
-                                      self.counts[idx], scale, self.per_class_scale, self.initial_scale, self.head)
+                                      self.counts[idx], scale, self.per_class_scale, self.initial_scale, self.head,
+                                      self.calibration)
 
     def with_scale_mode(self, per_class_scale: bool) -> ClassTable:
         """A copy with one scale per class (the shared one repeated) or one shared scale
@@ -324,11 +357,11 @@ class ClassTable(TableHead):
                 raise ClassError("one scale per class, but the model's classifier has one shared scale")
             scale = scale[:1] if len(self) else np.array([self.initial_scale], np.float32)
         return ClassTable.from_arrays(self._names, self.weights, self.sums, self.counts, scale, per_class_scale,
-                                      self.initial_scale, self.head)
+                                      self.initial_scale, self.head, self.calibration)
 
     def copy(self) -> ClassTable:
         return ClassTable.from_arrays(self._names, self.weights, self.sums, self.counts, self.scale,
-                                      self.per_class_scale, self.initial_scale, self.head)
+                                      self.per_class_scale, self.initial_scale, self.head, self.calibration)
 
     # -- predicting ----------------------------------------------------------------------
     def cosines(self, embeddings: np.ndarray) -> np.ndarray:

@@ -18,6 +18,10 @@ counts     int64 (C,)      examples behind each sum; 0 = a trained base class wh
 head_*     float64         only with a closed-form head (header ``head``: its kind and
                            choices, ``imprinting.heads.WhitenedHead``): ``head_centre`` (D,),
                            ``head_covariance`` (D, D)
+calibration_embeddings     only in a calibrated file (header ``calibration``: the examples'
+           float32 (M, D)  class names, the rate asked for, ``threshold_follows``): the examples
+                           the calibration scores follow the classes with
+                           (``imprinting.calibration_set``)
 =========  ==============  ===============================================================
 
 ``ClassesData`` is the file's content: a ``ClassTable`` (``table()``, ``from_table``) plus
@@ -38,7 +42,6 @@ also loads: finite vectors and sums, no all-zero class vector, counts >= 0, ever
 from __future__ import annotations
 
 import json
-import math
 import os
 import zipfile
 import zlib
@@ -47,11 +50,18 @@ from pathlib import Path
 
 import numpy as np
 
+from imprinting.calibration_set import CalibrationSet
 from imprinting.classes import ClassTable
 from imprinting.conformal import ConformalScores
 from imprinting.errors import ExportFormatError
 from imprinting.files import atomic_write
 from imprinting.heads import WhitenedHead
+from imprinting.npz_members import (
+    EXPANSION_SLACK,
+    MAX_EXPANSION,
+    member_header,
+    read_member,
+)
 
 CLASSES_FORMAT = "imprinting-classes"
 CLASSES_VERSION = 1
@@ -64,11 +74,6 @@ _KEYS = ("header", "weights", "scale", "sums", "counts")
 # the softmax is one-hot in float32 for any cosine gap over 0.01, so the value is damage.
 MAX_SCALE = 1e4
 
-# No array in a classes file may declare more than this many times the file's size on disk
-# (plus ``EXPANSION_SLACK`` bytes). ``save_classes`` stores arrays uncompressed (ratio <= 1);
-# the margin admits a hand-compressed copy of real-valued arrays, never a compression bomb.
-MAX_EXPANSION = 64
-EXPANSION_SLACK = 1 << 20
 
 
 @dataclass
@@ -87,6 +92,8 @@ class ClassesData:
     embedder_id: str | None = None
     extra: dict = field(default_factory=dict)
     head: object | None = None  # imprinting.heads.WhitenedHead, or None: the paper's s * cos
+    calibration: CalibrationSet | None = None  # the kept calibration examples, or None
+    threshold_follows: bool = False  # the unknown threshold is the calibration's, recomputed after changes
 
     def __post_init__(self) -> None:
         self.class_names = [str(n) for n in self.class_names]
@@ -136,12 +143,25 @@ class ClassesData:
         t = self.unknown_threshold
         if t is not None and not (isinstance(t, (int, float)) and not isinstance(t, bool) and -1.0 <= t <= 1.0):
             problems.append(f"unknown_threshold is {t!r}, not a cosine in [-1, 1] or null")
+        if self.calibration is not None:
+            problems += self._calibration_problems()
         if "conformal" in self.extra:
             try:
                 self.conformal  # noqa: B018  (parsed to be checked)
             except ValueError as exc:
                 problems.append(str(exc))
         return problems
+
+    def _calibration_problems(self) -> list[str]:
+        """Kept calibration examples must fit the classes: no more for a class than it was taught from."""
+        if self.calibration.dim != self.dim:
+            return [f"calibration examples are {self.calibration.dim}-d, the classes {self.dim}-d"]
+        counts = dict(zip(self.class_names, self.counts.tolist()))
+        kept = {}
+        for name in self.calibration.labels:
+            kept[name] = kept.get(name, 0) + 1
+        bad = [n for n, k in kept.items() if n in counts and k > counts[n]]
+        return [f"calibration keeps more examples of {bad[0]!r} than it was taught from"] if bad else []
 
     @property
     def conformal(self):
@@ -157,19 +177,21 @@ class ClassesData:
     def table(self) -> ClassTable:
         """The classes as a ``ClassTable`` (copies)."""
         return ClassTable.from_arrays(self.class_names, self.weights, self.sums, self.counts, self.scale,
-                                      self.per_class_scale, self.initial_scale, self.head)
+                                      self.per_class_scale, self.initial_scale, self.head, self.calibration)
 
     @classmethod
     def from_table(cls, table: ClassTable, unknown_threshold: float | None = None,
-                   embedder_id: str | None = None, extra: dict | None = None, conformal=None) -> "ClassesData":
+                   embedder_id: str | None = None, extra: dict | None = None, conformal=None,
+                   threshold_follows: bool = False) -> ClassesData:
         """``conformal``: calibration scores (``ConformalScores``) to keep in the header, or None
-        (``extra``'s, if it has any, are kept)."""
+        (``extra``'s, if it has any, are kept). The table's kept calibration examples go with it."""
         extra = dict(extra or {})
         if conformal is not None:
             extra["conformal"] = conformal.to_json()
         return cls(list(table.names), table.weights.copy(), table.scale.copy(), table.sums.copy(),
                    table.counts.copy(), table.dim, table.per_class_scale, table.initial_scale,
-                   None if unknown_threshold is None else float(unknown_threshold), embedder_id, extra, table.head)
+                   None if unknown_threshold is None else float(unknown_threshold), embedder_id, extra, table.head,
+                   table.calibration, bool(threshold_follows and table.calibration is not None))
 
     def header(self) -> dict:
         return {
@@ -183,6 +205,8 @@ class ClassesData:
             "embedder_id": self.embedder_id,
             **self.extra,
             **({"head": self.head.header()} if self.head is not None else {}),
+            **({"calibration": {**self.calibration.header(), "threshold_follows": self.threshold_follows}}
+               if self.calibration is not None else {}),
         }
 
 
@@ -212,6 +236,8 @@ def save_classes(data: ClassesData, path: str | os.PathLike) -> None:
     }
     if data.head is not None:
         arrays.update({f"head_{k}": np.ascontiguousarray(v, np.float64) for k, v in data.head.arrays().items()})
+    if data.calibration is not None:
+        arrays["calibration_embeddings"] = np.ascontiguousarray(data.calibration.embeddings, np.float32)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
@@ -255,11 +281,11 @@ def _read_archive(archive: zipfile.ZipFile, path: Path, dim: int | None, limit: 
     members = {info.filename[: -len(".npy")]: info for info in archive.infolist() if info.filename.endswith(".npy")}
     if "header" not in members:
         raise ExportFormatError(f"{path}: not an imprinting classes file (no header)")
-    shape, dtype = _member_header(archive, members["header"], "header", path, limit)
+    shape, dtype = member_header(archive, members["header"], "header", path, limit)
     if dtype != np.uint8 or len(shape) != 1:
         raise ExportFormatError(f"{path}: not an imprinting classes file (header is {dtype} {shape})")
     try:
-        header = json.loads(_read_member(archive, members["header"]).tobytes().decode("utf-8"))
+        header = json.loads(read_member(archive, members["header"]).tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ExportFormatError(f"{path}: damaged header ({exc})") from None
     if not isinstance(header, dict) or header.get("format") != CLASSES_FORMAT:
@@ -287,8 +313,14 @@ def _read_archive(archive: zipfile.ZipFile, path: Path, dim: int | None, limit: 
     heads = [k for k in members if k.startswith("head_")] if header.get("head") is not None else []
     for key in heads:  # a closed-form head: centre (D,), covariance (D, D), reference rows (R, D)
         want[key] = ((d, d) if key == "head_covariance" else (d,) if key == "head_centre" else None, np.floating)
+    calibration = header.get("calibration")
+    if calibration is not None:  # kept calibration examples: one row of d per class name
+        labels = calibration.get("labels") if isinstance(calibration, dict) else None
+        if not isinstance(labels, list) or "calibration_embeddings" not in members:
+            raise ExportFormatError(f"{path}: damaged classes file (calibration without its labels or examples)")
+        want["calibration_embeddings"] = ((len(labels), d), np.floating)
     for key, (expected, kind) in want.items():
-        shape, dtype = _member_header(archive, members[key], key, path, limit)
+        shape, dtype = member_header(archive, members[key], key, path, limit)
         if not np.issubdtype(dtype, kind):
             raise ExportFormatError(f"{path}: damaged classes file ({key} has dtype {dtype})")
         if expected is None and (len(shape) != 2 or shape[1] != d):
@@ -296,44 +328,10 @@ def _read_archive(archive: zipfile.ZipFile, path: Path, dim: int | None, limit: 
         if expected is not None and shape != expected:
             raise ExportFormatError(f"{path}: damaged classes file ({key} has shape {shape}, "
                                     f"expected {expected} for {c} classes of {d} dimensions)")
-    arrays = {key: _read_member(archive, members[key]) for key in _KEYS[1:]}
-    return header, arrays, {key[len("head_"):]: _read_member(archive, members[key]) for key in heads}
-
-
-def _member_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, path: Path,
-                   limit: int) -> tuple[tuple, np.dtype]:
-    """(shape, dtype) from the ``.npy`` header of one archive member, without reading its data.
-
-    Refuses an object array (it would need pickle), a member whose declared size differs from
-    what the archive holds for it, and one larger than ``limit`` bytes (the module docstring)."""
-    with archive.open(info) as member:
-        version = np.lib.format.read_magic(member)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
-        else:
-            raise ExportFormatError(f"{path}: damaged classes file ({key} is a .npy file of version {version})")
-        start = member.tell()
-    if dtype.hasobject:
-        raise ExportFormatError(f"{path}: truncated or corrupt classes file ({key} holds Python objects, "
-                                "which only pickle could read)")
-    size = start + math.prod(shape) * dtype.itemsize
-    if size > limit or info.file_size > limit:
-        raise ExportFormatError(
-            f"{path}: refused: {key} declares {shape} {dtype} ({max(size, info.file_size):,} bytes), more than "
-            f"{MAX_EXPANSION} times the file's size; the file is damaged or made to exhaust memory"
-        )
-    if size != info.file_size:
-        raise ExportFormatError(f"{path}: truncated or corrupt classes file ({key} declares {shape} {dtype}, "
-                                f"{size:,} bytes, but the archive holds {info.file_size:,} bytes for it)")
-    return shape, dtype
-
-
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
-    """One member's array (its header already checked by ``_member_header``)."""
-    with archive.open(info) as member:
-        return np.lib.format.read_array(member, allow_pickle=False)
+    arrays = {key: read_member(archive, members[key]) for key in _KEYS[1:]}
+    if calibration is not None:
+        arrays["calibration_embeddings"] = read_member(archive, members["calibration_embeddings"])
+    return header, arrays, {key[len("head_"):]: read_member(archive, members[key]) for key in heads}
 
 
 def _check_header_fields(header: dict, path: Path) -> tuple[int, int]:
@@ -365,7 +363,7 @@ def _header_problem(header: dict) -> str | None:
 def _classes_data(path: Path, header: dict, arrays: dict, head_arrays: dict) -> ClassesData:
     """The ``ClassesData`` of a checked header and arrays (``validate`` checks the values)."""
     known = {"format", "version", "class_names", "dim", "per_class_scale", "initial_scale",
-             "unknown_threshold", "embedder_id", "head"}
+             "unknown_threshold", "embedder_id", "head", "calibration"}
     threshold = header.get("unknown_threshold")
     try:
         head = None
@@ -373,6 +371,10 @@ def _classes_data(path: Path, header: dict, arrays: dict, head_arrays: dict) -> 
             head = WhitenedHead.from_parts(header["head"], head_arrays)
             if head.dim != header["dim"]:
                 raise TypeError(f"a {head.dim}-d head for {header['dim']}-d classes")
+        calibration = header.get("calibration")
+        kept = None
+        if calibration is not None:
+            kept = CalibrationSet.from_stored(calibration, arrays["calibration_embeddings"])
         return ClassesData(
             class_names=header["class_names"],
             weights=arrays["weights"],
@@ -386,6 +388,8 @@ def _classes_data(path: Path, header: dict, arrays: dict, head_arrays: dict) -> 
             embedder_id=header.get("embedder_id"),
             extra={k: v for k, v in header.items() if k not in known},
             head=head,
+            calibration=kept,
+            threshold_follows=kept is not None and calibration.get("threshold_follows") is True,
         )
     except ExportFormatError as exc:
         raise ExportFormatError(f"{path}: {exc}") from None

@@ -35,6 +35,7 @@ class TableHead:
         if head is not None and head.dim != self.dim:
             raise ClassError(f"a {head.dim}-d head for {self.dim}-d classes")
         self.head = head
+        self.version = getattr(self, "version", 0) + 1  # new scores: calibration results are recomputed
         for key in [k for k in self._rows if k.startswith("head_")]:
             del self._rows[key]
         self._head_b = self._head_state = None

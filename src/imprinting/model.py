@@ -26,6 +26,7 @@ from torch import nn
 
 from imprinting.backbones import Backbone
 from imprinting.classes import ClassSnapshot, ClassTable
+from imprinting.calibration_set import in_force
 from imprinting.conformal import set_q
 from imprinting.data.images import ImageError, load_image
 from imprinting.engines import frozen_engine, record
@@ -60,6 +61,27 @@ class ImprintModel(nn.Module):
             bool(getattr(classifier, "per_class_scale", False)), self.spec.scale)
         self._push()
         self.unknown_threshold, self.conformal = unknown_threshold, None  # conformal: calibration's scores
+
+    # -- what calibration gives: it follows the classes (imprinting.calibration_set) -------
+    @property
+    def unknown_threshold(self) -> float | None:
+        """The best cosine below which a prediction is flagged unknown (None: never). Set by
+        hand it stays; set by calibration (``threshold_follows``) it is recomputed from the
+        kept examples whenever the classes change."""
+        return in_force(self.classes, self._threshold, self._conformal, self.threshold_follows)[0]
+
+    @unknown_threshold.setter
+    def unknown_threshold(self, value: float | None) -> None:
+        self._threshold, self.threshold_follows = value, False
+
+    @property
+    def conformal(self):
+        """The calibration scores of the classes of now (``imprinting.conformal``), or None."""
+        return in_force(self.classes, self._threshold, self._conformal, False)[1]
+
+    @conformal.setter
+    def conformal(self, value) -> None:
+        self._conformal = value
 
     # -- the class table and its mirror ---------------------------------------------------
     def _key(self) -> tuple:

@@ -48,3 +48,18 @@ def test_lite_sets_equal_the_models(conv4_model, conv4_export, tiny_images, tmp_
             np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-4)
     lite.save()  # and they survive the device's own save
     assert np.array_equal(load(folder).conformal.known, model.conformal.known)
+    # a class added and one removed on both sides: the scores and the threshold are recomputed
+    # from the kept examples (imprinting.calibration_set) and still agree, image for image
+    extra = model.embed_images(tiny_images["blue"][2:])
+    model.add_class("blue again", extra)
+    model.remove_class("green")
+    lite = load(folder)
+    lite.imprint_embeddings("blue again", extra.numpy())
+    lite.remove_class("green")
+    assert model.threshold_follows and lite.threshold_follows
+    assert lite.unknown_threshold == pytest.approx(model.unknown_threshold, abs=1e-6)
+    np.testing.assert_allclose(lite.conformal.nonconformity, model.conformal.nonconformity, atol=1e-6)
+    assert not lite.conformal.stale_for(lite.classes.names)
+    for a, b in zip(lite.predict_embeddings(same.numpy(), k=5, coverage=0.8),
+                    model.predict_embeddings(same, k=5, coverage=0.8)):
+        assert a.set == b.set and a.unknown == b.unknown

@@ -26,7 +26,8 @@ def embedder_id(model: ImprintModel) -> str:
 def classes_data(model: ImprintModel) -> ClassesData:
     """The model's classes in the classes file's form."""
     check_exportable(model)
-    return ClassesData.from_table(model.classes, model.unknown_threshold, model.embedder_id(), conformal=model.conformal)
+    return ClassesData.from_table(model.classes, model.unknown_threshold, model.embedder_id(), conformal=model.conformal,
+                                  threshold_follows=model.threshold_follows)
 
 
 def export_classes(model: ImprintModel, path: str | os.PathLike) -> Path:
@@ -81,4 +82,5 @@ def import_classes(model: ImprintModel, source: str | os.PathLike, check_embedde
     except UserError as exc:
         raise ExportFormatError(f"{where}: {exc}") from None
     model.unknown_threshold, model.conformal = data.unknown_threshold, data.conformal
+    model.threshold_follows = data.threshold_follows  # the table brought its calibration examples
     return model

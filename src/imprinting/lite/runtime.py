@@ -8,6 +8,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from imprinting.calibration_set import in_force
 from imprinting.conformal import set_q
 from imprinting.data.images import ImageError, load_image
 from imprinting.errors import ClassError
@@ -85,15 +86,30 @@ class LiteModel:
                 f"{self.classes_path}: the classes were made with another embedder "
                 f"({data.embedder_id[:12]}, this export has {self.embedder_id[:12]})"
             )
-        self.classes = data.table()
+        self.classes = data.table()  # with its kept calibration examples, if any (imprinting.calibration_set)
         self.unknown_threshold = data.unknown_threshold
+        self.threshold_follows = data.threshold_follows
         self.conformal = data.conformal  # calibration's scores for prediction sets (imprinting.conformal), or None
         self._extra = {k: v for k, v in data.extra.items() if k != "conformal"}
+
+    # what calibration gives follows the classes, as in the PyTorch model (imprinting.calibration_set)
+    unknown_threshold = property(lambda self: in_force(self.classes, self._threshold, self._conformal,
+                                                        self.threshold_follows)[0])
+
+    @unknown_threshold.setter
+    def unknown_threshold(self, value: float | None) -> None:
+        self._threshold, self.threshold_follows = value, False
+
+    conformal = property(lambda self: in_force(self.classes, self._threshold, self._conformal, False)[1])
+
+    @conformal.setter
+    def conformal(self, value) -> None:
+        self._conformal = value
 
     def classes_data(self) -> fmt.ClassesData:
         """The classes as a ``ClassesData`` (copies)."""
         return fmt.ClassesData.from_table(self.classes, self.unknown_threshold, self.embedder_id, self._extra,
-                                          conformal=self.conformal)
+                                          conformal=self.conformal, threshold_follows=self.threshold_follows)
 
     @property
     def class_names(self) -> list[str]:

@@ -1,0 +1,150 @@
+"""The taught examples a calibration was computed from, kept with the class table, so that the
+calibration scores, the unknown threshold and the prediction sets follow the classes (numpy).
+
+``imprinting.calibration`` scores each taught example by leave-one-out and turns the scores
+into a threshold (``imprinting.conformal``). Those scores depend on every class: a class added
+later competes with every example, a class removed stops competing. A ``CalibrationSet`` keeps
+the examples themselves (their unit embeddings and class names) and the rate the user asked
+for (a false-reject rate, or a false-accept rate), so that after any change of the classes the
+scores and the threshold are computed again, in one batch, from the classes of now:
+``result(table)`` is exactly ``calibrate_table`` on the kept examples at the table's present
+scale (the scale itself is fitted only when the user calibrates). Adding a class with examples
+adds its examples; removing a class drops them. A class restored from a sum (no examples) only
+competes.
+
+At most ``MAX_ROWS`` examples are kept: those with the smallest hash of (embedding bytes, class
+name), a uniform sample of the examples that does not depend on the order they were taught in,
+so a table changed step by step keeps the same examples, in the same order, as one built at once.
+Recomputing costs O(rows x classes x D): 2,000 rows and 1,000 classes of 1280-d are a matrix
+product of 2.6 GFLOP, tens of milliseconds; it runs once per change of the table
+(``ClassTable.version``), not per prediction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from imprinting.rows import normalize_rows
+
+MAX_ROWS = 2000
+
+
+def _keys(embeddings: np.ndarray, labels) -> np.ndarray:
+    """A 64-bit hash of each row's float32 bytes and class name (the sampling order)."""
+    return np.array([int.from_bytes(hashlib.blake2b(e.tobytes() + b"\0" + name.encode(), digest_size=8).digest(),
+                                    "little") for e, name in zip(embeddings, labels)], np.uint64)
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Kept examples (``embeddings`` (M, D) float32 unit rows, one class name each in
+    ``labels``) and the rate asked for: ``target_false_reject`` or ``target_false_accept``."""
+
+    embeddings: np.ndarray
+    labels: tuple = ()
+    target_false_reject: float | None = None
+    target_false_accept: float | None = None
+
+    def __post_init__(self):
+        e = np.asarray(self.embeddings, np.float32)
+        labels = tuple(str(n) for n in self.labels)
+        if e.ndim != 2 or e.shape[0] != len(labels) or not np.isfinite(e).all():
+            raise ValueError(f"calibration examples: expected finite (n, D) embeddings with one class each, "
+                             f"got {e.shape} and {len(labels)} names")
+        if (self.target_false_reject is None) == (self.target_false_accept is None):
+            raise ValueError("calibration examples: give exactly one of a false-reject or a false-accept rate")
+        e = normalize_rows(e.astype(np.float64)).astype(np.float32) if len(e) else e
+        keys = _keys(e, labels)
+        order = np.argsort(keys, kind="stable")[:MAX_ROWS]  # canonical order: the same set in any teaching order
+        e = np.ascontiguousarray(e[order])
+        e.flags.writeable = False
+        object.__setattr__(self, "embeddings", e)
+        object.__setattr__(self, "labels", tuple(labels[i] for i in order))
+        object.__setattr__(self, "_memo", None)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def dim(self) -> int:
+        return self.embeddings.shape[1]
+
+    def _new(self, embeddings, labels) -> CalibrationSet:
+        return CalibrationSet(embeddings, labels, self.target_false_reject, self.target_false_accept)
+
+    # -- following the classes --------------------------------------------------------
+    def with_examples(self, name: str, embeddings) -> CalibrationSet:
+        """Also ``embeddings`` (n, D) of class ``name`` (taught or extended)."""
+        e = np.asarray(embeddings, np.float32).reshape(-1, self.dim)
+        return self._new(np.concatenate([self.embeddings, e]), self.labels + (str(name),) * len(e))
+
+    def rows_of(self, name: str) -> np.ndarray:
+        """The kept examples of class ``name`` (a copy)."""
+        return self.embeddings[[i for i, n in enumerate(self.labels) if n == name]].copy()
+
+    def without_class(self, name: str) -> CalibrationSet:
+        return self.only(n for n in set(self.labels) if n != name)
+
+    def only(self, names) -> CalibrationSet:
+        """The kept examples of these classes only."""
+        names = set(names)
+        keep = [i for i, n in enumerate(self.labels) if n in names]
+        return self._new(self.embeddings[keep], [self.labels[i] for i in keep])
+
+    # -- what they give ------------------------------------------------------------------
+    def result(self, table):
+        """``imprinting.calibration.Calibration`` of ``table``'s classes from the kept
+        examples, at the table's scale, as one batch computation (kept until the table
+        changes). Examples of classes the table no longer has are left out."""
+        from imprinting.calibration import calibrate_table  # calibration imports this module
+
+        key = (id(table), table.version)
+        memo = self._memo
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        keep = [i for i, n in enumerate(self.labels) if n in table]
+        result = calibrate_table(table, self.embeddings[keep], [self.labels[i] for i in keep], "leave-one-out",
+                                 self.target_false_accept, target_false_reject=self.target_false_reject,
+                                 fit=False, subset=True)
+        object.__setattr__(self, "_memo", (key, result))
+        return result
+
+    def seed(self, table, result) -> None:
+        """``result`` is what ``result(table)`` gives now (the calibration that made this set,
+        at the scale it applied): kept, not computed twice."""
+        object.__setattr__(self, "_memo", ((id(table), table.version), result))
+
+    # -- storage -------------------------------------------------------------------------
+    def header(self) -> dict:
+        """The JSON-able part (the embeddings are stored as an array beside it)."""
+        return {"labels": list(self.labels), "target_false_reject": self.target_false_reject,
+                "target_false_accept": self.target_false_accept}
+
+    @classmethod
+    def from_stored(cls, header, embeddings) -> CalibrationSet:
+        """From ``header()`` (a dict or its JSON) and the stored (M, D) array; ``ValueError``
+        naming what is wrong with a damaged one."""
+        try:
+            h = json.loads(header) if isinstance(header, str) else header
+            if not isinstance(h, dict) or not isinstance(h.get("labels"), list):
+                raise ValueError("expected an object with labels")
+            return cls(np.asarray(embeddings, np.float32), h["labels"], h.get("target_false_reject"),
+                       h.get("target_false_accept"))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"calibration examples: {exc}") from None
+
+
+def in_force(table, threshold, conformal, follows: bool):
+    """(unknown threshold, conformal scores) a model or runtime predicts with: those its kept
+    calibration examples give for the classes of now when ``table`` keeps some (the threshold
+    only when it ``follows`` the calibration, i.e. was not set by hand), else the fixed ones
+    (files and stores from before the examples were kept)."""
+    kept = table.calibration
+    if kept is None:
+        return threshold, conformal
+    result = kept.result(table)
+    return (result.unknown_threshold if follows else threshold), result.conformal
