@@ -1,4 +1,11 @@
-"""onnxruntime (CPU execution provider) on the backbone's cached ONNX graph, float32."""
+"""onnxruntime (CPU execution provider) on the backbone's cached ONNX graph, float32.
+
+Its threads spin between the operators of a run (fast), but stop spinning as soon as the run
+returns (``session.force_spinning_stop``): by default they go on spinning for a while after
+it, taking the cores from whatever comes next -- in the decoding pipeline, the decoders of
+the next batch (``benchmarks/engines.py``: decoding right after a run took 1.8 ms a photo
+instead of 1.0).
+"""
 
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ class OnnxRuntimeEngine(Engine):
         opts.intra_op_num_threads = threads()
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        opts.add_session_config_entry("session.force_spinning_stop", "1")  # no spinning once a run returns
         try:
             self.session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own types
