@@ -12,7 +12,7 @@ from imprinting import engines
 from imprinting.backbones import create_backbone
 from imprinting.engines import EngineUnavailable, TorchEngine, available_engines, select_engine
 from imprinting.engines import graph as graphs
-from imprinting.engines import select
+from imprinting.engines import measure, runtimes, select
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ class Noisy(TorchEngine):
 
 
 def test_auto_never_picks_an_inexact_engine_however_fast(conv4, cache, monkeypatch):
-    real_build = select.build_engine
+    real_build = runtimes.build_engine
 
     def build(name, module, shape, precision="float32", fp=None, cache=None):
         if name == "onnxruntime":
@@ -47,13 +47,15 @@ def test_auto_never_picks_an_inexact_engine_however_fast(conv4, cache, monkeypat
             raise EngineUnavailable("openvino: not installed here (test)")
         return real_build(name, module, shape, precision, fp, cache)
 
-    monkeypatch.setattr(select, "build_engine", build)
-    monkeypatch.setattr(select, "available_engines", lambda: {"torch": None, "onnxruntime": None, "openvino": None})
-    monkeypatch.setattr(select, "_timed", lambda engine, x, runs=3: 1e6 if isinstance(engine, Noisy) else 1.0)
+    monkeypatch.setattr(runtimes, "build_engine", build)
+    monkeypatch.setattr(runtimes, "available_engines", lambda: {"torch": None, "onnxruntime": None, "openvino": None})
+    monkeypatch.setattr(measure, "_rate", lambda engine, x: 1e6 if isinstance(engine, Noisy) else 1.0)
     chosen = select_engine(conv4.module, conv4.preprocess)
     assert chosen.name == "torch" and not isinstance(chosen, Noisy)
+    assert all(type(chosen.engine_for(b)) is TorchEngine for b in (1, 4, 16, 32, 100))
     (record,) = json.loads((cache / "engines" / select.CHOICES).read_text()).values()
-    assert record["chosen"] == "torch" and "onnxruntime" not in record["images_per_s"]
+    assert record["chosen"] == "torch" and set(record["chosen_by_batch"].values()) == {"torch"}
+    assert all("onnxruntime" not in rates for rates in record["images_per_s_by_batch"].values())
     assert "differ from PyTorch eager" in record["not_eligible"]["onnxruntime"]
     assert "not installed" in record["not_eligible"]["openvino"]
 
@@ -64,10 +66,9 @@ def test_bf16_is_never_chosen_by_default(conv4, cache, monkeypatch):
     about 3 significant digits, far outside 1e-5), and it is the fastest of the float32
     engines the selection measured and recorded."""
     monkeypatch.delenv("IMPRINTING_PRECISION", raising=False)
-    monkeypatch.setattr(select, "engine_precisions", lambda name: ["float32", "bfloat16"])
-    real_timed = select._timed
-    monkeypatch.setattr(select, "_timed", lambda engine, x, runs=3: 1e9 if engine.precision != "float32"
-                        else real_timed(engine, x, runs))
+    monkeypatch.setattr(runtimes, "engine_precisions", lambda name: ["float32", "bfloat16"])
+    real_rate = measure._rate
+    monkeypatch.setattr(measure, "_rate", lambda engine, x: 1e9 if engine.precision != "float32" else real_rate(engine, x))
     chosen = select_engine(conv4.module, conv4.preprocess)
     pre = conv4.preprocess
     x = torch.randn(5, pre.in_chans, pre.image_size, pre.image_size, generator=torch.Generator().manual_seed(3))
@@ -78,10 +79,11 @@ def test_bf16_is_never_chosen_by_default(conv4, cache, monkeypatch):
     torch.testing.assert_close(torch.nn.functional.normalize(out.float(), dim=1), reference, atol=1e-5, rtol=0)
     ((key, record),) = json.loads((cache / "engines" / select.CHOICES).read_text()).items()
     assert key.endswith("| float32") and record["precision"] == "float32"
-    rates = record["images_per_s"]
-    assert rates and all(r < 1e9 for r in rates.values())  # no bf16 engine was ever timed
-    assert chosen.name == record["chosen"] == max(rates, key=rates.get)  # the fastest measured one
-    assert all(record["embedding_max_abs_diff"][name] <= 1e-5 for name in rates)
+    for batch, rates in record["images_per_s_by_batch"].items():
+        assert rates and all(r < 1e9 for r in rates.values())  # no bf16 engine was ever timed
+        assert record["chosen_by_batch"][batch] == max(rates, key=rates.get)  # the fastest measured one
+        assert all(record["embedding_max_abs_diff"][name] <= 1e-5 for name in rates)
+    assert chosen.name == record["chosen"] == record["chosen_by_batch"]["32"]
     assert engines.resolve_precision("auto") == engines.resolve_precision(None) == "float32"
 
 
@@ -94,8 +96,8 @@ def test_the_graph_is_written_once_per_weights_and_the_choice_measured_once(conv
     monkeypatch.setattr(graph, "onnx_export", lambda *a, **k: (writes.append(a[2]), real_export(*a, **k)))
     monkeypatch.setattr(select, "measure", lambda *a, **k: (measures.append(1), real_measure(*a, **k))[1])
     shape = (1, 28, 28)
-    first = select.build_engine("onnxruntime", conv4.module, shape)
-    again = select.build_engine("onnxruntime", conv4.module, shape)
+    first = runtimes.build_engine("onnxruntime", conv4.module, shape)
+    again = runtimes.build_engine("onnxruntime", conv4.module, shape)
     assert len(writes) == 1 and writes[0].parent == cache / "engines" and writes[0].is_file()
     x = torch.randn(3, *shape)
     torch.testing.assert_close(first.run(x), again.run(x), rtol=0, atol=0)
@@ -104,7 +106,7 @@ def test_the_graph_is_written_once_per_weights_and_the_choice_measured_once(conv
     assert len(measures) == 1 and len(writes) == 1
     with torch.no_grad():
         conv4.module.features[0].weight.add_(0.01)  # other weights: another graph
-    select.build_engine("onnxruntime", conv4.module, shape)
+    runtimes.build_engine("onnxruntime", conv4.module, shape)
     assert len(writes) == 2
 
 
@@ -121,7 +123,7 @@ def test_an_engine_that_is_not_installed_says_why(conv4, cache, monkeypatch):
     reason = available_engines()["openvino"]
     assert "openvino is not installed" in reason and "pip install" in reason
     with pytest.raises(EngineUnavailable, match="openvino is not installed"):
-        select.build_engine("openvino", conv4.module, (1, 28, 28))
+        runtimes.build_engine("openvino", conv4.module, (1, 28, 28))
     assert engines.engine_precisions("openvino") == []
     assert select_engine(conv4.module, conv4.preprocess).name != "openvino"  # auto skips it
     with pytest.raises(engines.EngineError, match="unknown engine"):

@@ -9,7 +9,7 @@ from helpers import make_image
 from imprinting import engines
 from imprinting.build import create_model
 from imprinting.engines import TorchEngine
-from imprinting.engines import select
+from imprinting.engines import runtimes, select
 from imprinting.train import TensorImageDataset, TrainConfig, train
 
 
@@ -21,7 +21,7 @@ def no_engines(monkeypatch):
         raise AssertionError("a frozen engine was asked for during training")
 
     monkeypatch.setattr(select, "measure", refuse)
-    monkeypatch.setattr(select, "build_engine", refuse)
+    monkeypatch.setattr(runtimes, "build_engine", refuse)
 
 
 def test_a_model_in_training_mode_embeds_with_pytorch(tmp_path, no_engines):

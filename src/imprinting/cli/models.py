@@ -168,16 +168,24 @@ def info(model_path, as_json):
     from imprinting import checkpoint  # heavy: only when the command runs
 
     model = checkpoint.load(model_path)
-    engine = model.frozen_engine().describe() if model.spec.backbone else None  # None: takes cached features
+    engine = model.frozen_engine() if model.spec.backbone else None  # None: takes cached features
+    choice = getattr(engine, "choice", None)  # auto: the engine per batch size and the figures behind it
+    by_batch = {"measured": choice.date, "rows": choice.rows()} if choice is not None else None
     c = model.conformal  # the calibration's scores: for how many examples, and still for these classes?
     calibration = {"examples": c.n, "stale": c.stale_for(model.class_names)} if c is not None else None
-    summary = {"file": str(model_path), **model.describe(), "calibration": calibration, "engine": engine}
+    summary = {"file": str(model_path), **model.describe(), "calibration": calibration,
+               "engine": engine.describe() if engine is not None else None, "engine_by_batch": by_batch}
     classes = summary["classes"]
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
     for key, value in summary.items():
-        if key != "classes":
+        if key == "engine_by_batch" and value is not None:
+            click.echo(f"engine by batch size (auto, measured {value['measured']}; images/s of each exact engine):")
+            for row in value["rows"]:
+                rates = "  ".join(f"{n} {r:g}" for n, r in row["images_per_s"].items())
+                click.echo(f"  {row['batches']:<11} {row['engine']:<12} at {row['measured_at']}: {rates}")
+        elif key != "classes":
             click.echo(f"{key}: {value}")
     for c in classes:
         click.echo(f"  {c['name']:<30} {c['kind']:<10} {c['examples']} examples")

@@ -5,11 +5,19 @@
   onnxruntime_engine.py  onnxruntime, float32
   openvino_engine.py     OpenVINO, float32 (bf16 where the CPU reports BF16)
   graph.py               the backbone's ONNX graph, cached per weights fingerprint and input size
-  select.py              available_engines, select_engine (measured once, exact ones only)
-  pipeline.py            decoding in threads, in parallel with the engine
+  runtimes.py            available_engines, engine_precisions, build_engine, machine_key
+  measure.py             exactness check and timing of every engine at each batch size; choices.json
+  choice.py              Choice: the engine per batch-size range, from the recorded figures
+  auto.py                AutoEngine: each batch on the engine chosen for its size
+  select.py              select_engine (measured once, exact ones only)
+  pipeline.py            decoding in threads, taking turns with the engine (the one for its batch size)
 
 Used by the feature cache (``imprinting.data.features``) and ``ImprintModel.embed_images``
 (hence imprint, predict, the CLI and the service). Training never goes through an engine.
+
+A batching caller (the service's worker) asks ``engine_for(engine, b)`` for the engine a
+batch of ``b`` images runs on and ``best_batch(engine)`` for the batch size past which the
+measurement saw no gain (``DEFAULT_BATCH`` for an engine named rather than chosen).
 
 The engine name ``None`` means the process default: ``set_default`` (the CLI's
 ``--engine``), else ``$IMPRINTING_ENGINE``, else ``"auto"``; the same for precision.
@@ -22,9 +30,14 @@ import weakref
 
 from torch import nn
 
+from imprinting.engines.auto import AutoEngine
 from imprinting.engines.base import PRECISIONS, Engine, EngineError, EngineUnavailable
-from imprinting.engines.select import ENGINES, TOLERANCE, available_engines, engine_precisions, select_engine
+from imprinting.engines.measure import MEASURE_BATCHES, TOLERANCE
+from imprinting.engines.runtimes import ENGINES, available_engines, engine_precisions
+from imprinting.engines.select import select_engine
 from imprinting.engines.torch_engine import TorchEngine
+
+DEFAULT_BATCH = 32  # the library's batch (``embed_images``): best_batch of an engine that was not measured
 
 _DEFAULT = {"engine": None, "precision": None}
 _FROZEN: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
@@ -87,6 +100,22 @@ def frozen_engine(module: nn.Module, preprocess, engine: str | None = None, prec
     return chosen
 
 
+def engine_for(engine: Engine, batch: int) -> Engine:
+    """The engine that a batch of ``batch`` images given to ``engine`` runs on: for an
+    ``AutoEngine`` the one measured fastest at that size, else ``engine`` itself."""
+    pick = getattr(engine, "engine_for", None)
+    return pick(batch) if pick is not None else engine
+
+
+def best_batch(engine: Engine, default: int = DEFAULT_BATCH) -> int:
+    """The batch size to fill for throughput: for an ``AutoEngine`` the smallest measured
+    size within 5 % of the highest images/s measured (``choice.Choice.best_batch``), else
+    ``default``."""
+    pick = getattr(engine, "best_batch", None)
+    best = pick() if pick is not None else None
+    return best if best else default
+
+
 def record(engine: Engine | str) -> None:
     """Note that results of this process were computed with ``engine`` (see ``used``)."""
     text = engine if isinstance(engine, str) else engine.describe()
@@ -101,16 +130,21 @@ def used() -> str | None:
 
 
 __all__ = [
+    "DEFAULT_BATCH",
     "ENGINES",
+    "MEASURE_BATCHES",
     "PRECISIONS",
     "TOLERANCE",
+    "AutoEngine",
     "Engine",
     "EngineError",
     "EngineUnavailable",
     "TorchEngine",
     "available_engines",
+    "best_batch",
     "default_engine",
     "default_precision",
+    "engine_for",
     "engine_precisions",
     "frozen_engine",
     "record",

@@ -47,6 +47,18 @@ class Engine:
         """Features (N, F) float32 (CPU) of preprocessed images (N, C, H, W) float32."""
         raise NotImplementedError
 
+    choice = None  # the measured per-batch choice behind an automatic engine (``auto.AutoEngine``)
+
+    def engine_for(self, batch: int) -> "Engine":
+        """The engine a batch of ``batch`` images runs on: this one (an ``AutoEngine`` picks
+        per batch size)."""
+        return self
+
+    def best_batch(self) -> int | None:
+        """The batch size past which this engine was measured to gain nothing; ``None``:
+        not measured (an engine named rather than chosen)."""
+        return None
+
     def details(self) -> str:
         return ""
 

@@ -5,6 +5,10 @@ images straight into the batch's normalized float32 array (Pillow and numpy rele
 GIL); the calling thread only runs the engine, and nothing is done per image in its loop.
 The pixels are those of ``imprinting.data.transforms.eval_transform``, bit for bit.
 
+The engine is the one for the batches' size (``engine.engine_for``: an automatic engine runs
+each batch size on the engine measured fastest at it); every batch of one call, the last and
+smaller one too, runs on it, so one call's features come from one engine.
+
 When the engine computes on the CPU cores (every CPU engine), decoding and the forward pass
 take turns, each with every core: a batch is decoded by all the threads, then the engine runs
 on all the cores. Overlapping them would make the decoders and the engine's threads fight for
@@ -38,6 +42,12 @@ GROUP = 8  # images one decoding task takes
 def decode_workers() -> int:
     """Decoding threads: one per core, at most 8."""
     return min(8, max(1, os.cpu_count() or 1))
+
+
+def for_batch(engine: Engine, size: int) -> Engine:
+    """The engine that batches of ``size`` images run on (``Engine.engine_for``)."""
+    pick = getattr(engine, "engine_for", None)
+    return pick(max(1, size)) if pick is not None else engine
 
 
 def decode(source, mode: str, reduce_to: int | None = None):
@@ -79,6 +89,7 @@ def _run(engine: Engine, work, images: Sequence, batch_size: int, workers: int |
     slice) in groups on ``workers`` threads (0: in this thread). With a CPU engine a batch is
     decoded, then run; otherwise the next batch is decoded while the engine runs."""
     n = len(images)
+    engine = for_batch(engine, min(batch_size, n) * getattr(work, "views", 1))
     workers = decode_workers() if workers is None else workers
     starts = list(range(0, n, batch_size))
     group = max(1, min(GROUP, -(-batch_size // max(workers, 1))))
@@ -184,6 +195,7 @@ def view_features(engine: Engine, images: Sequence, transform: Callable, views: 
     else:
         decoded = [decode(s, mode) for s in images]
     tensors = [transform(img) for img in decoded for _ in range(views)]
+    engine = for_batch(engine, min(batch_size, len(tensors)))
     out = []
     for i in range(0, len(tensors), batch_size):
         out.append(engine.run(torch.stack(tensors[i : i + batch_size])))
