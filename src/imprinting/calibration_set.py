@@ -100,18 +100,34 @@ class CalibrationSet:
         """``imprinting.calibration.Calibration`` of ``table``'s classes from the kept
         examples, at the table's scale, as one batch computation (kept until the table
         changes). Examples of classes the table no longer has are left out."""
-        from imprinting.calibration import calibrate_table  # calibration imports this module
+        from imprinting.calibration import Calibration, CalibrationError, calibrate_table  # it imports this module
 
         key = (id(table), table.version)
         memo = self._memo
         if memo is not None and memo[0] == key:
             return memo[1]
-        keep = [i for i, n in enumerate(self.labels) if n in table]
-        result = calibrate_table(table, self.embeddings[keep], [self.labels[i] for i in keep], "leave-one-out",
-                                 self.target_false_accept, target_false_reject=self.target_false_reject,
-                                 fit=False, subset=True)
+        counts = dict(zip(table.names, table.counts.tolist()))
+        seen: dict[str, int] = {}
+        keep = []
+        for i, name in enumerate(self.labels):  # never more of a class than it holds now (a replica behind)
+            if seen.get(name, 0) < counts.get(name, 0):
+                keep.append(i)
+                seen[name] = seen.get(name, 0) + 1
+        try:
+            result = calibrate_table(table, self.embeddings[keep], [self.labels[i] for i in keep], "leave-one-out",
+                                     self.target_false_accept, target_false_reject=self.target_false_reject,
+                                     fit=False, subset=True)
+        except CalibrationError as exc:  # no kept example left among the classes: no threshold, no sets
+            scale = float(table.head.temperature) if table.head is not None else float(np.mean(table.scale))
+            result = Calibration("leave-one-out", scale, scale, None, None, 0, None, self.target_false_accept, None,
+                                 self.target_false_reject, None, None, f"nothing to calibrate from: {exc}")
         object.__setattr__(self, "_memo", (key, result))
         return result
+
+    def peek(self):
+        """The last ``result`` computed (for any table), or None: a read that never computes."""
+        memo = self._memo
+        return None if memo is None else memo[1]
 
     def seed(self, table, result) -> None:
         """``result`` is what ``result(table)`` gives now (the calibration that made this set,

@@ -320,9 +320,9 @@ class ClassTable(TableHead):
     def restore(self, snap: ClassSnapshot) -> None:
         """Put a class back exactly as it was when ``snapshot`` was taken, at its place."""
         self._changed()
-        if self.calibration is not None:
+        if self.calibration is not None and snap.kept is not None:  # None: its kept examples stay as they are
             self.calibration = self.calibration.without_class(snap.name)
-            if snap.kept is not None and len(snap.kept):
+            if len(snap.kept):
                 self.calibration = self.calibration.with_examples(snap.name, snap.kept)
         if snap.name in self._index:
             index = self._index[snap.name]

@@ -116,6 +116,32 @@ def test_followers_converge_and_catch_up(conv4_model, pg_url, kit):
         b.close()
 
 
+def test_a_calibration_follows_changes_made_on_another_replica(conv4_model, pg_url, kit):
+    """A replica started after /calibrate follows it: when another replica teaches or deletes a
+    class, its scores and threshold are recomputed from the store's examples, as the writer's
+    are (imprinting.calibration_set), equal to 1e-6."""
+    a = Service.open(conv4_model, pg_url)
+    b = None
+    try:
+        for i, name in enumerate(("red", "green", "blue")):
+            a.teach(name, uploads(kit, *range(10 * i, 10 * i + 4)))
+        a.calibrate(target_false_reject=0.3)
+        b = Service.open(conv4_model, pg_url)
+        a.teach("purple", uploads(kit, 50, 51, 52))
+        a.delete("green")
+        wait_until(lambda: b.model.conformal is not None and b.model.conformal.n == 11 == a.model.conformal.n
+                   and set(b.model.class_names) == set(a.model.class_names), what="the calibration to follow")
+        for field in ("known", "others", "nonconformity"):
+            np.testing.assert_allclose(getattr(b.model.conformal, field), getattr(a.model.conformal, field), atol=1e-6)
+        assert b.model.unknown_threshold == pytest.approx(a.model.unknown_threshold, abs=1e-6)
+        assert b.calibration_state() == a.calibration_state() == {"calibrated": True, "follows": True,
+                                                                    "examples": 11, "stale": False}
+    finally:
+        a.close()
+        if b is not None:
+            b.close()
+
+
 def test_edits_reach_the_other_replicas(conv4_model, pg_url, kit):
     if not hasattr(Service, "remove_example"):
         pytest.skip("this branch's Service has no example-level edits (issue 15)")

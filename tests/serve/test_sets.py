@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from imprinting.calibration import calibrate_table
 from imprinting.serve.app import create_app
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -46,7 +47,8 @@ def test_sets_need_a_calibration_then_match_the_scores(conv4_model, tmp_path, ki
         assert body["unknown_threshold"] == scores.known[int(0.05 * 22) - 1]  # floor(22 x 0.05) = 1: the smallest
         q = scores.nonconformity[int(np.ceil(22 * 0.9)) - 1]  # ceil(22 x 0.9) = 20: the 20th smallest of 21
         answer = c.post("/predict", params={"coverage": 0.9, "k": 6}, files=probe).json()
-        assert answer["coverage"] == 0.9 and answer["calibration"] == {"calibrated": True, "examples": 21, "stale": False}
+        assert answer["coverage"] == 0.9 and answer["calibration"] == {"calibrated": True, "follows": True, "examples": 21,
+                                                                     "stale": False}
         for p in answer["predictions"]:  # k = 6: every class of the model, so the set is checkable here
             probs = {t["class"]: t["probability"] for t in p["top"]}
             assert len(probs) == 6
@@ -56,10 +58,24 @@ def test_sets_need_a_calibration_then_match_the_scores(conv4_model, tmp_path, ki
     with TestClient(create_app(conv4_model, store)) as c:  # a restart: the same scores, the same sets
         again = c.post("/predict", params={"coverage": 0.9, "k": 6}, files=probe).json()
         assert [p["set"] for p in again["predictions"]] == [p["set"] for p in before]
-        assert c.post("/classes/purple/examples", files=kit.files(("x.png", kit.image_bytes((150, 20, 200))))).status_code == 201
-        assert c.get("/health").json()["calibration"]["stale"] is True  # classes changed: calibrate again
-        c.post("/calibrate")
-        assert c.get("/health").json()["calibration"]["stale"] is False
+        purple = kit.files(*[(f"x{s}.png", kit.image_bytes((150, 20, 200), seed=s)) for s in range(2)])
+        assert c.post("/classes/purple/examples", files=purple).status_code == 201
+        # the scores followed the classes: what one batch computation over the store's examples
+        # gives for the classes of now, at the scale in force (imprinting.calibration_set)
+        service = c.app.state.service
+        names, embeddings = service.store.labelled_embeddings()
+        batch = calibrate_table(service.model.classes.copy(), embeddings, names, fit=False)
+        followed = service.model.conformal
+        assert followed.n == 23 and followed.classes == service.model.classes.names
+        for field in ("known", "others", "nonconformity"):
+            np.testing.assert_allclose(getattr(followed, field), getattr(batch.conformal, field), atol=1e-6)
+        assert service.model.unknown_threshold == pytest.approx(batch.unknown_threshold, abs=1e-6)
+        assert c.get("/health").json()["calibration"] == {"calibrated": True, "follows": True, "examples": 23,
+                                                          "stale": False}
+        assert c.delete("/classes/purple").status_code == 200  # and back: the scores of before
+        np.testing.assert_allclose(service.model.conformal.known, scores.known, atol=1e-6)
+        again = c.post("/predict", params={"coverage": 0.9, "k": 6}, files=probe).json()
+        assert [p["set"] for p in again["predictions"]] == [p["set"] for p in before]
 
 
 def saved_calibration(store) -> str | None:

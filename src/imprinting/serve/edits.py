@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from imprinting.calibration import Calibration, CalibrationError, apply, calibrate_table
+from imprinting.calibration_set import CalibrationSet
 from imprinting.classes import ClassSnapshot
 from imprinting.conformal import ConformalScores
 from imprinting.names import confusable_with
@@ -108,6 +109,7 @@ class ServiceEdits:
             except StoreError as exc:
                 raise store_error(f"class {name!r} was not deleted, nothing changed", exc) from None
             self._sync(name, None)
+            self.follow_calibration()
             if not found:
                 raise ApiError(404, "unknown_class", f"no class named {name!r} (another replica deleted or renamed it)")
             with self.lock:
@@ -141,6 +143,7 @@ class ServiceEdits:
                 raise store_error("the upload was not saved, nothing changed", exc,
                                   check="GET /classes/{name}/examples lists each example's sha256") from None
             self.apply_committed([(name, stored, version)])
+            self.follow_calibration()
         return {**self._describe(name, stored.count), "created": created, "added": len(ids), "example_ids": ids}
 
     @contextmanager
@@ -228,6 +231,7 @@ class ServiceEdits:
                 raise store_error("the example was not removed, nothing changed", exc,
                                   check="GET /classes/{name}/examples lists the examples left") from None
             self._sync(name, None if state is None else StoredClass(name, *state))
+            self.follow_calibration()
         if state is None:
             return {"removed": example_id, "name": name, "examples": 0, "class_deleted": True}
         return {"removed": example_id, **self._describe(name, state[1]), "class_deleted": False}
@@ -262,6 +266,7 @@ class ServiceEdits:
                     self.model.restore_class(ClassSnapshot(new_name, snap.index, snap.fields))
             else:
                 self._sync_many([name, new_name])
+            self.follow_calibration()
             return {"renamed": name, **self._describe(new_name, self._count(new_name))}
 
     def _require_taught_here(self, name: str) -> None:
@@ -295,7 +300,8 @@ class ServiceEdits:
                 raise ApiError(409, "cannot_calibrate", str(exc)) from None
             saved = {"scale": result.scale, "unknown_threshold": result.unknown_threshold,
                      "target_false_reject": result.target_false_reject, "target_false_accept": result.target_false_accept,
-                     "conformal": result.conformal.to_json() if result.conformal is not None else None}
+                     "conformal": result.conformal.to_json() if result.conformal is not None else None,
+                     "follows": True}  # the scores follow the classes: recomputed from the store's examples
             try:
                 self.store.set_setting("calibration", json.dumps(saved))
             except StoreError as exc:
@@ -304,12 +310,18 @@ class ServiceEdits:
             with self.lock:
                 apply(self.model, result, set_threshold=not self.threshold_pinned)
                 in_force = self.model.unknown_threshold
+            self._calibration_targets = {"target_false_reject": result.target_false_reject,
+                                         "target_false_accept": result.target_false_accept}
+            self.calibration_behind = False
         return {**result.to_dict(), "unknown_threshold_applied": not self.threshold_pinned,
                 "unknown_threshold_in_force": in_force}
 
     def apply_saved_calibration(self) -> None:
         """The calibration ``calibrate`` kept in the store, if any (a threshold chosen at start
-        stays)."""
+        stays). The scores of the classes of now are computed here, once, before any request."""
+        self._calibration_targets, self.calibration_behind = None, False
+        with self.lock:
+            self.model.conformal  # noqa: B018  (a model file's kept examples: scores for its classes and the store's)
         if (saved := self.store.setting("calibration")) is not None:
             try:
                 v = json.loads(saved)
@@ -323,6 +335,38 @@ class ServiceEdits:
                                  "use a new store") from None
             with self.lock:
                 apply(self.model, calibration, set_threshold=not self.threshold_pinned)
+            if v.get("follows"):  # calibrated since the scores follow the classes: from the store's examples
+                self._calibration_targets = {"target_false_reject": v.get("target_false_reject"),
+                                             "target_false_accept": v.get("target_false_accept")}
+                self.follow_calibration()
+
+    def follow_calibration(self) -> None:
+        """After the classes changed: the calibration's examples are the store's examples of now
+        (``imprinting.calibration_set``), so the scores, the unknown threshold and the sets are
+        what ``POST /calibrate`` would compute for these classes at the scale in force. One read
+        of every example's embedding, outside the lock on the classes. A read that fails leaves
+        the examples as they were, and ``calibration_behind`` says so (``/health``) until the
+        next change or calibration reads them. Stores calibrated before the examples were kept
+        (and services never calibrated) keep what they had."""
+        targets = getattr(self, "_calibration_targets", None)
+        if targets is None:
+            return
+        try:
+            names, embeddings = self.store.labelled_embeddings()
+        except StoreError:
+            self.calibration_behind = True
+            return
+        kept = CalibrationSet(np.asarray(embeddings, np.float32).reshape(len(names), -1), names, **targets)
+        with self.lock:  # the scores computed on a copy, outside the lock: predictions do not wait for them
+            version, table = self.model.classes.version, self.model.classes.copy()
+        result = kept.result(table)
+        with self.lock:
+            table = self.model.classes
+            table.calibration = kept
+            self.model.threshold_follows = not self.threshold_pinned
+            if table.version == version:
+                kept.seed(table, result)
+        self.calibration_behind = False
 
     # -- thumbnails -------------------------------------------------------------------
     def save_thumbnails(self, ids: list[int], images: list) -> None:

@@ -113,6 +113,7 @@ class Follower:
                 continue
             self._refresh(name, seq)
             self.applied = seq
+            self.service.follow_calibration()  # the calibration's examples: the store's of now
             if self._stop.is_set():
                 return
 
@@ -131,6 +132,7 @@ class Follower:
             for seq, name in rows:
                 self._refresh(name, seq)
                 self.applied = seq
+            self.service.follow_calibration()  # the calibration's examples: the store's of now
 
     def _resync(self) -> None:
         """Compare every class's version with memory: refresh what changed, drop what is gone."""
@@ -140,6 +142,7 @@ class Follower:
                 self._refresh(name, version)
         stale = [n for n in self.service.stored_names() if n not in versions]
         self.service.apply_committed([(name, None, seq) for name in stale])
+        self.service.follow_calibration()
         self.applied = max(self.applied, seq)
         log.warning("caught up from every class's version (the change log did not reach back far enough)")
 
@@ -149,6 +152,7 @@ class Follower:
         received the last commits), whose change numbers are behind the ones applied here."""
         stored = self.store.classes()  # read outside the service's lock
         self.service.replace_stored(stored, {c.name: c.version for c in stored})
+        self.service.follow_calibration()
         self.applied = self.store.snapshot_seq
         log.warning("the store's change number went back: reloaded every class (now at change %d)", self.applied)
 

@@ -250,12 +250,23 @@ class Service(ServiceEdits):
     def calibration_state(self) -> dict:
         """What the unknown flag and the prediction sets rest on (read without waiting: one
         read of the model's scores and names):
-        ``calibrated``, the examples scored, and ``stale`` when classes were added or removed
-        since (POST /calibrate again to restore the guarantees for the classes of now)."""
+        ``calibrated``, the examples scored, ``follows`` when the scores are recomputed from the
+        store's examples after every change of the classes (``imprinting.calibration_set``) and
+        ``stale`` when they are not for the classes of now: a calibration from before the
+        examples were kept, after classes were added or removed (POST /calibrate again), or a
+        store read after a change that failed (``serve.edits.follow_calibration``)."""
+        table = self.model.classes
+        kept = table.calibration
+        if kept is not None:  # the last scores computed (at start, then at each change): health never waits
+            result = kept.peek()
+            if result is None or result.conformal is None:
+                return {"calibrated": False}
+            return {"calibrated": True, "follows": True, "examples": result.conformal.n,
+                    "stale": bool(getattr(self, "calibration_behind", False))}
         c = self.model.conformal
         if c is None:
             return {"calibrated": False}
-        return {"calibrated": True, "examples": c.n, "stale": c.stale_for(self.model.classes.names)}
+        return {"calibrated": True, "follows": False, "examples": c.n, "stale": c.stale_for(table.names)}
 
     # -- helpers ---------------------------------------------------------------
     def _read_and_embed(self, uploads: Sequence[Upload]) -> tuple[torch.Tensor, list[str], list[str], list]:
