@@ -172,7 +172,8 @@ def info(model_path, as_json):
     choice = getattr(engine, "choice", None)  # auto: the engine per batch size and the figures behind it
     by_batch = {"measured": choice.date, "rows": choice.rows()} if choice is not None else None
     c = model.conformal  # the calibration's scores: for how many examples, and still for these classes?
-    calibration = {"examples": c.n, "stale": c.stale_for(model.class_names)} if c is not None else None
+    calibration = None if c is None else {  # follows: recomputed after class changes (calibration_set)
+        "examples": c.n, "follows": model.classes.calibration is not None, "stale": c.stale_for(model.class_names)}
     summary = {"file": str(model_path), **model.describe(), "calibration": calibration,
                "engine": engine.describe() if engine is not None else None, "engine_by_batch": by_batch}
     classes = summary["classes"]
