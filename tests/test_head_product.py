@@ -225,3 +225,22 @@ def test_train_then_whitened_head_on_the_base_data(tmp_path):
     back = checkpoint.load(tmp_path / "m.safetensors")
     q = back.embedder.forward_head(feats).detach()
     assert [p.classes for p in back.predict_embeddings(q)] == [p.classes for p in model.predict_embeddings(q)]
+
+
+def test_auto_keeps_the_papers_head_when_no_episode_can_be_scored():
+    """400 classes of 1-10 examples: no simulated episode has an example of every class, so
+    nothing can be compared; ``auto`` keeps the normalized mean and says why (``whitened``,
+    asked for explicitly, is a clear error), instead of failing ``imprint create``."""
+    import numpy as np
+
+    from imprinting import heads
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(1, 11, size=400)
+    y = np.repeat(np.arange(400), counts)
+    x = np.abs(rng.normal(size=(400, 32))[y] + rng.normal(size=(len(y), 32))) ** 0.5
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    head, report = heads.fit_head(x, y, "auto", "examples", 0, names=[str(i) for i in range(400)])
+    assert head is None and report["head"] == "normalized-mean" and "no simulated episode" in report["reason"]
+    with pytest.raises(ValueError, match="no simulated episode"):
+        heads.fit_head(x, y, "whitened", "examples", 0)

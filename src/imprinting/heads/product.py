@@ -173,7 +173,12 @@ def fit_head(z: np.ndarray, y: np.ndarray, choice: str = "auto", source: str = "
         return None, {"head": "normalized-mean", "reason": "too few classes or examples to choose a head"}
     centre = z.mean(axis=0)
     x = z - centre
-    shrinkage, correction, scores = choose(x, y, shots, episodes, seed, SHRINKAGES + (1.0,), paper=z)
+    try:
+        shrinkage, correction, scores = choose(x, y, shots, episodes, seed, SHRINKAGES + (1.0,), paper=z)
+    except ValueError as exc:  # e.g. hundreds of classes of 1-10 examples: no episode has every class
+        if choice == "whitened":
+            raise
+        return None, {"head": "normalized-mean", "reason": f"no head could be chosen: {exc}"}
     scatter, dof = within_class_scatter(x, y)
     rule = None
     if names is not None:
