@@ -31,8 +31,10 @@ The unknown threshold, in one of two modes:
 
 Either way the result reports both rates: ``false_reject`` (the share of the known examples the
 threshold flags) and ``false_accept`` (the estimated share of never-taught images it accepts).
-The best cosine is the rejection score the project's measurements favour
-(``results/cub/unknown_96px.md``, ``results/open_set.md``). The same leave-one-out scores give
+The best cosine is the rejection score the project's measurements favour (three declared rounds in
+``results/open_set.md``: relative Mahalanobis ranks never-taught photos better but its threshold
+flags too many photos of taught classes; ``docs/calibration.md``; also
+``results/cub/unknown_96px.md``). The same leave-one-out scores give
 the prediction sets' threshold (``Calibration.conformal``, kept with the model).
 """
 
