@@ -13,9 +13,10 @@ Timing: one warm-up at every size (OpenVINO compiles a kernel set per input shap
 ``MEASURE_RUNS`` rounds; in each round every engine in turn (the first rotating) runs one
 untimed image, so that the previous engine's threads have stopped, then one batch of each
 size; the median of the rounds. The engines take turns rather than one after the other so
-that a change of the machine's load in the middle falls on all of them. About 8 s for
-EfficientNet-Lite0 at 224 px on 2 cores (PyTorch eager is most of it), once per machine,
-weights, input size and precision.
+that a change of the machine's load in the middle falls on all of them (and none is timed
+while another's threads still spin: onnxruntime's did by default, and slowed the engine
+timed after it). The record keeps the seconds it took (``seconds``, graph export and
+building included; ``timing_seconds``), once per machine, weights, input size and precision.
 
 Records live in ``<cache>/engines/choices.json``, keyed by ``choice_key`` (machine, weights
 fingerprint, input size, precision).
@@ -147,13 +148,16 @@ def measure(module: nn.Module, preprocess, precision: str = "float32", fp: str |
             reasons[name] = f"embeddings differ from PyTorch eager's by {diffs[name]:.2g} (max abs) > {TOLERANCE:g}"
             continue
         built[name] = engine
+    timing = time.perf_counter()
     rates = time_engines(built, x, batches, runs) if built else {b: {} for b in batches}
+    timing = time.perf_counter() - timing
     choice = Choice(rates)
     record = {"version": RECORD_VERSION, "chosen": choice.name_for(max(batches)),
               "chosen_by_batch": {str(b): n for b, n in choice.chosen.items()},
               "images_per_s_by_batch": {str(b): r for b, r in rates.items()},
               "embedding_max_abs_diff": diffs, "feature_max_abs_diff": raw, "not_eligible": reasons,
               "machine": runtimes.machine_key(), "fingerprint": fp[:16], "input": list(shape), "precision": precision,
-              "batches": list(batches), "runs": runs, "seconds": round(time.perf_counter() - started, 1),
+              "batches": list(batches), "runs": runs,
+              "seconds": round(time.perf_counter() - started, 1), "timing_seconds": round(timing, 1),
               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     return built, record

@@ -2,9 +2,11 @@
 
 Its threads spin between the operators of a run (fast), but stop spinning as soon as the run
 returns (``session.force_spinning_stop``): by default they go on spinning for a while after
-it, taking the cores from whatever comes next -- in the decoding pipeline, the decoders of
-the next batch (``benchmarks/engines.py``: decoding right after a run took 1.8 ms a photo
-instead of 1.0).
+it, taking the cores from whatever comes next: the decoders of the pipeline's next batch, or
+the engine timed after it when the engines are measured (``benchmarks/engines.py``, 2 cores,
+2026-12-07: decoding 32 photos right after a batch took 1.28-1.44 ms a photo with the threads
+left spinning, 0.90 with them stopped; OpenVINO at batch 16 right after it ran at 220-226
+images/s, 344-358 with them stopped).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class OnnxRuntimeEngine(Engine):
 
     name = "onnxruntime"
 
-    def __init__(self, graph: str | Path, precision: str = "float32"):
+    def __init__(self, graph: str | Path, precision: str = "float32", stop_spinning: bool = True):
         super().__init__(precision)
         reason = unavailable()
         if reason:
@@ -47,7 +49,8 @@ class OnnxRuntimeEngine(Engine):
         opts.intra_op_num_threads = threads()
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        opts.add_session_config_entry("session.force_spinning_stop", "1")  # no spinning once a run returns
+        if stop_spinning:  # False: onnxruntime's default, for benchmarks/engines.py's comparison
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             self.session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own types
