@@ -14,7 +14,11 @@ take turns, each with every core: a batch is decoded by all the threads, then th
 on all the cores. Overlapping them would make the decoders and the engine's threads fight for
 the same cores, and an engine's parallel loop waits for its slowest thread
 (``benchmarks/engines.py``: 0.73x of the bare forward overlapped, 0.8x or more in turns, on 2
-cores). When the engine runs elsewhere (CUDA), the next batch is decoded while it runs.
+cores, 2026-12-02). In turns a batch takes its decoding time plus its forward time, both on
+every core, which is all the CPU work there is: only cheaper decoding goes further (on a
+faster 2-core host, 2026-12-07: forward 2.8-3.0 ms a photo, decoding on both cores 0.82-0.86
+ms, so 0.75-0.77x). When the engine runs elsewhere (CUDA), the next batch is decoded while it
+runs.
 
 Random crop + flip views (``views>1``) are drawn in the calling thread, in order, from
 PyTorch's random generator, in the order the library drew them before engines (decoding
