@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import make_image, run_cli
+
 from imprinting import engines
 from imprinting.backbones import create_backbone
-from imprinting.engines import AutoEngine, TorchEngine, pipeline, select_engine
-from imprinting.engines import measure, runtimes, select
+from imprinting.engines import AutoEngine, TorchEngine, measure, pipeline, runtimes, select, select_engine
 from imprinting.engines.choice import Choice
 from imprinting.spec import fingerprint
 

@@ -14,7 +14,7 @@ of ``b`` images will run on, and the batch size past which the measurement saw n
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -38,7 +38,7 @@ class Choice:
         self.fallback, self.date = fallback, date
 
     @classmethod
-    def from_record(cls, record: dict) -> "Choice | None":
+    def from_record(cls, record: dict) -> Choice | None:
         """The table of a record of ``measure``; ``None`` for a record without per-batch
         figures (written before them: one batch size, 16), which is measured again."""
         by_batch = record.get("images_per_s_by_batch")

@@ -23,10 +23,27 @@ from imprinting.engines import runtimes
 from imprinting.engines.auto import AutoEngine
 from imprinting.engines.base import PRECISIONS, Engine, EngineError, EngineUnavailable
 from imprinting.engines.choice import Choice
-from imprinting.engines.measure import (CHOICES, MEASURE_BATCHES, MEASURE_RUNS, TOLERANCE, check_batch, choice_key,
-                                        embedding_difference, measure, recorded_choice, save_choice)
-from imprinting.engines.runtimes import (ENGINES, available_engines, build_engine, cpu_bf16, engine_precisions,
-                                         machine_key, torch_device)
+from imprinting.engines.measure import (
+    CHOICES,
+    MEASURE_BATCHES,
+    MEASURE_RUNS,
+    TOLERANCE,
+    check_batch,
+    choice_key,
+    embedding_difference,
+    measure,
+    recorded_choice,
+    save_choice,
+)
+from imprinting.engines.runtimes import (
+    ENGINES,
+    available_engines,
+    build_engine,
+    cpu_bf16,
+    engine_precisions,
+    machine_key,
+    torch_device,
+)
 from imprinting.engines.torch_engine import TorchEngine, module_device
 from imprinting.spec import fingerprint
 
