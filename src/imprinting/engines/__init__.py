@@ -16,8 +16,8 @@ Used by the feature cache (``imprinting.data.features``) and ``ImprintModel.embe
 (hence imprint, predict, the CLI and the service). Training never goes through an engine.
 
 A batching caller (the service's worker) asks ``engine_for(engine, b)`` for the engine a
-batch of ``b`` images runs on and ``best_batch(engine)`` for the batch size past which the
-measurement saw no gain (``DEFAULT_BATCH`` for an engine named rather than chosen).
+batch of ``b`` images runs on and ``best_batch(engine)`` for the most images worth putting in
+one forward pass (``DEFAULT_BATCH`` for an engine named rather than chosen).
 
 The engine name ``None`` means the process default: ``set_default`` (the CLI's
 ``--engine``), else ``$IMPRINTING_ENGINE``, else ``"auto"``; the same for precision.
@@ -108,7 +108,7 @@ def engine_for(engine: Engine, batch: int) -> Engine:
 
 
 def best_batch(engine: Engine, default: int = DEFAULT_BATCH) -> int:
-    """The batch size to fill for throughput: for an ``AutoEngine`` the smallest measured
+    """The batch size to fill for throughput: for an ``AutoEngine`` the largest measured
     size within 5 % of the highest images/s measured (``choice.Choice.best_batch``), else
     ``default``."""
     pick = getattr(engine, "best_batch", None)

@@ -65,7 +65,7 @@ class AutoEngine(Engine):
         return self._engine(self.choice.name_for(batch))
 
     def best_batch(self) -> int:
-        """The smallest measured batch size within 5 % of the highest images/s measured."""
+        """The largest measured batch size within 5 % of the highest images/s measured."""
         return self.choice.best_batch()
 
     def images_per_s(self, batch: int) -> float | None:

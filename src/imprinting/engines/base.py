@@ -55,8 +55,8 @@ class Engine:
         return self
 
     def best_batch(self) -> int | None:
-        """The batch size past which this engine was measured to gain nothing; ``None``:
-        not measured (an engine named rather than chosen)."""
+        """The most images worth putting in one forward pass, as measured; ``None``: not
+        measured (an engine named rather than chosen)."""
         return None
 
     def details(self) -> str:
