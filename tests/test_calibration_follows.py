@@ -13,7 +13,7 @@ import torch
 
 import imprinting
 from imprinting import calibration_set, checkpoint
-from imprinting.calibration import calibrate, calibrate_table
+from imprinting.calibration import calibrate, calibrate_table, kept_result
 from imprinting.calibration_set import CalibrationSet
 from imprinting.classes import ClassTable
 from imprinting.classes_file import ClassesData, load_classes, save_classes
@@ -101,12 +101,12 @@ def test_a_threshold_set_by_hand_stays_and_an_undo_restores_the_examples():
     result = calibrate_table(table, np.concatenate([ex[n] for n in "abc"]), [n for n in "abc" for _ in range(8)],
                              target_false_reject=ALPHA)
     table.calibration = result.kept
-    before = table.calibration.result(table)
+    before = kept_result(table.calibration, table)
     snap = table.snapshot("b")
     table.remove("b")
-    assert len(table.calibration) == 16 and table.calibration.result(table).conformal.n == 16
+    assert len(table.calibration) == 16 and kept_result(table.calibration, table).conformal.n == 16
     table.restore(snap)
-    again = table.calibration.result(table)
+    again = kept_result(table.calibration, table)
     np.testing.assert_array_equal(again.conformal.known, before.conformal.known)
     assert again.unknown_threshold == before.unknown_threshold
 
@@ -149,7 +149,7 @@ def test_the_kept_examples_travel_in_checkpoints_and_classes_files(tmp_path):
         m.remove_class("a")
     table.add("z", new)
     table.remove("a")
-    want = table.calibration.result(table)
+    want = kept_result(table.calibration, table)
     for m in (model, loaded):
         np.testing.assert_allclose(m.conformal.nonconformity, want.conformal.nonconformity, atol=1e-6)
         assert m.unknown_threshold == pytest.approx(want.unknown_threshold, abs=1e-6)

@@ -295,3 +295,43 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
         if mask.any():
             total += mask.sum() * abs(correct[mask].mean() - confidence[mask].mean())
     return float(total / max(len(confidence), 1))
+
+
+# -- the calibration in force, following the classes (imprinting.calibration_set) ------------
+def kept_result(kept: CalibrationSet, table) -> Calibration:
+    """``Calibration`` of ``table``'s classes from the examples ``kept``, at the table's scale,
+    as one batch computation (``calibrate_table(..., fit=False)``), kept until the table changes
+    (``ClassTable.version``). Examples of classes the table no longer has are left out, and never
+    more of a class than it holds (a replica behind its store)."""
+    key = (id(table), table.version)
+    memo = kept.peek_key()
+    if memo is not None and memo[0] == key:
+        return memo[1]
+    counts = dict(zip(table.names, table.counts.tolist()))
+    seen: dict[str, int] = {}
+    keep = []
+    for i, name in enumerate(kept.labels):
+        if seen.get(name, 0) < counts.get(name, 0):
+            keep.append(i)
+            seen[name] = seen.get(name, 0) + 1
+    try:
+        result = calibrate_table(table, kept.embeddings[keep], [kept.labels[i] for i in keep], "leave-one-out",
+                                 kept.target_false_accept, target_false_reject=kept.target_false_reject,
+                                 fit=False, subset=True)
+    except CalibrationError as exc:  # no kept example left among the classes: no threshold, no sets
+        scale = float(table.head.temperature) if table.head is not None else float(np.mean(table.scale))
+        result = Calibration("leave-one-out", scale, scale, None, None, 0, None, kept.target_false_accept, None,
+                             kept.target_false_reject, None, None, f"nothing to calibrate from: {exc}")
+    kept.seed(table, result)
+    return result
+
+
+def in_force(table, threshold, conformal, follows: bool):
+    """(unknown threshold, conformal scores) a model or runtime predicts with: those its kept
+    calibration examples give for the classes of now when ``table`` keeps some (the threshold
+    only when it ``follows`` the calibration, i.e. was not set by hand), else the fixed ones
+    (files and stores from before the examples were kept)."""
+    if table.calibration is None:
+        return threshold, conformal
+    result = kept_result(table.calibration, table)
+    return (result.unknown_threshold if follows else threshold), result.conformal

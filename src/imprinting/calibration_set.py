@@ -7,8 +7,8 @@ later competes with every example, a class removed stops competing. A ``Calibrat
 the examples themselves (their unit embeddings and class names) and the rate the user asked
 for (a false-reject rate, or a false-accept rate), so that after any change of the classes the
 scores and the threshold are computed again, in one batch, from the classes of now:
-``result(table)`` is exactly ``calibrate_table`` on the kept examples at the table's present
-scale (the scale itself is fitted only when the user calibrates). Adding a class with examples
+``calibration.kept_result(set, table)`` is exactly ``calibrate_table`` on the kept examples at
+the table's present scale (the scale itself is fitted only when the user calibrates). Adding a class with examples
 adds its examples; removing a class drops them. A class restored from a sum (no examples) only
 competes.
 
@@ -95,43 +95,19 @@ class CalibrationSet:
         keep = [i for i, n in enumerate(self.labels) if n in names]
         return self._new(self.embeddings[keep], [self.labels[i] for i in keep])
 
-    # -- what they give ------------------------------------------------------------------
-    def result(self, table):
-        """``imprinting.calibration.Calibration`` of ``table``'s classes from the kept
-        examples, at the table's scale, as one batch computation (kept until the table
-        changes). Examples of classes the table no longer has are left out."""
-        from imprinting.calibration import Calibration, CalibrationError, calibrate_table  # it imports this module
-
-        key = (id(table), table.version)
-        memo = self._memo
-        if memo is not None and memo[0] == key:
-            return memo[1]
-        counts = dict(zip(table.names, table.counts.tolist()))
-        seen: dict[str, int] = {}
-        keep = []
-        for i, name in enumerate(self.labels):  # never more of a class than it holds now (a replica behind)
-            if seen.get(name, 0) < counts.get(name, 0):
-                keep.append(i)
-                seen[name] = seen.get(name, 0) + 1
-        try:
-            result = calibrate_table(table, self.embeddings[keep], [self.labels[i] for i in keep], "leave-one-out",
-                                     self.target_false_accept, target_false_reject=self.target_false_reject,
-                                     fit=False, subset=True)
-        except CalibrationError as exc:  # no kept example left among the classes: no threshold, no sets
-            scale = float(table.head.temperature) if table.head is not None else float(np.mean(table.scale))
-            result = Calibration("leave-one-out", scale, scale, None, None, 0, None, self.target_false_accept, None,
-                                 self.target_false_reject, None, None, f"nothing to calibrate from: {exc}")
-        object.__setattr__(self, "_memo", (key, result))
-        return result
-
+    # -- what they give (computed by ``imprinting.calibration.kept_result``) ----------------
     def peek(self):
-        """The last ``result`` computed (for any table), or None: a read that never computes."""
+        """The last result computed (for any table), or None: a read that never computes."""
         memo = self._memo
         return None if memo is None else memo[1]
 
+    def peek_key(self):
+        """(the (table id, version) it was computed for, the last result), or None."""
+        return self._memo
+
     def seed(self, table, result) -> None:
-        """``result`` is what ``result(table)`` gives now (the calibration that made this set,
-        at the scale it applied): kept, not computed twice."""
+        """``result`` is what ``kept_result(self, table)`` gives now (the calibration that made
+        this set, at the scale it applied): kept, not computed twice."""
         object.__setattr__(self, "_memo", ((id(table), table.version), result))
 
     # -- storage -------------------------------------------------------------------------
@@ -152,15 +128,3 @@ class CalibrationSet:
                        h.get("target_false_accept"))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"calibration examples: {exc}") from None
-
-
-def in_force(table, threshold, conformal, follows: bool):
-    """(unknown threshold, conformal scores) a model or runtime predicts with: those its kept
-    calibration examples give for the classes of now when ``table`` keeps some (the threshold
-    only when it ``follows`` the calibration, i.e. was not set by hand), else the fixed ones
-    (files and stores from before the examples were kept)."""
-    kept = table.calibration
-    if kept is None:
-        return threshold, conformal
-    result = kept.result(table)
-    return (result.unknown_threshold if follows else threshold), result.conformal

@@ -26,7 +26,7 @@ from torch import nn
 
 from imprinting.backbones import Backbone
 from imprinting.classes import ClassSnapshot, ClassTable
-from imprinting.calibration_set import in_force
+from imprinting.calibration import in_force
 from imprinting.conformal import set_q
 from imprinting.data.images import ImageError, load_image
 from imprinting.engines import frozen_engine, record

@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from imprinting.calibration_set import in_force
+from imprinting.calibration import in_force
 from imprinting.conformal import set_q
 from imprinting.data.images import ImageError, load_image
 from imprinting.errors import ClassError

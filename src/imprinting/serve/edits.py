@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from imprinting.calibration import Calibration, CalibrationError, apply, calibrate_table
+from imprinting.calibration import Calibration, CalibrationError, apply, calibrate_table, kept_result
 from imprinting.calibration_set import CalibrationSet
 from imprinting.classes import ClassSnapshot
 from imprinting.conformal import ConformalScores
@@ -359,7 +359,7 @@ class ServiceEdits:
         kept = CalibrationSet(np.asarray(embeddings, np.float32).reshape(len(names), -1), names, **targets)
         with self.lock:  # the scores computed on a copy, outside the lock: predictions do not wait for them
             version, table = self.model.classes.version, self.model.classes.copy()
-        result = kept.result(table)
+        result = kept_result(kept, table)
         with self.lock:
             table = self.model.classes
             table.calibration = kept
