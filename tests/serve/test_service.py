@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from imprinting.data.images import MAX_PIXELS
+from imprinting.engines import best_batch
 from imprinting.serve.service import Service
 from imprinting.serve.store import StoreError
 from imprinting.serve.validation import ApiError
@@ -56,16 +57,19 @@ def raises(status: int, error: str, call, *args) -> ApiError:
 
 def test_health_and_the_model_files_classes(service, conv4):
     health = service.health()
-    load = health.pop("load")
+    load, queue = health.pop("load"), health.pop("queue")
     assert health == {
         "status": "ok", "ready": True, "store": {"state": "ok"}, "calibration": {"calibrated": False},
         "classes": 3, "backbone": "conv4",
         "embedding_dim": conv4.embedder.dim,
         "image_size": conv4.preprocess.image_size, "unknown_threshold": None,
-        "limits": {"max_images": 4, "max_pixels": MAX_PIXELS, "max_images_in_flight": 8, "memory_limit_mb": None,
-                   "max_decode_mb": 768},
+        "limits": {"max_images": 4, "max_pixels": MAX_PIXELS, "max_queue_seconds": 30.0, "memory_limit_mb": None,
+                   "max_decode_mb": 768, "max_batch": best_batch(conv4.frozen_engine()), "max_batch_delay_ms": 0.0},
     }
     assert load["images_in_flight"] == 0 and load["decode_mb"] == 0 and load["resident_mb"] > 0
+    # the warm-up's first measure of the rate; nothing queued, no batch served yet
+    assert queue["depth"] == queue["requests"] == queue["estimated_wait_s"] == queue["batches"] == 0
+    assert queue["throughput_images_per_s"] > 0 and queue["throughput_measured"] is False
     assert service.classes() == {"classes": [
         {"name": "base_a", "kind": "base", "examples": 0, "source": "model"},
         {"name": "base_b", "kind": "base", "examples": 0, "source": "model"},

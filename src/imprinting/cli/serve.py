@@ -1,6 +1,6 @@
 """``imprint serve MODEL --store PATH``: the click command. FastAPI, uvicorn and the service
 (PyTorch) are imported only when it runs, so ``imprint serve --help`` stays fast and works
-without the ``serve`` extra (the two constants below import PIL, not the service)."""
+without the ``serve`` extra (the constants below import PIL, not the service)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import click
 
 from imprinting.cli.common import Command, Finite, ModelFile, StoreFile
 from imprinting.data.images import MAX_PIXELS
-from imprinting.serve.admission import DEFAULT_MEMORY_LIMIT_MB
+from imprinting.serve.admission import DEFAULT_MAX_QUEUE_SECONDS, DEFAULT_MEMORY_LIMIT_MB
 from imprinting.serve.urls import redact
 
 
@@ -36,10 +36,14 @@ from imprinting.serve.urls import redact
 @click.option("--memory-limit-mb", type=Finite(256, 2**24), default=DEFAULT_MEMORY_LIMIT_MB,
               show_default=True, help="Memory ceiling: over it new requests get 503 + Retry-After; a quarter of it "
                                       "bounds the images being decoded at once.")
-@click.option("--max-images-in-flight", type=click.IntRange(min=1), default=None,
-              help="Most images decoded and embedded at once, across all requests [default: 2 x --max-images].")
-@click.option("--busy-wait", type=Finite(0, 60), default=2.0, show_default=True,
-              help="Seconds a request may wait for room before it is answered 503 (Retry-After).")
+@click.option("--max-queue-seconds", type=Finite(0.1, 3600), default=DEFAULT_MAX_QUEUE_SECONDS, show_default=True,
+              help="Longest estimated wait a request is admitted with: the images queued ahead of it (and its own) "
+                   "divided by the images/s the server measures. Longer: 503 at once, with Retry-After = the wait.")
+@click.option("--max-batch-delay-ms", type=Finite(0, 1000), default=0.0, show_default=True,
+              help="The photos of all concurrent requests are embedded together, in batches up to the engine's best "
+                   "batch size: how long a photo arriving at an idle server may wait for others to join its batch. "
+                   "Under load batches fill while the previous one runs, without waiting (0: a lone photo runs at "
+                   "once, the fastest on 2 CPU cores; docs/serve.md).")
 @click.option("--header-timeout", type=Finite(0.1, 600), default=10.0, show_default=True,
               help="Seconds a client has to send a request's headers (slow clients are disconnected).")
 @click.option("--max-connections", type=click.IntRange(min=1), default=256, show_default=True,
@@ -47,7 +51,7 @@ from imprinting.serve.urls import redact
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="info", show_default=True)
 def serve(model_path, store_path, host, port, token, unknown_threshold, max_request_mb, max_images, max_pixels,
-          memory_limit_mb, max_images_in_flight, busy_wait, header_timeout, max_connections, log_level):
+          memory_limit_mb, max_queue_seconds, max_batch_delay_ms, header_timeout, max_connections, log_level):
     """Serve MODEL over HTTP: teach classes from uploads, predict, and a web page at /.
 
     \b
@@ -59,8 +63,10 @@ def serve(model_path, store_path, host, port, token, unknown_threshold, max_requ
     GET    /docs                        the OpenAPI documentation
 
     Classes taught here are kept in the --store file; an upload is acknowledged only once
-    it is on disk, and they are all back after a restart. Memory stays under
-    --memory-limit-mb: over the bounds a request is answered 503 with Retry-After.
+    it is on disk, and they are all back after a restart. One inference worker embeds the
+    photos of every request together, in batches. A request is admitted while its estimated
+    wait is under --max-queue-seconds and memory under --memory-limit-mb; otherwise it is
+    answered 503 at once, with Retry-After.
     """
     try:
         # optional: the serve extra (pip install 'imprinting[serve]'); heavy: only when the command runs
@@ -80,8 +86,8 @@ def serve(model_path, store_path, host, port, token, unknown_threshold, max_requ
     try:
         app = create_app(model_path, store_path, token, max_request_bytes=int(max_request_mb * 1024 * 1024),
                          max_images=max_images, max_pixels=max_pixels, unknown_threshold=unknown_threshold,
-                         memory_limit_mb=memory_limit_mb, max_images_in_flight=max_images_in_flight,
-                         busy_wait_seconds=busy_wait)
+                         memory_limit_mb=memory_limit_mb, max_queue_seconds=max_queue_seconds,
+                         max_batch_delay_ms=max_batch_delay_ms, max_threads=max_connections)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     service = app.state.service

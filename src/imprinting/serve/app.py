@@ -3,8 +3,10 @@
 Only HTTP lives here: the routes and their documentation, the error handlers that give every
 error a ``{"error", "detail"}`` JSON body, the web page, and the ``Guard`` middleware (token
 for writes, body size). What a route does is one ``Service`` method; client errors are
-``ApiError`` (``serve.validation``). Routes are plain functions, so FastAPI runs them in its
-thread pool and the service's lock keeps them in step.
+``ApiError`` (``serve.validation``). Routes run the service in FastAPI's thread pool, and the
+service's lock keeps them in step; the two that queue images for the inference worker
+(``/predict`` and teaching) are watched for their client's disconnecting (``middleware.
+run_watched``): a request whose client has gone is dropped from the queue.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import Body, FastAPI, File, Query, UploadFile
+import anyio
+from fastapi import Body, FastAPI, File, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -23,8 +26,9 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 
 from imprinting.data.images import MAX_PIXELS
-from imprinting.serve.admission import Admission
-from imprinting.serve.middleware import Guard, Options, allowed_methods
+from imprinting.serve.admission import DEFAULT_MAX_QUEUE_SECONDS, Admission
+from imprinting.serve.batcher import DEFAULT_MAX_BATCH_DELAY_MS
+from imprinting.serve.middleware import Guard, Options, allowed_methods, run_watched
 from imprinting.serve.service import Service
 from imprinting.serve.validation import MAX_NAME_LENGTH, ApiError, Upload
 
@@ -71,8 +75,9 @@ _WHEN = {
          "with an existing class's, no classes yet, or prediction sets asked of a service never calibrated",
     413: "The body, the number of images, or an image's pixels over the server's limits",
     422: "A bad class name or example id, an upload that is not a readable image, or a bad query or form field",
-    503: "The server is at its bounds (busy), or the store refused or cannot be reached (store_error): retry after "
-         "Retry-After seconds",
+    503: "The server is at its bounds (busy: the queue ahead would take longer than the server's limit, or the memory "
+         "ceiling), the model failed on the batch the request was in (engine_error), or the store refused or cannot be "
+         "reached (store_error): retry after Retry-After seconds",
 }
 
 
@@ -117,30 +122,35 @@ def create_app(
     max_pixels: int = MAX_PIXELS,
     unknown_threshold: float | None = None,
     memory_limit_mb: float | None = None,
-    max_images_in_flight: int | None = None,
-    busy_wait_seconds: float = 2.0,
+    max_queue_seconds: float = DEFAULT_MAX_QUEUE_SECONDS,
+    max_batch_delay_ms: float = DEFAULT_MAX_BATCH_DELAY_MS,
+    max_batch: int | None = None,
+    max_threads: int = 256,
     body_timeout: float = 30.0,
 ) -> FastAPI:
     """Load the model, open (or create) the store, restore its classes, and build the app.
 
     ``token``: when set, every write (adding examples, deleting a class) needs
     ``Authorization: Bearer <token>``. ``unknown_threshold`` overrides the model's.
-    ``memory_limit_mb`` (the process's ceiling; ``imprint serve`` sets 3072, ``None``: none),
-    ``max_images_in_flight`` (default: two full requests) and
-    ``busy_wait_seconds``: the bounds across all requests (``serve.admission``); over them a
-    request is answered 503 with ``Retry-After``. ``body_timeout``: seconds a client may
-    pause while sending a body (408 after).
+    ``memory_limit_mb`` (the process's ceiling; ``imprint serve`` sets 3072, ``None``: none)
+    and ``max_queue_seconds`` (the longest estimated wait admitted): the bounds across all
+    requests (``serve.admission``); over them a request is answered 503 with ``Retry-After``.
+    ``max_batch`` (default: the engine's best) and ``max_batch_delay_ms``: the inference
+    worker's batches (``serve.batcher``). ``max_threads``: FastAPI's thread pool (a queued
+    request holds a thread while it waits; ``imprint serve`` sets its connection limit).
+    ``body_timeout``: seconds a client may pause while sending a body (408 after).
     Raises ``CheckpointError`` for a bad model file and ``StoreError`` for a store that
     belongs to another model, is damaged, or is in use by another process.
     The ``Service`` is ``app.state.service``.
     """
-    admission = Admission(max_images_in_flight=max_images_in_flight or 2 * max_images,
-                          memory_limit_mb=memory_limit_mb, wait_seconds=busy_wait_seconds)
+    admission = Admission(max_queue_seconds=max_queue_seconds, memory_limit_mb=memory_limit_mb)
     service = Service.open(model_path, store_path, unknown_threshold=unknown_threshold,
-                           max_images=max_images, max_pixels=max_pixels, admission=admission)
+                           max_images=max_images, max_pixels=max_pixels, admission=admission,
+                           max_batch=max_batch, max_delay_ms=max_batch_delay_ms)
 
     @asynccontextmanager
     async def lifespan(app):
+        anyio.to_thread.current_default_thread_limiter().total_tokens = max(40, max_threads)
         yield
         service.close()
 
@@ -179,6 +189,10 @@ def create_app(
             headers["Allow"] = ", ".join(allowed_methods(app.routes, request.scope))
         return JSONResponse({"error": code, "detail": detail}, status_code=exc.status_code, headers=headers)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request, exc: Exception):  # never a bare 500: the same JSON body as every error
+        return JSONResponse({"error": "internal_error", "detail": f"{type(exc).__name__}: {exc}"}, status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
         parts = []
@@ -195,7 +209,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/health", summary="Liveness (200 while the process answers), readiness and the store's state, "
-                                "a summary of the model, the limits and the load now")
+                                "a summary of the model, the limits, the load and the inference queue now")
     async def health():  # async: answered on the event loop, never queued behind inference
         body = service.health()
         limits = body.pop("limits")
@@ -226,12 +240,13 @@ def create_app(
         status_code=200,
         responses={201: {"description": "The class was created"}, **errors(400, *writes, 409, 413, 422, 503)},
     )
-    def add_examples(
+    async def add_examples(
+        request: Request,
         name: str = _name("Class name: 1-100 letters, digits, spaces, _ . , ' ( ) + & -"),
         files: list[UploadFile] = File(description="One or more images (JPEG, PNG, WebP, GIF, BMP, TIFF)",
                                        json_schema_extra={"minItems": 1, "maxItems": max_images}),
     ):
-        body = service.teach(name, _uploads(files))
+        body = await run_watched(request, service.teach, name, _uploads(files))
         return JSONResponse(body, status_code=201 if body["created"] else 200)
 
     @app.delete("/classes/{name:anytext}", summary="Delete a class taught through the service",
@@ -241,7 +256,8 @@ def create_app(
 
     @app.post("/predict", summary="Top-k classes of one or more images, with probabilities and cosines",
               responses=errors(400, 409, 413, 422, 503))
-    def predict(
+    async def predict(
+        request: Request,
         files: list[UploadFile] = File(description="One or more images",
                                        json_schema_extra={"minItems": 1, "maxItems": max_images}),
         k: int = Query(5, ge=1, le=100, description="How many classes to return per image"),
@@ -254,7 +270,7 @@ def create_app(
                                               "the model's classes. Needs POST /calibrate first (409 otherwise)"
         ),
     ):
-        return service.predict(_uploads(files), k, unknown_threshold, coverage)
+        return await run_watched(request, service.predict, _uploads(files), k, unknown_threshold, coverage)
 
     _add_example_routes(app, service, writes)
     return app

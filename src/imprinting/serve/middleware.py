@@ -1,8 +1,9 @@
-"""The ASGI guard in front of the app: the token for writes, then the body size.
+"""The ASGI guard in front of the app: the token for writes, then the body size; and the
+watch on a queued request's client (``run_watched``).
 
-It runs before any body is read, so an unauthorized or oversized upload is refused without
-spending memory or time on it. Its errors have the same ``{"error", "detail"}`` JSON body
-as every other error of the service.
+The guard runs before any body is read, so an unauthorized or oversized upload is refused
+without spending memory or time on it. Its errors have the same ``{"error", "detail"}`` JSON
+body as every other error of the service.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import asyncio
 import hmac
 
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Mount
+
+from imprinting.serve.batcher import Ticket
 
 
 class Guard:
@@ -63,6 +67,30 @@ class Guard:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+async def run_watched(request, fn, *args):
+    """``fn(*args)`` in the thread pool, for a request whose images wait in the inference
+    queue: if its client disconnects first, the request's ``Ticket`` is cancelled and the
+    batcher drops its queued images (the call then ends with ``batcher.Gone``, answered to
+    no one). The body has been read by then, so the next ASGI message is the disconnect."""
+    ticket = Ticket()
+    watch = asyncio.ensure_future(_until_disconnected(request.receive, ticket))
+    try:
+        return await run_in_threadpool(ticket.run, fn, *args)
+    finally:
+        watch.cancel()
+
+
+async def _until_disconnected(receive, ticket: Ticket) -> None:
+    while True:
+        try:
+            message = await receive()
+        except HTTPException:  # Guard's timeout on a pause in the body (none comes now): listen on
+            continue
+        if message.get("type") == "http.disconnect":
+            ticket.cancel()
+        return
 
 
 def is_write(method: str, path: str) -> bool:

@@ -7,7 +7,7 @@ a client error. Images are embedded with ``model.embed_images``, classes are tau
 ``model.add_class`` / ``model.add_examples``, answers come from ``model.predict_embeddings``.
 
 Concurrency: methods may be called from many threads at once (FastAPI's thread pool).
-Decoding and embedding (the slow part) run outside any lock, in parallel. Two locks:
+Decoding and embedding run in one worker for all requests, outside any lock (``serve.batcher``). Two locks:
 
 * ``lock`` covers the classes in memory only, and is held for microseconds: no store call
   ever happens under it, so a slow, hung or lost database never delays a prediction;
@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ from imprinting.data.images import MAX_PIXELS
 from imprinting.data.transforms import eval_crop, image_mode
 from imprinting.errors import UserError
 from imprinting.serve.admission import Admission
+from imprinting.serve.batcher import Batcher
 from imprinting.serve.contract import ClassStore, StoredClass, StoreError
 from imprinting.serve.edits import ServiceEdits, store_error
 from imprinting.serve.follow import Follower
@@ -52,7 +54,7 @@ from imprinting.serve.validation import (
     Upload,
     check_class_name,
     check_uploads,
-    read_images,
+    read_image,
 )
 
 
@@ -61,20 +63,20 @@ class Service(ServiceEdits):
     example-level edits and calibration are in ``serve.edits`` (a part of this class)."""
 
     def __init__(self, model, store: ClassStore, *, max_images: int = 16, max_pixels: int = MAX_PIXELS,
-                 admission: Admission | None = None, threshold_pinned: bool = False):
+                 admission: Admission | None = None, threshold_pinned: bool = False, **batching):
         """Take ``model`` (a cosine ``ImprintModel``) and ``store`` (opened for this model) and
         restore the store's classes into the model. The service owns the store from here:
         it is closed if restoring fails, and by ``close``. The classes the model has now are
         the model file's: read-only here. ``admission``: the bounds across all requests
-        (``serve.admission``; default: two full requests in flight, no ceiling on the process).
+        (``serve.admission``; default: a 30 s queue, no ceiling on the process).
         ``threshold_pinned``: the unknown threshold was chosen at start (``--unknown-threshold``)
-        and calibration leaves it as it is."""
+        and calibration leaves it as it is. ``batching``: the inference worker's (``Batcher.for_model``)."""
         self.model = model
         self.store = store
         self.model_classes = frozenset(model.class_names)
         self.max_images = max_images
         self.max_pixels = max_pixels
-        self.admission = admission or Admission(max_images_in_flight=2 * max_images, memory_limit_mb=None)
+        self.admission = admission or Admission(memory_limit_mb=None)
         pre = model.preprocess
         # decode straight to what the model's resize makes of an image (a no-op for it after)
         self._decoding = {"mode": image_mode(pre), "reduce_to": pre.resize_size, "shrink": eval_crop(pre).resize}
@@ -85,9 +87,6 @@ class Service(ServiceEdits):
         self._thumbnails = ThreadPoolExecutor(1, thread_name_prefix="thumbnails")  # serve.edits
         self._thumbnail_jobs: list = []
         self._thumbnail_lock = threading.Lock()
-        # one forward pass at a time: it already uses every core, and more at once only add
-        # runnable threads (the event loop, /health, would wait for the CPU behind them)
-        self._forward = threading.Lock()
         self.follower = None  # replicas over a shared store: serve.follow
         try:
             stored = store.classes()
@@ -95,6 +94,8 @@ class Service(ServiceEdits):
                 if model.has_class(c.name):
                     raise StoreError(f"{store.path}: class {c.name!r} is in both the store and the model file")
             self._restore(stored)
+            read = partial(read_image, max_pixels=max_pixels, admission=self.admission, **self._decoding)
+            self.batcher = Batcher.for_model(model, read, throughput=self.admission.throughput, **batching)
         except BaseException:
             store.close()
             raise
@@ -109,9 +110,10 @@ class Service(ServiceEdits):
         max_images: int = 16,
         max_pixels: int = MAX_PIXELS,
         admission: Admission | None = None,
+        **batching,
     ) -> Service:
         """Load the model file, open (or create) its store, restore the stored classes, and
-        run one forward so that the first request is not slow.
+        warm the inference worker up (its engine, a first measure of its rate) for the first request.
 
         ``unknown_threshold`` overrides the model's. Raises ``CheckpointError`` for a bad
         model file, ``ValueError`` for a model without a cosine classifier, and
@@ -126,12 +128,12 @@ class Service(ServiceEdits):
         description = f"{model.spec.backbone}, image size {model.preprocess.image_size}"
         store = open_store(store_path, model.embedder.dim, cls._fingerprint(model), description)
         service = cls(model, store, max_images=max_images, max_pixels=max_pixels, admission=admission,
-                      threshold_pinned=unknown_threshold is not None)
+                      threshold_pinned=unknown_threshold is not None, **batching)
         try:
             if store.shared:  # replicas: follow the others' writes (serve.follow)
                 service.follower = Follower(service, store, store.snapshot_seq).start()
             size = model.preprocess.image_size
-            model.embed_images([Image.new("RGB", (size, size))])  # warm up
+            service.batcher.warm_up(Image.new("RGB", (size, size)))
             service.apply_saved_calibration()  # POST /calibrate's
         except BaseException:
             service.close()
@@ -139,9 +141,10 @@ class Service(ServiceEdits):
         return service
 
     def close(self) -> None:
-        """Close the store (once no write is in progress)."""
+        """Stop the inference worker (what is queued gets 503), close the store (once no write is in progress)."""
         if self.follower is not None:
             self.follower.stop()
+        self.batcher.close()
         self.wait_for_thumbnails()
         self._thumbnails.shutdown(wait=True)
         with self._writes:
@@ -170,8 +173,10 @@ class Service(ServiceEdits):
             "embedding_dim": self.model.embedder.dim,
             "image_size": self.model.preprocess.image_size,
             "unknown_threshold": self.model.unknown_threshold,
-            "limits": {"max_images": self.max_images, "max_pixels": self.max_pixels, **self.admission.limits()},
+            "limits": {"max_images": self.max_images, "max_pixels": self.max_pixels, **self.admission.limits(),
+                       **self.batcher.limits()},
             "load": self.admission.state(),
+            "queue": {**self.admission.queue(), **self.batcher.stats()},
         }
 
     def store_state(self) -> dict:
@@ -270,23 +275,10 @@ class Service(ServiceEdits):
 
     # -- helpers ---------------------------------------------------------------
     def _read_and_embed(self, uploads: Sequence[Upload]) -> tuple[torch.Tensor, list[str], list[str], list]:
-        """Decode the uploads (shrunk at once, within the decoding bound) and embed them:
-        (embeddings, SHA-256 of each file, display names, the decoded images, e.g. for
-        thumbnails). The caller holds the admission."""
-        images, shas, names = read_images(uploads, self.max_images, self.max_pixels, admission=self.admission,
-                                          **self._decoding)
-        return self._embed(images, names), shas, names, images
-
-    def _embed(self, images: list, names: list[str]) -> torch.Tensor:
-        """The images' embeddings; one that is NaN or infinite (a damaged model, or an image
-        the model cannot embed) refuses the request before anything is taught or answered."""
-        with self._forward:
-            embeddings = self.model.embed_images(images)
-        bad = ~torch.isfinite(embeddings).all(dim=1)
-        if bad.any():
-            raise ApiError(422, "unembeddable_image",
-                           f"{names[int(bad.nonzero()[0])]}: the model gives it a NaN or infinite embedding")
-        return embeddings
+        """The uploads decoded and embedded by the inference worker (``serve.batcher``): (embeddings,
+        SHA-256 of each file, display names, the decoded images: thumbnails). The caller holds the admission."""
+        embeddings, images, shas, names = self.batcher.run(uploads)  # checked: no NaN or infinite row
+        return embeddings, shas, names, images
 
     def apply_committed(self, changes: list[tuple[str, StoredClass | None, int | None]]) -> None:
         """Memory takes classes as the store committed them, under the lock, in one step:

@@ -141,31 +141,42 @@ def check_uploads(uploads: Sequence[Upload], max_images: int) -> None:
         raise ApiError(413, "too_many_images", f"{len(uploads)} images in one request; the limit is {max_images}")
 
 
+def read_image(upload: Upload, index: int, max_pixels: int, *, admission=None, mode: str = "RGB",
+               reduce_to: int | None = None, shrink: Callable | None = None) -> tuple[Image.Image, str, str]:
+    """Decode upload number ``index`` of a request: (image, SHA-256 of its bytes, display name).
+
+    The process's memory is checked first (``admission.check_memory``: 503 over the
+    ceiling); the image is decoded inside ``admission.decoding`` (``serve.admission``) for
+    the memory its header says it needs, and shrunk at once (``reduce_to``, ``shrink``)."""
+    filename, data = upload
+    name = display_name(filename, index)
+    if admission is not None:
+        admission.check_memory(name)
+    if not isinstance(data, bytes):
+        data = data.read()
+    img = open_image(data, name, max_pixels, reduce_to)
+    with admission.decoding(decode_bytes(img, mode), name) if admission is not None else nullcontext():
+        image = decode_image(img, name, mode, shrink, max_pixels)
+        del img
+    return image, hashlib.sha256(data).hexdigest(), name
+
+
 def read_images(
     uploads: Sequence[Upload], max_images: int, max_pixels: int, *, admission=None, mode: str = "RGB",
     reduce_to: int | None = None, shrink: Callable | None = None,
 ) -> tuple[list[Image.Image], list[str], list[str]]:
-    """Decode a request's uploads: (images, SHA-256 of each file's bytes, display names).
-    One bad file refuses the whole request, so an upload is taught whole or not at all.
-
-    One image is decoded at a time, inside ``admission.decoding`` (``serve.admission``) for
-    the memory its header says it needs, and shrunk at once (``reduce_to``, ``shrink``).
-    Before each image, and once all are read, the process's resident memory is checked
-    against the ceiling (``admission.check_memory``: 503 over it), so a request stops as
-    soon as the process is over it, not only when it is admitted."""
+    """Decode a request's uploads one at a time (``read_image``): (images, SHA-256 of each
+    file's bytes, display names). One bad file refuses the whole request, so an upload is
+    taught whole or not at all. Before each image, and once all are read, the process's
+    resident memory is checked against the ceiling (503 over it). (The service decodes in
+    its inference worker, ``serve.batcher``, image by image with ``read_image``.)"""
     check_uploads(uploads, max_images)
     images, shas, names = [], [], []
-    for i, (filename, data) in enumerate(uploads):
-        name = display_name(filename, i)
-        if admission is not None:
-            admission.check_memory(name)
-        if not isinstance(data, bytes):
-            data = data.read()
-        img = open_image(data, name, max_pixels, reduce_to)
-        with admission.decoding(decode_bytes(img, mode), name) if admission is not None else nullcontext():
-            images.append(decode_image(img, name, mode, shrink, max_pixels))
-            del img
-        shas.append(hashlib.sha256(data).hexdigest())
+    for i, upload in enumerate(uploads):
+        image, sha, name = read_image(upload, i, max_pixels, admission=admission, mode=mode, reduce_to=reduce_to,
+                                      shrink=shrink)
+        images.append(image)
+        shas.append(sha)
         names.append(name)
     if admission is not None:
         admission.check_memory()

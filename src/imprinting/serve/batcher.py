@@ -1,0 +1,337 @@
+"""One inference worker per service: the images of every concurrent request, decoded and
+embedded together, in batches.
+
+A request (``/predict`` or a teaching upload) hands its uploads, still compressed, to the
+``Batcher`` and waits for its embeddings. The worker thread forms a batch of up to
+``max_batch`` images (the engine's best batch size, ``best_batch_size``), waiting at most
+``max_delay`` after the oldest queued image for the batch to fill; decodes its images in a
+small pool of threads (``serve.validation.read_image``: the memory ceiling, the decoding
+reservation, the shrink, as for one request); runs one forward pass over all of them
+(``ImprintModel.embed_images``, on whatever engine the model selected); and gives each
+request its rows, in the order of its uploads. On a CPU engine decoding and the forward take
+turns, each with every core (``imprinting.engines.pipeline`` explains why that is faster on
+CPUs than overlapping them).
+
+Fairness: requests are served in the order they came, but a batch takes at most ``chunk``
+images of one request while others wait, in rounds, so a 16-photo request shares each
+batch with the single photos queued behind it instead of filling it alone; a request taken
+in several batches keeps its earlier rows until its last chunk is embedded. A request of at
+most ``chunk`` images waits for at most the work queued ahead of it when it arrived.
+
+Failure: an upload that cannot be decoded fails its own request (the first bad file in upload
+order, as when a request was decoded alone); an exception in the forward fails the requests
+of that batch (503 ``engine_error``) and the worker goes on with the next batch. A request
+whose client has gone (``Ticket.cancel``, from the HTTP layer) is dropped from the queue.
+The worker measures its images a second (``admission.Throughput``), which admission uses to
+bound the queue by time.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import torch
+
+from imprinting.engines import best_batch
+from imprinting.engines.pipeline import decode_workers
+from imprinting.serve.admission import Busy, Throughput
+from imprinting.serve.validation import ApiError, display_name
+
+DEFAULT_MAX_BATCH = 32  # the library's batch (embed_images)
+DEFAULT_MAX_BATCH_DELAY_MS = 0.0  # measured: on 2 CPU cores any wait only slows a lone photo (docs/serve.md)
+
+log = logging.getLogger("imprinting.serve")
+
+
+def best_batch_size(model) -> int:
+    """The most images the worker puts in one forward pass for ``model``: its engine's best
+    batch size as measured (``imprinting.engines.best_batch``; ``DEFAULT_MAX_BATCH`` for an
+    engine that was named rather than measured)."""
+    return best_batch(model.frozen_engine(), DEFAULT_MAX_BATCH)
+
+
+class Gone(ApiError):
+    """The client closed its connection before the answer: its work was dropped."""
+
+    def __init__(self):
+        super().__init__(499, "client_closed_request", "the client closed the connection before the answer; its "
+                                                        "images were dropped from the queue")
+
+
+class Ticket:
+    """One request's cancellation, shared by the HTTP layer (which calls ``cancel`` when the
+    client disconnects) and the worker (which drops the request's queued images)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.cancelled = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    def on_cancel(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once when the request is cancelled (at once if it is already)."""
+        with self._lock:
+            if not self.cancelled:
+                self._callbacks.append(fn)
+                return
+        fn()
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self.cancelled:
+                return
+            self.cancelled = True
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            fn()
+
+    def run(self, fn: Callable, *args, **kwargs):
+        """``fn(*args, **kwargs)`` as this request's work: the batcher ties what it queues
+        within the call to this ticket (``current_ticket``)."""
+        token = _TICKET.set(self)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _TICKET.reset(token)
+
+
+_TICKET: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("imprinting_serve_ticket", default=None)
+
+
+def current_ticket() -> Ticket | None:
+    return _TICKET.get()
+
+
+class _Job:
+    """One request's uploads, taken into batches in order; its rows are put back in place."""
+
+    def __init__(self, uploads: Sequence):
+        self.uploads = list(uploads)
+        self.n = len(self.uploads)
+        self.taken = 0  # images taken into batches so far
+        self.embedded = 0
+        self.images: list = [None] * self.n
+        self.shas: list = [None] * self.n
+        self.names: list = [None] * self.n
+        self.rows: torch.Tensor | None = None
+        self.future: Future = Future()
+        self.queued_at = time.monotonic()
+
+
+class Batcher:
+    """The worker (see the module). ``forward(images) -> (n, D) tensor`` embeds decoded
+    images; ``read(upload, index) -> (image, sha256, name)`` decodes one upload."""
+
+    def __init__(self, forward: Callable[[list], torch.Tensor], read: Callable, *, max_batch: int = DEFAULT_MAX_BATCH,
+                 max_delay_ms: float = DEFAULT_MAX_BATCH_DELAY_MS, chunk: int | None = None,
+                 throughput: Throughput | None = None, decoders: int | None = None):
+        if max_batch < 1 or max_delay_ms < 0 or (chunk is not None and chunk < 1):
+            raise ValueError("the batch size and chunk must be positive, the delay not negative")
+        self._forward, self._read = forward, read
+        self.max_batch, self.max_delay = int(max_batch), max_delay_ms / 1000
+        self.chunk = chunk or max(1, self.max_batch // 4)
+        self.throughput = throughput or Throughput()
+        self._queue: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._forward_lock = threading.Lock()  # the worker's, and a warm-up's before serving
+        self._closed = False
+        self.batches = self.images = self.last_batch = 0
+        self._pool = ThreadPoolExecutor(decoders or decode_workers(), thread_name_prefix="imprint-decode")
+        self._thread = threading.Thread(target=self._loop, name="imprint-inference", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def for_model(cls, model, read: Callable, *, max_batch: int | None = None, **options) -> Batcher:
+        """The worker of ``model``: one ``embed_images`` call (one engine run) per batch, of at
+        most ``max_batch`` images (default: ``best_batch_size(model)``)."""
+        def forward(images: list) -> torch.Tensor:
+            return model.embed_images(images, batch_size=len(images))
+
+        return cls(forward, read, max_batch=max_batch or best_batch_size(model), **options)
+
+    # -- the requests' side ------------------------------------------------------------
+    def run(self, uploads: Sequence) -> tuple[torch.Tensor, list, list[str], list[str]]:
+        """Queue a request's uploads and wait for them: (embeddings (n, D) in upload order,
+        the decoded images, SHA-256 of each file, display names). Raises the request's
+        ``ApiError``: a bad upload; 422 ``unembeddable_image`` for a NaN or infinite embedding
+        (a damaged model, or an image the model cannot embed); 503 over a bound or on an engine
+        error; ``Gone`` when the calling request's ticket is cancelled."""
+        job = self.submit(uploads)
+        ticket = current_ticket()
+        if ticket is not None:
+            ticket.on_cancel(lambda: self._fail(job, Gone()))
+        return job.future.result()
+
+    def submit(self, uploads: Sequence) -> _Job:
+        if not len(uploads):
+            raise ValueError("no uploads")
+        job = _Job(uploads)
+        with self._cond:
+            if self._closed:
+                raise ApiError(503, "shutting_down", "the server is shutting down", headers={"Retry-After": "5"})
+            self._queue.append(job)
+            self._cond.notify_all()
+        return job
+
+    def queued(self) -> int:
+        """Images queued and not yet taken into a batch."""
+        return sum(j.n - j.taken for j in list(self._queue))
+
+    def limits(self) -> dict:
+        return {"max_batch": self.max_batch, "max_batch_delay_ms": round(self.max_delay * 1000, 3)}
+
+    def stats(self) -> dict:
+        return {"batches": self.batches, "images": self.images, "last_batch": self.last_batch,
+                "mean_batch": round(self.images / self.batches, 1) if self.batches else None}
+
+    def warm_up(self, image) -> None:
+        """Before serving: one forward of ``image`` (the engine's first-call set-up), then a
+        timed full batch of it, a first measure of the rate (halved: decoding and HTTP are not
+        in it) until real batches replace it."""
+        with self._forward_lock:
+            self._forward([image])
+            start = time.perf_counter()
+            self._forward([image] * self.max_batch)
+            self.throughput.seed(self.max_batch, 2 * (time.perf_counter() - start))
+
+    def close(self) -> None:
+        """Stop taking work: the batch in progress finishes, what is queued is answered 503."""
+        with self._cond:
+            self._closed = True
+            left, self._queue = list(self._queue), deque()
+            self._cond.notify_all()
+        for job in left:
+            self._fail(job, ApiError(503, "shutting_down", "the server is shutting down", headers={"Retry-After": "5"}))
+        if self._thread is not threading.current_thread():
+            self._thread.join(60)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- the worker ----------------------------------------------------------------------
+    def _fail(self, job: _Job, exc: BaseException) -> None:
+        """Answer ``job`` with ``exc`` (if it has no answer yet) and drop it from the queue."""
+        with self._cond:
+            if job in self._queue:
+                self._queue.remove(job)
+            if job.future.done():
+                return
+            job.future.set_exception(exc)
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                self._process(batch)
+            except Exception as exc:  # a bug here must not stop the worker: fail this batch only
+                log.exception("the inference worker failed on a batch")
+                for job, _, _ in batch:
+                    self._fail(job, ApiError(503, "internal_error", f"the batch failed ({type(exc).__name__}: {exc})",
+                                             headers={"Retry-After": "1"}))
+
+    def _next_batch(self) -> list[tuple[_Job, int, int]] | None:
+        """Wait for work, then for the batch to fill (``max_delay`` after the oldest queued
+        image at most), and take it: (job, first, end) ranges of upload indices."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                if not self._queue:
+                    self._cond.wait()
+                    continue
+                if self.queued() < self.max_batch:
+                    left = self._queue[0].queued_at + self.max_delay - time.monotonic()
+                    if left > 0:
+                        self._cond.wait(left)
+                        continue
+                return self._take()
+
+    def _take(self) -> list[tuple[_Job, int, int]]:
+        """Up to ``max_batch`` images, in rounds over the queued requests in their order, at
+        most ``chunk`` of one request a round (all of it when it is alone). Under the lock."""
+        room, batch = self.max_batch, []
+        quota = room if len(self._queue) == 1 else self.chunk
+        while room:
+            before = room
+            for job in self._queue:
+                k = min(job.n - job.taken, quota, room)
+                if k:
+                    batch.append((job, job.taken, job.taken + k))
+                    job.taken += k
+                    room -= k
+                if not room:
+                    break
+            if room == before:
+                break
+        self._queue = deque(j for j in self._queue if j.taken < j.n)
+        return batch
+
+    def _process(self, batch: list[tuple[_Job, int, int]]) -> None:
+        start = time.perf_counter()
+        reads = [(job, i, self._pool.submit(self._read, job.uploads[i], i))
+                 for job, first, end in batch if not job.future.done() for i in range(first, end)]
+        errors: dict[_Job, tuple[int, BaseException]] = {}
+        for job, i, read in reads:
+            try:
+                job.images[i], job.shas[i], job.names[i] = read.result()
+            except Exception as exc:  # noqa: BLE001  # this upload's request fails; the others go on
+                if job not in errors or i < errors[job][0]:
+                    errors[job] = (i, exc)
+        for job, (i, exc) in errors.items():
+            self._fail(job, _upload_error(exc, job, i))
+        parts = [(job, first, end) for job, first, end in batch if not job.future.done()]
+        if not parts:
+            return
+        images = [img for job, first, end in parts for img in job.images[first:end]]
+        try:
+            with self._forward_lock:
+                rows = self._forward(images)
+            if len(rows) != len(images):
+                raise RuntimeError(f"{len(rows)} embeddings for {len(images)} images")
+        except Exception as exc:  # fails this batch's requests only; the worker goes on
+            log.exception("the model failed on a batch of %d images", len(images))
+            error = ApiError(503, "engine_error", f"the model failed on the batch of {len(images)} images this request "
+                                                  f"was in ({type(exc).__name__}: {exc}); retry",
+                             headers={"Retry-After": "1"})
+            for job, _, _ in parts:
+                self._fail(job, error)
+            return
+        self.throughput.record(len(images), time.perf_counter() - start)
+        self.batches, self.images, self.last_batch = self.batches + 1, self.images + len(images), len(images)
+        row = 0
+        for job, first, end in parts:
+            self._put(job, first, rows[row : row + end - first])
+            row += end - first
+
+    def _put(self, job: _Job, first: int, rows: torch.Tensor) -> None:
+        with self._cond:
+            if job.future.done():  # failed or cancelled meanwhile
+                return
+            if job.rows is None:
+                job.rows = torch.empty((job.n, *rows.shape[1:]), dtype=rows.dtype)
+            job.rows[first : first + len(rows)] = rows
+            job.embedded += len(rows)
+            if job.embedded < job.n:
+                return
+            bad = ~torch.isfinite(job.rows).all(dim=1)
+            if bad.any():
+                job.future.set_exception(ApiError(422, "unembeddable_image", f"{job.names[int(bad.nonzero()[0])]}: "
+                                                  "the model gives it a NaN or infinite embedding"))
+            else:
+                job.future.set_result((job.rows, job.images, job.shas, job.names))
+
+
+def _upload_error(exc: BaseException, job: _Job, index: int) -> ApiError:
+    """An upload's failure as its request's answer (``read_image`` raises ``ApiError`` for
+    what it recognises; anything else still gets a JSON answer naming the file)."""
+    if isinstance(exc, ApiError):
+        return exc
+    name = display_name(job.uploads[index][0], index)
+    if isinstance(exc, MemoryError):
+        return Busy(f"{name}: out of memory while decoding it; retry shortly", 2)
+    return ApiError(422, "unreadable_image", f"{name}: could not be read ({type(exc).__name__}: {exc})")
