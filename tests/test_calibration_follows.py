@@ -5,6 +5,7 @@ leave-one-out cosines, softmax probabilities and order statistics recomputed her
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -168,3 +169,52 @@ def test_files_without_kept_examples_keep_their_fixed_scores(tmp_path):
     model.add_class("z", torch.from_numpy(ex["a"] + 3))
     assert model.conformal is result.conformal and model.conformal.stale_for(model.classes.names)
     assert model.unknown_threshold == result.unknown_threshold
+
+
+def test_a_threshold_kept_by_hand_is_not_replaced_by_the_next_calibration():
+    model = imprinting.create_model("conv4", pretrained=False, dim=None).eval()
+    ex = examples(6, "abc", dim=model.embedder.dim)
+    for n in "abc":
+        model.add_class(n, torch.from_numpy(ex[n]))
+    e, y = np.concatenate([ex[n] for n in "abc"]), [n for n in "abc" for _ in range(8)]
+    first = calibrate(model, e, y, target_false_reject=ALPHA)
+    assert model.threshold_follows and model.unknown_threshold == first.unknown_threshold
+    second = calibrate(model, e, y, target_false_reject=0.3, set_threshold=False)  # imprint calibrate --keep-threshold
+    assert second.unknown_threshold != first.unknown_threshold
+    assert model.unknown_threshold == first.unknown_threshold and not model.threshold_follows
+    model.add_class("z", torch.from_numpy(ex["a"][::-1] + 2))
+    assert model.unknown_threshold == first.unknown_threshold  # pinned: the classes changing leave it
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("target_false_reject", "0.1", "not a rate"), ("target_false_reject", 5, "not a rate"),
+    ("labels", list(range(16)), "list of class names"),
+])
+def test_a_damaged_kept_calibration_is_a_clear_error_at_load(tmp_path, field, value, problem):
+    from imprinting.errors import ExportFormatError
+
+    ex = examples(7, "ab")
+    table = ClassTable(16)
+    for n in "ab":
+        table.add(n, ex[n])
+    table.calibration = calibrate_table(table, np.concatenate([ex[n] for n in "ab"]), [n for n in "ab" for _ in range(8)],
+                                        target_false_reject=ALPHA).kept
+    data = ClassesData.from_table(table, threshold_follows=True)
+    save_classes(data, tmp_path / "classes.npz")
+    with np.load(tmp_path / "classes.npz") as f:
+        arrays = dict(f)
+    header = json.loads(arrays["header"].tobytes())
+    header["calibration"][field] = value
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    with open(tmp_path / "bad.npz", "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(ExportFormatError, match=problem):
+        load_classes(tmp_path / "bad.npz")
+    # an older runtime saving the file back keeps the header's field but not the array: no kept examples
+    del arrays["calibration_embeddings"]
+    arrays["header"] = np.frombuffer(json.dumps({**header, "calibration": data.header()["calibration"]}).encode(),
+                                     np.uint8)
+    with open(tmp_path / "older.npz", "wb") as f:
+        np.savez(f, **arrays)
+    older = load_classes(tmp_path / "older.npz")
+    assert older.calibration is None and not older.threshold_follows and older.table().names == ("a", "b")

@@ -269,16 +269,19 @@ def apply(model, result: Calibration, set_threshold: bool = True) -> None:
     (``model.conformal``: the result's, None included), the examples they came from (kept with
     the class table, so that scores and threshold follow later changes of the classes) and,
     with ``set_threshold``, its unknown threshold."""
+    sets = set_threshold and (result.unknown_threshold is not None or result.target_false_reject is not None)
+    if not sets and model.threshold_follows:  # the threshold in force stays, pinned as it is now
+        model.unknown_threshold = model.unknown_threshold
     if model.classes.head is not None:  # a closed-form head: the scale is its temperature
         model.classes.head.temperature = float(result.scale)
     else:
-        model.classifier.scale.data.fill_(result.scale)  # .data: no autograd, and no torch import here
+        model.classifier.scale.detach().fill_(result.scale)  # no autograd; the shared version counter moves
     table = model.classes  # up to date with the new scale
     table.calibration = result.kept  # the examples, to follow the classes (None: fixed scores)
     if result.kept is not None and result.scale == (table.head.temperature if table.head is not None
                                                       else float(np.mean(table.scale))):
         result.kept.seed(table, result)  # what it gives for these classes at this scale: this result
-    if set_threshold and (result.unknown_threshold is not None or result.target_false_reject is not None):
+    if sets:
         model.unknown_threshold = result.unknown_threshold  # None: too few examples for the rate asked
         model.threshold_follows = result.kept is not None
     model.conformal = result.conformal  # None: nothing scored this time, so no sets (not the old ones)
@@ -303,7 +306,7 @@ def kept_result(kept: CalibrationSet, table) -> Calibration:
     as one batch computation (``calibrate_table(..., fit=False)``), kept until the table changes
     (``ClassTable.version``). Examples of classes the table no longer has are left out, and never
     more of a class than it holds (a replica behind its store)."""
-    key = (id(table), table.version)
+    key = (id(table), table.version)  # read first: a change while computing leaves the result for this one
     memo = kept.peek_key()
     if memo is not None and memo[0] == key:
         return memo[1]
@@ -318,11 +321,11 @@ def kept_result(kept: CalibrationSet, table) -> Calibration:
         result = calibrate_table(table, kept.embeddings[keep], [kept.labels[i] for i in keep], "leave-one-out",
                                  kept.target_false_accept, target_false_reject=kept.target_false_reject,
                                  fit=False, subset=True)
-    except CalibrationError as exc:  # no kept example left among the classes: no threshold, no sets
+    except (CalibrationError, TypeError, ValueError) as exc:  # none kept among the classes (or damaged)
         scale = float(table.head.temperature) if table.head is not None else float(np.mean(table.scale))
         result = Calibration("leave-one-out", scale, scale, None, None, 0, None, kept.target_false_accept, None,
                              kept.target_false_reject, None, None, f"nothing to calibrate from: {exc}")
-    kept.seed(table, result)
+    kept.seed_key(key, result)
     return result
 
 

@@ -169,6 +169,8 @@ def load(path: str | os.PathLike) -> ImprintModel:
         kept = None
         if meta["calibration"] is not None:
             kept = CalibrationSet.from_stored(meta["calibration"], tensors["calibration.embeddings"].numpy())
+            if problems := kept.problems(names, tensors["counts"].numpy(), model.embedder.dim):
+                raise ValueError("; ".join(problems))
         model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
         clf = model.classifier
         scale = clf.scale_rows

@@ -154,14 +154,7 @@ class ClassesData:
 
     def _calibration_problems(self) -> list[str]:
         """Kept calibration examples must fit the classes: no more for a class than it was taught from."""
-        if self.calibration.dim != self.dim:
-            return [f"calibration examples are {self.calibration.dim}-d, the classes {self.dim}-d"]
-        counts = dict(zip(self.class_names, self.counts.tolist()))
-        kept = {}
-        for name in self.calibration.labels:
-            kept[name] = kept.get(name, 0) + 1
-        bad = [n for n, k in kept.items() if n in counts and k > counts[n]]
-        return [f"calibration keeps more examples of {bad[0]!r} than it was taught from"] if bad else []
+        return self.calibration.problems(self.class_names, self.counts, self.dim)
 
     @property
     def conformal(self):
@@ -314,10 +307,12 @@ def _read_archive(archive: zipfile.ZipFile, path: Path, dim: int | None, limit: 
     for key in heads:  # a closed-form head: centre (D,), covariance (D, D), reference rows (R, D)
         want[key] = ((d, d) if key == "head_covariance" else (d,) if key == "head_centre" else None, np.floating)
     calibration = header.get("calibration")
+    if calibration is not None and "calibration_embeddings" not in members:
+        calibration = header["calibration"] = None  # an older runtime wrote the header back without them
     if calibration is not None:  # kept calibration examples: one row of d per class name
         labels = calibration.get("labels") if isinstance(calibration, dict) else None
-        if not isinstance(labels, list) or "calibration_embeddings" not in members:
-            raise ExportFormatError(f"{path}: damaged classes file (calibration without its labels or examples)")
+        if not isinstance(labels, list):
+            raise ExportFormatError(f"{path}: damaged classes file (calibration without its class names)")
         want["calibration_embeddings"] = ((len(labels), d), np.floating)
     for key, (expected, kind) in want.items():
         shape, dtype = member_header(archive, members[key], key, path, limit)

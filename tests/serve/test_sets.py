@@ -190,3 +190,42 @@ def test_stale_means_other_classes_not_another_order():
 
     s = ConformalScores([0.5, 0.6], [0.1], [0.2, 0.3], classes=("b", "a"))
     assert not s.stale_for(["a", "b"]) and s.stale_for(["a", "b", "c"]) and s.stale_for(["a"])
+
+
+def test_the_calibration_follows_example_removals_and_renames_and_old_stores_stay_stale(conv4_model, tmp_path, kit):
+    """After removing an example and renaming a class, the scores are one batch computation's
+    over the store's examples of now; a store calibrated before the examples were kept (its
+    saved calibration without ``follows``) keeps its fixed scores, stale once a class changes."""
+    store = tmp_path / "store.sqlite"
+    with TestClient(create_app(conv4_model, store)) as c:
+        teach_colours(c.post, kit)
+        assert c.post("/calibrate", params={"false_reject": 0.2}).status_code == 200
+        first = c.get("/classes/red/examples").json()["examples"][0]["id"]
+        assert c.delete(f"/classes/red/examples/{first}").status_code == 200
+        assert c.post("/classes/green/rename", json={"new_name": "lime"}).status_code == 200
+        service = c.app.state.service
+        names, embeddings = service.store.labelled_embeddings()
+        batch = calibrate_table(service.model.classes.copy(), embeddings, names, fit=False, target_false_reject=0.2)
+        assert sorted(set(service.model.conformal.classes)) == sorted(service.model.classes.names)
+        np.testing.assert_allclose(service.model.conformal.known, batch.conformal.known, atol=1e-6)
+        np.testing.assert_allclose(service.model.conformal.nonconformity, batch.conformal.nonconformity, atol=1e-6)
+        assert service.model.unknown_threshold == pytest.approx(batch.unknown_threshold, abs=1e-6)
+        assert c.get("/health").json()["unknown_threshold"] == pytest.approx(batch.unknown_threshold, abs=1e-6)
+
+    saved = json.loads(saved_calibration(store))  # as a store calibrated by the release before
+    del saved["follows"]
+    db = sqlite3.connect(store)
+    with db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'setting:calibration'", (json.dumps(saved),))
+    db.close()
+    with TestClient(create_app(conv4_model, store)) as c:
+        # its scores are those of /calibrate's time (21 examples; "green" renamed since): stale
+        assert c.get("/health").json()["calibration"] == {"calibrated": True, "follows": False, "examples": 21,
+                                                          "stale": True}
+        assert c.get("/health").json()["unknown_threshold"] == saved["unknown_threshold"]
+        purple = kit.files(("x.png", kit.image_bytes((150, 20, 200))))
+        assert c.post("/classes/purple/examples", files=purple).status_code == 201
+        assert c.get("/health").json()["unknown_threshold"] == saved["unknown_threshold"]  # fixed, as before
+        assert c.post("/calibrate", params={"false_reject": 0.2}).status_code == 200
+        assert c.get("/health").json()["calibration"] == {"calibrated": True, "follows": True, "examples": 20,
+                                                          "stale": False}  # 6 + 7 + 7; purple's one is not scored

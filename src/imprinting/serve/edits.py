@@ -1,18 +1,17 @@
 """The service's writes: teaching, deleting, the example-level edits (list a class's examples
-with thumbnails, remove one, rename a class) and calibration. ``ServiceEdits`` is a part of
+with thumbnails, remove one, rename a class); calibration is ``serve.calibrating``, a part of
+this one. ``ServiceEdits`` is a part of
 ``serve.service.Service`` (its base class), split off where reading ends and changing begins.
 
 Every write follows one rule: under ``_writes`` (one write at a time in this process), the
 store commits first, outside the lock on the classes in memory; then memory takes what the store
 committed (``apply_committed`` / ``_sync``). A change the store refused, or did not find (a class another
 replica deleted or renamed meanwhile), changes nothing in memory but the class it found behind,
-which is reloaded from the store. The store's side is in ``serve.store`` / ``serve.store_pg``,
-the maths of calibration in ``imprinting.calibration``.
+which is reloaded from the store. The store's side is in ``serve.store`` / ``serve.store_pg``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -20,20 +19,18 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from imprinting.calibration import Calibration, CalibrationError, apply, calibrate_table, kept_result
-from imprinting.calibration_set import CalibrationSet
+from imprinting.calibration import CalibrationError
 from imprinting.classes import ClassSnapshot
-from imprinting.conformal import ConformalScores
 from imprinting.names import confusable_with
 from imprinting.rows import normalize_rows
+from imprinting.serve.calibrating import ServiceCalibration
+from imprinting.serve.store_answers import store_error
 from imprinting.serve.contract import (
     MAX_COUNT,
     MAX_EXAMPLE_ID,
     ClassTaken,
     StoredClass,
     StoreError,
-    StoreInDoubt,
-    StoreUnavailable,
 )
 from imprinting.serve.thumbnails import data_url, iso_time, jpeg_thumbnail
 from imprinting.serve.validation import (
@@ -48,19 +45,6 @@ WRITE_WAIT_SECONDS = 4.0  # the longest a write waits for the one before it (a s
 THUMBNAIL_PIXELS = 128  # the longer side of the JPEG kept per example for the page
 
 
-def store_error(detail: str, exc: BaseException | None = None, write: bool = True,
-                check: str = "GET /classes shows the classes as the store holds them") -> ApiError:
-    """503 ``store_error`` with ``Retry-After``: the store refused a call or cannot be reached;
-    ``detail`` says what did not happen. A write the database did not answer in time
-    (``StoreInDoubt``) may still be committed later, and the answer says so instead, with how
-    to ``check`` before retrying."""
-    if write and isinstance(exc, StoreInDoubt):
-        detail = ("the store did not answer in time: this change may still be saved, whole, when it answers "
-                  f"(check before retrying: {check})")
-    retry = "2" if isinstance(exc, StoreUnavailable) or exc is None else "10"
-    return ApiError(503, "store_error", detail + (f" ({exc})" if exc is not None else ""), headers={"Retry-After": retry})
-
-
 def check_example_id(example_id) -> int:
     """Example ids are whole numbers from 1 to 2**63 - 1 (SQL 64-bit integers): 422 otherwise."""
     if isinstance(example_id, bool) or not isinstance(example_id, int) or not 1 <= example_id <= MAX_EXAMPLE_ID:
@@ -69,7 +53,7 @@ def check_example_id(example_id) -> int:
     return example_id
 
 
-class ServiceEdits:
+class ServiceEdits(ServiceCalibration):
     """The writes of ``Service`` (see the module): uses its model, store, locks and ``apply_committed``."""
 
     def teach(self, name: str, uploads: Sequence[Upload]) -> dict:
@@ -109,7 +93,7 @@ class ServiceEdits:
             except StoreError as exc:
                 raise store_error(f"class {name!r} was not deleted, nothing changed", exc) from None
             self._sync(name, None)
-            self.follow_calibration()
+            self.calibration_after(lambda kept: kept.without_class(name))
             if not found:
                 raise ApiError(404, "unknown_class", f"no class named {name!r} (another replica deleted or renamed it)")
             with self.lock:
@@ -143,7 +127,7 @@ class ServiceEdits:
                 raise store_error("the upload was not saved, nothing changed", exc,
                                   check="GET /classes/{name}/examples lists each example's sha256") from None
             self.apply_committed([(name, stored, version)])
-            self.follow_calibration()
+            self.calibration_after(lambda kept: kept.with_examples(name, e))
         return {**self._describe(name, stored.count), "created": created, "added": len(ids), "example_ids": ids}
 
     @contextmanager
@@ -263,10 +247,10 @@ class ServiceEdits:
                 with self.lock:  # the same state and place, a new name
                     snap = self.model.snapshot_class(name)
                     self.model.remove_class(name)
-                    self.model.restore_class(ClassSnapshot(new_name, snap.index, snap.fields))
+                    self.model.restore_class(ClassSnapshot(new_name, snap.index, snap.fields, snap.kept))
             else:
                 self._sync_many([name, new_name])
-            self.follow_calibration()
+            self.calibration_after(lambda kept: kept.renamed(name, new_name))
             return {"renamed": name, **self._describe(new_name, self._count(new_name))}
 
     def _require_taught_here(self, name: str) -> None:
@@ -275,98 +259,6 @@ class ServiceEdits:
         if name in self.model_classes:
             raise ApiError(409, "read_only_class", f"class {name!r} comes from the model file; "
                                                    "only classes taught through the service can be edited")
-
-    # -- calibration ------------------------------------------------------------------
-    def calibrate(self, target_false_accept: float | None = None, target_false_reject: float | None = None) -> dict:
-        """Fit the scale, the unknown threshold (for a false-reject rate, 0.05 by default and
-        guaranteed; or for a false-accept rate) and the prediction sets' scores by leave-one-out
-        over the examples taught here (the model file's classes compete; ``imprinting.calibration``),
-        keep them in the store (one transaction: a crash leaves the old calibration or the new
-        one, never a mix), then apply them, so a restart applies them again. A threshold chosen at
-        start (``--unknown-threshold``) stays in force: ``unknown_threshold_applied`` says which."""
-        with self._writing():  # no upload of this process between the read and the fit
-            try:
-                names, embeddings = self.store.labelled_embeddings()
-            except StoreError as exc:
-                raise store_error("the store could not be read, nothing changed", exc, write=False) from None
-            if not names:
-                raise ApiError(409, "no_examples", "no class has been taught here yet: nothing to calibrate from")
-            with self.lock:  # a copy of the classes: the fit (seconds at thousands of classes) runs unlocked
-                table = self.model.classes.copy()
-            try:
-                result = calibrate_table(table, embeddings, list(names), "leave-one-out", target_false_accept,
-                                         target_false_reject=target_false_reject)
-            except (CalibrationError, KeyError) as exc:
-                raise ApiError(409, "cannot_calibrate", str(exc)) from None
-            saved = {"scale": result.scale, "unknown_threshold": result.unknown_threshold,
-                     "target_false_reject": result.target_false_reject, "target_false_accept": result.target_false_accept,
-                     "conformal": result.conformal.to_json() if result.conformal is not None else None,
-                     "follows": True}  # the scores follow the classes: recomputed from the store's examples
-            try:
-                self.store.set_setting("calibration", json.dumps(saved))
-            except StoreError as exc:
-                raise store_error("the calibration was not saved, nothing changed", exc,
-                                  check="POST /calibrate again once the store answers") from None
-            with self.lock:
-                apply(self.model, result, set_threshold=not self.threshold_pinned)
-                in_force = self.model.unknown_threshold
-            self._calibration_targets = {"target_false_reject": result.target_false_reject,
-                                         "target_false_accept": result.target_false_accept}
-            self.calibration_behind = False
-        return {**result.to_dict(), "unknown_threshold_applied": not self.threshold_pinned,
-                "unknown_threshold_in_force": in_force}
-
-    def apply_saved_calibration(self) -> None:
-        """The calibration ``calibrate`` kept in the store, if any (a threshold chosen at start
-        stays). The scores of the classes of now are computed here, once, before any request."""
-        self._calibration_targets, self.calibration_behind = None, False
-        with self.lock:
-            self.model.conformal  # noqa: B018  (a model file's kept examples: scores for its classes and the store's)
-        if (saved := self.store.setting("calibration")) is not None:
-            try:
-                v = json.loads(saved)
-                before = float(self.model.classes.scale.mean())
-                scores = ConformalScores.from_json(v["conformal"]) if v.get("conformal") is not None else None
-                calibration = Calibration("saved", before, float(v["scale"]), None, None, 0, v["unknown_threshold"],
-                                          v.get("target_false_accept", 0.0), None, v.get("target_false_reject"),
-                                          conformal=scores)
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise StoreError(f"the store's saved calibration is damaged ({exc}); POST /calibrate again, or "
-                                 "use a new store") from None
-            with self.lock:
-                apply(self.model, calibration, set_threshold=not self.threshold_pinned)
-            if v.get("follows"):  # calibrated since the scores follow the classes: from the store's examples
-                self._calibration_targets = {"target_false_reject": v.get("target_false_reject"),
-                                             "target_false_accept": v.get("target_false_accept")}
-                self.follow_calibration()
-
-    def follow_calibration(self) -> None:
-        """After the classes changed: the calibration's examples are the store's examples of now
-        (``imprinting.calibration_set``), so the scores, the unknown threshold and the sets are
-        what ``POST /calibrate`` would compute for these classes at the scale in force. One read
-        of every example's embedding, outside the lock on the classes. A read that fails leaves
-        the examples as they were, and ``calibration_behind`` says so (``/health``) until the
-        next change or calibration reads them. Stores calibrated before the examples were kept
-        (and services never calibrated) keep what they had."""
-        targets = getattr(self, "_calibration_targets", None)
-        if targets is None:
-            return
-        try:
-            names, embeddings = self.store.labelled_embeddings()
-        except StoreError:
-            self.calibration_behind = True
-            return
-        kept = CalibrationSet(np.asarray(embeddings, np.float32).reshape(len(names), -1), names, **targets)
-        with self.lock:  # the scores computed on a copy, outside the lock: predictions do not wait for them
-            version, table = self.model.classes.version, self.model.classes.copy()
-        result = kept_result(kept, table)
-        with self.lock:
-            table = self.model.classes
-            table.calibration = kept
-            self.model.threshold_follows = not self.threshold_pinned
-            if table.version == version:
-                kept.seed(table, result)
-        self.calibration_behind = False
 
     # -- thumbnails -------------------------------------------------------------------
     def save_thumbnails(self, ids: list[int], images: list) -> None:

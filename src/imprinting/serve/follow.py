@@ -111,9 +111,9 @@ class Follower:
             if seq != self.applied + 1:
                 self.catch_up()  # one was skipped: read them in order from the log
                 continue
-            self._refresh(name, seq)
+            if self._refresh(name, seq):  # another replica's change: the calibration's examples again
+                self.service.follow_calibration()
             self.applied = seq
-            self.service.follow_calibration()  # the calibration's examples: the store's of now
             if self._stop.is_set():
                 return
 
@@ -129,10 +129,12 @@ class Follower:
             if rows[0][0] != self.applied + 1:
                 self._resync()
                 return
+            changed = False
             for seq, name in rows:
-                self._refresh(name, seq)
+                changed |= self._refresh(name, seq)
                 self.applied = seq
-            self.service.follow_calibration()  # the calibration's examples: the store's of now
+            if changed:  # the calibration's examples: the store's of now
+                self.service.follow_calibration()
 
     def _resync(self) -> None:
         """Compare every class's version with memory: refresh what changed, drop what is gone."""
@@ -156,11 +158,12 @@ class Follower:
         self.applied = self.store.snapshot_seq
         log.warning("the store's change number went back: reloaded every class (now at change %d)", self.applied)
 
-    def _refresh(self, name: str, seq: int) -> None:
+    def _refresh(self, name: str, seq: int) -> bool:
         """Make class ``name`` in memory what the store holds now, unless memory already has
         change ``seq`` of it. The row is read without the service's lock; the service takes it
         only if it is newer than memory (a class that is gone: as of change ``seq``)."""
         if self.service.version_of(name) >= seq:
-            return
+            return False  # e.g. this replica's own write, already in memory
         stored = self.store.get_class(name)
         self.service.apply_committed([(name, stored, stored.version if stored is not None else seq)])
+        return True

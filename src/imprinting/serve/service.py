@@ -172,7 +172,7 @@ class Service(ServiceEdits):
             "backbone": self.model.spec.backbone,
             "embedding_dim": self.model.embedder.dim,
             "image_size": self.model.preprocess.image_size,
-            "unknown_threshold": self.model.unknown_threshold,
+            "unknown_threshold": self.threshold_now(),  # read, never computed: health does not wait
             "limits": {"max_images": self.max_images, "max_pixels": self.max_pixels, **self.admission.limits(),
                        **self.batcher.limits()},
             "load": self.admission.state(),
