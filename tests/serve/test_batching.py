@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from imprinting.engines import available_engines
 from imprinting.serve.app import create_app
 from imprinting.serve.service import Service
 
@@ -71,8 +72,17 @@ def in_thread(fn, *args) -> tuple[threading.Thread, list]:
     return t, out
 
 
-def test_batched_embeddings_are_each_requests_own(conv4_model, conv4, tmp_path, kit):
+@pytest.mark.parametrize("engine", ["auto", "torch", "onnxruntime", "openvino"])
+def test_batched_embeddings_are_each_requests_own(engine, conv4_model, conv4, tmp_path, kit, monkeypatch):
+    """On every engine the library selects: three requests queued together run as one
+    forward, and each gets the embeddings its own photos give alone (the test's copy of the
+    model, on the same engine)."""
+    if engine != "auto" and available_engines()[engine]:
+        pytest.skip(available_engines()[engine])
+    monkeypatch.setenv("IMPRINTING_ENGINE", engine)
     with Service.open(conv4_model, tmp_path / "store.sqlite", max_images=8, max_batch=16) as service:
+        if engine != "auto":
+            assert service.model.frozen_engine().name == engine
         held = hold(service)
         plug, _ = in_thread(service._read_and_embed, photos(kit, 0, 1))
         held.entered.acquire()  # the plug is in the forward; these queue behind it
