@@ -199,3 +199,19 @@ def test_a_request_whose_client_disconnects_is_dropped_from_the_queue(conv4_mode
         r = httpx.post(url + "/predict", files=kit.files(*photos(kit, 2, 2)), timeout=60)
         assert r.status_code == 200, r.text
     assert held.sizes == [1, 2]  # the dropped request's images never reached the model
+
+
+def test_the_old_admission_options_are_accepted_with_a_warning(conv4_model, tmp_path):
+    """``--max-images-in-flight`` and ``--busy-wait`` (the slot-based admission before the queue
+    bounded by time) still parse, so scripts that pass them keep working, and say they do nothing."""
+    from click.testing import CliRunner
+
+    from imprinting.cli import main
+
+    bad_store = tmp_path / "store.sqlite"
+    bad_store.write_bytes(b"not a database" * 100)  # refused at once: the server never starts
+    result = CliRunner().invoke(main, ["serve", str(conv4_model), "--store", str(bad_store),
+                                      "--max-images-in-flight", "8", "--busy-wait", "2"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "--max-images-in-flight no longer does anything" in result.output
+    assert "--busy-wait no longer does anything" in result.output

@@ -50,8 +50,13 @@ from imprinting.serve.urls import redact
               help="Most open connections; more are answered 503.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="info", show_default=True)
+# replaced by the queue bounded by time (--max-queue-seconds): still accepted, so that scripts that
+# pass them keep working, with a warning that they no longer do anything
+@click.option("--max-images-in-flight", "old_in_flight", type=click.IntRange(min=1), default=None, hidden=True)
+@click.option("--busy-wait", "old_busy_wait", type=Finite(0, 3600), default=None, hidden=True)
 def serve(model_path, store_path, host, port, token, unknown_threshold, max_request_mb, max_images, max_pixels,
-          memory_limit_mb, max_queue_seconds, max_batch_delay_ms, header_timeout, max_connections, log_level):
+          memory_limit_mb, max_queue_seconds, max_batch_delay_ms, header_timeout, max_connections, log_level,
+          old_in_flight, old_busy_wait):
     """Serve MODEL over HTTP: teach classes from uploads, predict, and a web page at /.
 
     \b
@@ -68,6 +73,10 @@ def serve(model_path, store_path, host, port, token, unknown_threshold, max_requ
     wait is under --max-queue-seconds and memory under --memory-limit-mb; otherwise it is
     answered 503 at once, with Retry-After.
     """
+    for flag, value in (("--max-images-in-flight", old_in_flight), ("--busy-wait", old_busy_wait)):
+        if value is not None:
+            click.echo(f"warning: {flag} no longer does anything: requests wait in a queue bounded by time "
+                       "(--max-queue-seconds) and are refused at once, with Retry-After, beyond it", err=True)
     try:
         # optional: the serve extra (pip install 'imprinting[serve]'); heavy: only when the command runs
         import uvicorn
