@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from imprinting.serve.admission import Throughput
-from imprinting.serve.batcher import Batcher, Gone, Ticket
+from imprinting.serve.batcher import Batcher, Gone, Ticket, _Job
 from imprinting.serve.validation import ApiError
 
 
@@ -80,7 +80,7 @@ def test_requests_share_batches_and_each_gets_its_rows_in_order(make):
     forward = Forward(hold=True)
     b = make(forward, max_batch=8)
     plug = b.submit(uploads(0, 1))
-    forward.entered.acquire()  # the worker is in the forward with the plug; the rest queue behind it
+    assert forward.entered.acquire(timeout=60)  # the worker is in the forward with the plug; the rest queue behind it
     jobs = {r: b.submit(uploads(r, n)) for r, n in ((1, 3), (2, 1), (3, 2))}
     forward.go()
     result(plug)
@@ -100,7 +100,7 @@ def test_a_big_request_shares_each_batch_with_the_single_photos_behind_it(make):
     forward = Forward(hold=True)
     b = make(forward, max_batch=4, chunk=1)
     plug = b.submit(uploads(0, 1))
-    forward.entered.acquire()
+    assert forward.entered.acquire(timeout=60)
     big = [b.submit(uploads(r, 16)) for r in (1, 2)]
     singles = [b.submit(uploads(r, 1)) for r in (3, 4, 5)]
     forward.go()
@@ -131,7 +131,7 @@ def test_a_request_whose_client_went_away_is_dropped_from_the_queue(make):
     forward = Forward(hold=True)
     b = make(forward)
     plug = b.submit(uploads(0, 1))
-    forward.entered.acquire()
+    assert forward.entered.acquire(timeout=60)
     ticket, answers = Ticket(), []
 
     def client():
@@ -158,7 +158,7 @@ def test_an_engine_error_fails_only_that_batch_and_the_worker_goes_on(make):
     forward = Forward(hold=True, fail_on=1)
     b = make(forward)
     plug = b.submit(uploads(0, 1))
-    forward.entered.acquire()
+    assert forward.entered.acquire(timeout=60)
     poisoned, neighbour = b.submit(uploads(1, 1)), b.submit(uploads(2, 2))
     forward.go()
     result(plug)
@@ -174,7 +174,7 @@ def test_a_bad_upload_fails_its_own_request_only(make):
     forward = Forward(hold=True, nan_on=3)
     b = make(forward, max_batch=8)
     plug = b.submit(uploads(0, 1))
-    forward.entered.acquire()
+    assert forward.entered.acquire(timeout=60)
     bad = b.submit([("a.png", (1, 0)), ("b.png", "bad"), ("c.png", "bad")])
     good = b.submit(uploads(2, 2))
     unembeddable = b.submit(uploads(3, 1))
@@ -194,7 +194,7 @@ def test_close_answers_what_is_queued(make):
     forward = Forward(hold=True)
     b = make(forward)
     plug = b.submit(uploads(0, 1))
-    forward.entered.acquire()
+    assert forward.entered.acquire(timeout=60)
     queued = b.submit(uploads(1, 1))
     closer = threading.Thread(target=b.close)
     closer.start()
@@ -220,3 +220,35 @@ def test_the_rate_follows_the_workers_batches():
     assert rate.rate == pytest.approx(64, rel=1e-6)
     rate.seed(1, 100.0)  # a seed never overrides a measurement
     assert rate.rate == pytest.approx(64, rel=1e-6)
+
+
+def test_a_single_photo_gets_into_the_next_batch_behind_ten_big_requests():
+    """Ten queued 16-photo requests, then one single photo: the next batch of 32 shares its room
+    over all eleven (32 // 11 = 2 each, then the rest in order), so the single photo is in it."""
+    b = Batcher(lambda images: torch.zeros(len(images), 4), lambda upload, i: upload, max_batch=32)
+    try:
+        with b._cond:  # queue them without the worker taking any: the lock is held
+            jobs = [_Job([("x", i)] * 16) for i in range(10)] + [_Job([("single", 0)])]
+            b._queue.extend(jobs)
+            batch = b._take()
+        taken: dict[int, int] = {}
+        for job, first, end in batch:  # a request may be in several rounds of the batch
+            taken[id(job)] = taken.get(id(job), 0) + end - first
+        assert sum(taken.values()) == 32 and taken[id(jobs[-1])] == 1
+        assert all(taken.get(id(j), 0) >= 2 for j in jobs[:10])  # every big request got its share too
+    finally:
+        b.close()
+
+
+def test_retry_after_is_the_estimated_wait_but_never_minutes_from_a_collapsed_rate():
+    from imprinting.serve.admission import Admission
+
+    admission = Admission(max_queue_seconds=30, memory_limit_mb=None)
+    admission.throughput.record(280, 1.0)  # 280 images/s
+    admission.images = 8400 + 280 * 5  # 35 s of work queued: a new request would wait too long
+    why, retry = admission.full()
+    assert retry == 35 and "30" in why  # the estimated wait, ceil((9800 + 0) / 280)
+    for _ in range(5):  # five batches of huge images: the measured rate falls to a few images/s
+        admission.throughput.record(16, 6.0)
+    assert admission.throughput.rate < 30
+    assert admission.full()[1] == 60  # at most twice the bound, not 400+ s

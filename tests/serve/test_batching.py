@@ -85,7 +85,7 @@ def test_batched_embeddings_are_each_requests_own(engine, conv4_model, conv4, tm
             assert service.model.frozen_engine().name == engine
         held = hold(service)
         plug, _ = in_thread(service._read_and_embed, photos(kit, 0, 1))
-        held.entered.acquire()  # the plug is in the forward; these queue behind it
+        assert held.entered.acquire(timeout=60)  # the plug is in the forward; these queue behind it
         requests = {1: photos(kit, 1, 3), 2: photos(kit, 2, 1, (30, 30, 220)), 3: photos(kit, 3, 5, (40, 200, 40))}
         running = {tag: in_thread(service._read_and_embed, uploads) for tag, uploads in requests.items()}
         until(lambda: service.batcher.queued() == 9, "all three requests queued")
@@ -108,7 +108,7 @@ def test_single_photos_share_the_batch_of_a_16_photo_request(conv4_model, tmp_pa
         service.teach("blue", photos(kit, 91, 2, (30, 30, 220)))
         held = hold(service)
         plug, _ = in_thread(service.predict, photos(kit, 0, 1))
-        held.entered.acquire()
+        assert held.entered.acquire(timeout=60)
         big = photos(kit, 1, 16)
         singles = [photos(kit, 2 + k, 1, (30, 30, 220)) for k in range(3)]
         big_thread, big_answer = in_thread(service.predict, big)
@@ -116,9 +116,9 @@ def test_single_photos_share_the_batch_of_a_16_photo_request(conv4_model, tmp_pa
         single_threads = [in_thread(service.predict, s) for s in singles]
         until(lambda: service.batcher.queued() == 19, "the single photos queued behind it")
         held.step()  # the plug
-        held.entered.acquire()  # the next batch: a chunk of the big request, and the singles
+        assert held.entered.acquire(timeout=60)  # the next batch: a chunk of the big request, and the singles
         held.step()
-        held.entered.acquire()  # that batch is answered; the big request's next chunk is held
+        assert held.entered.acquire(timeout=60)  # that batch is answered; the big request's next chunk is held
         for t, _ in single_threads:
             t.join(60)
         assert all(answer for _, answer in single_threads) and big_thread.is_alive()
@@ -187,7 +187,7 @@ def test_a_request_whose_client_disconnects_is_dropped_from_the_queue(conv4_mode
     held = hold(service)
     with live(app) as url:
         plug, answer = in_thread(lambda: httpx.post(url + "/predict", files=kit.files(*photos(kit, 0, 1)), timeout=60))
-        held.entered.acquire()
+        assert held.entered.acquire(timeout=60)
         # queued behind the held plug, this client gives up waiting and closes its connection
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(url + "/predict", files=kit.files(*photos(kit, 1, 3)), timeout=httpx.Timeout(60, read=1))

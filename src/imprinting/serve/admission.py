@@ -65,26 +65,26 @@ class Throughput:
 
     def __init__(self, keep: float = 0.8):
         self.keep = keep
-        self._images = self._seconds = 0.0
+        self._pair = (0.0, 0.0)  # (images, seconds), replaced whole: read without the lock
         self.measured = False  # True after the first real batch (a warm-up only seeds it)
         self._lock = threading.Lock()
 
     def record(self, images: int, seconds: float) -> None:
         with self._lock:
-            self._images = self.keep * self._images + images
-            self._seconds = self.keep * self._seconds + max(seconds, 1e-6)
+            old_images, old_seconds = self._pair
+            self._pair = (self.keep * old_images + images, self.keep * old_seconds + max(seconds, 1e-6))
             self.measured = True
 
     def seed(self, images: int, seconds: float) -> None:
         """A first estimate (the warm-up's), replaced by the worker's batches as they come."""
         with self._lock:
             if not self.measured:
-                self._images, self._seconds = float(images), max(seconds, 1e-6)
+                self._pair = (float(images), max(seconds, 1e-6))
 
     @property
     def rate(self) -> float:
         """Images a second (``UNMEASURED_IMAGES_PER_S`` before anything was measured)."""
-        images, seconds = self._images, self._seconds  # one read each: no lock for /health
+        images, seconds = self._pair  # one read of both: no lock for /health
         return images / seconds if images > 0 else UNMEASURED_IMAGES_PER_S
 
 
@@ -136,7 +136,9 @@ class Admission:
         return (self.images + extra) / self.throughput.rate
 
     def _retry_after(self) -> int:
-        return max(1, math.ceil(self.estimate()))
+        """The estimated wait, at most twice the bound: a rate dragged down by a few huge
+        images must not send every client away for minutes."""
+        return max(1, min(math.ceil(self.estimate()), math.ceil(2 * self.max_queue_seconds)))
 
     def full(self) -> tuple[str, int] | None:
         """(why, retry-after) when even a one-image request would wait over the bound: a

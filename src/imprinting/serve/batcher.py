@@ -12,11 +12,12 @@ request its rows, in the order of its uploads. On a CPU engine decoding and the 
 turns, each with every core (``imprinting.engines.pipeline`` explains why that is faster on
 CPUs than overlapping them).
 
-Fairness: requests are served in the order they came, but a batch takes at most ``chunk``
-images of one request while others wait, in rounds, so a 16-photo request shares each
-batch with the single photos queued behind it instead of filling it alone; a request taken
-in several batches keeps its earlier rows until its last chunk is embedded. A request of at
-most ``chunk`` images waits for at most the work queued ahead of it when it arrived.
+Fairness: a batch is shared out in rounds over every queued request, in the order they came:
+each round gives each request with images left an equal share of the room left (at most
+``chunk`` of one request while others wait, at least one image), so a 16-photo request shares
+each batch with the single photos queued behind it instead of filling it alone, and ten queued
+16-photo requests still leave a single photo a place in the next batch. A request taken in
+several batches keeps its earlier rows until its last chunk is embedded.
 
 Failure: an upload that cannot be decoded fails its own request (the first bad file in upload
 order, as when a request was decoded alone); an exception in the forward fails the requests
@@ -223,16 +224,19 @@ class Batcher:
 
     def _loop(self) -> None:
         while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
+            batch = []
             try:
+                batch = self._next_batch()
+                if batch is None:
+                    return
                 self._process(batch)
-            except Exception as exc:  # a bug here must not stop the worker: fail this batch only
+            except BaseException as exc:  # a bug here must not stop the worker: fail this batch only
                 log.exception("the inference worker failed on a batch")
                 for job, _, _ in batch:
                     self._fail(job, ApiError(503, "internal_error", f"the batch failed ({type(exc).__name__}: {exc})",
                                              headers={"Retry-After": "1"}))
+                if not batch:  # it failed before taking a batch: do not spin
+                    time.sleep(0.05)
 
     def _next_batch(self) -> list[tuple[_Job, int, int]] | None:
         """Wait for work, then for the batch to fill (``max_delay`` after the oldest queued
@@ -252,12 +256,16 @@ class Batcher:
                 return self._take()
 
     def _take(self) -> list[tuple[_Job, int, int]]:
-        """Up to ``max_batch`` images, in rounds over the queued requests in their order, at
-        most ``chunk`` of one request a round (all of it when it is alone). Under the lock."""
+        """Up to ``max_batch`` images, in rounds over every queued request in their order,
+        each round an equal share of the room left to each request that still has images, at
+        most ``chunk`` and at least one (past ``max_batch`` requests, the first ones in order),
+        all of it to a request alone: a queue of big requests never keeps a single photo out of
+        the next batch. Under the lock."""
         room, batch = self.max_batch, []
-        quota = room if len(self._queue) == 1 else self.chunk
         while room:
             before = room
+            active = sum(1 for job in self._queue if job.taken < job.n)
+            quota = room if active <= 1 else max(1, min(self.chunk, room // active))
             for job in self._queue:
                 k = min(job.n - job.taken, quota, room)
                 if k:
@@ -301,7 +309,8 @@ class Batcher:
             for job, _, _ in parts:
                 self._fail(job, error)
             return
-        self.throughput.record(len(images), time.perf_counter() - start)
+        # every image decoded counts: a batch whose clients left after decoding still took its time
+        self.throughput.record(max(len(images), len(reads)), time.perf_counter() - start)
         self.batches, self.images, self.last_batch = self.batches + 1, self.images + len(images), len(images)
         row = 0
         for job, first, end in parts:
