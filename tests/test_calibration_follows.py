@@ -94,7 +94,7 @@ def test_adding_and_removing_classes_recomputes_as_one_batch_would():
     assert batch.unknown_threshold == pytest.approx(model.unknown_threshold, abs=1e-6)
 
 
-def test_a_threshold_set_by_hand_stays_and_an_undo_restores_the_examples():
+def test_an_undo_of_a_removal_restores_the_kept_examples_and_their_scores():
     ex = examples(1, "abc")
     table = ClassTable(16)
     for n in "abc":

@@ -267,7 +267,7 @@ class Service(ServiceEdits):
             if result is None or result.conformal is None:
                 return {"calibrated": False}
             return {"calibrated": True, "follows": True, "examples": result.conformal.n,
-                    "stale": bool(getattr(self, "calibration_behind", False))}
+                    "stale": self.calibration_behind}
         c = self.model.conformal
         if c is None:
             return {"calibrated": False}
