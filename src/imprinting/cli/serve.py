@@ -5,7 +5,6 @@ without the ``serve`` extra (the constants below import PIL, not the service).""
 from __future__ import annotations
 
 import ipaddress
-import platform
 
 import click
 
@@ -81,6 +80,7 @@ def serve(model_path, store_path, host, port, token, unknown_threshold, max_requ
         # optional: the serve extra (pip install 'imprinting[serve]'); heavy: only when the command runs
         import uvicorn
 
+        from imprinting.engines.allocator import serve_freed_memory
         from imprinting.serve.app import create_app
         from imprinting.serve.middleware import header_timeout_protocol
         from imprinting.serve.store import StoreError
@@ -91,7 +91,7 @@ def serve(model_path, store_path, host, port, token, unknown_threshold, max_requ
     if not _is_loopback(host) and token is None:
         click.echo(f"warning: listening on {host} without --token: anyone who can reach it can add and delete classes",
                    err=True)
-    return_freed_memory()
+    serve_freed_memory()  # the memory of a large request goes back; the batches' blocks are reused
     try:
         app = create_app(model_path, store_path, token, max_request_bytes=int(max_request_mb * 1024 * 1024),
                          max_images=max_images, max_pixels=max_pixels, unknown_threshold=unknown_threshold,
@@ -104,25 +104,6 @@ def serve(model_path, store_path, host, port, token, unknown_threshold, max_requ
                f"http://{host}:{port}/ (API docs at /docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, http=header_timeout_protocol(header_timeout),
                 limit_concurrency=max_connections, timeout_keep_alive=5)
-
-
-def return_freed_memory() -> None:
-    """Undo ``imprint``'s ``keep_freed_memory`` for the server: a long-lived process must give
-    the memory of a large request back (big blocks from mmap, the heap top trimmed, few
-    malloc arenas for the request threads), or its resident size only ever grows."""
-    # heavy (ctypes.util, ~3 ms): only when the server starts (imprint --help imports this module)
-    import ctypes
-    import ctypes.util
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: blocks over 1 MiB are mapped and unmapped
-        libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD
-        libc.mallopt(-8, 4)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
 
 
 def _is_loopback(host: str) -> bool:
