@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from imprinting.serve.admission import Throughput
-from imprinting.serve.batcher import Batcher, Gone, Ticket, _Job
+from imprinting.serve.batcher import Batcher, _Job
+from imprinting.serve.tickets import Gone, Ticket
 from imprinting.serve.validation import ApiError
 
 
@@ -206,6 +207,62 @@ def test_close_answers_what_is_queued(make):
     assert result(plug)[0].tolist() == [[0, 0]]  # the batch in progress finished
     with pytest.raises(ApiError, match="shutting down"):
         b.submit(uploads(2, 1))
+
+
+def test_a_coroutine_waits_for_its_rows_and_cancelling_it_drops_its_images(make):
+    """``run_async`` (``/predict`` on the event loop): the rows come back as from ``run``; a
+    task cancelled while queued (its client left, or the server stops) leaves the queue and its
+    images never reach the model."""
+    import asyncio
+
+    forward = Forward(hold=True)
+    b = make(forward)
+    plug = b.submit(uploads(0, 1))
+    assert forward.entered.acquire(timeout=60)
+
+    async def scenario():
+        waiting = asyncio.ensure_future(b.run_async(uploads(1, 3)))
+        answered = asyncio.ensure_future(b.run_async(uploads(2, 2)))
+        while b.queued() != 5:
+            await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert b.queued() == 2
+        forward.go()
+        return await asyncio.wait_for(answered, 30)
+
+    rows, images, shas, names = asyncio.run(scenario())
+    assert rows.tolist() == [[2, 0], [2, 1]] and names == ["r2-0.png", "r2-1.png"]
+    assert result(plug)[0].tolist() == [[0, 0]]
+    assert [forward.requests_in(k) for k in range(len(forward.batches))] == [[0], [2, 2]]  # request 1 never ran
+
+
+def test_a_coroutine_gets_its_requests_error(make):
+    forward = Forward(fail_on=1)
+    b = make(forward)
+    import asyncio
+
+    with pytest.raises(ApiError) as info:
+        asyncio.run(b.run_async(uploads(1, 2)))
+    assert (info.value.status, info.value.error) == (503, "engine_error")
+
+
+def test_the_worker_gives_memory_back_once_idle_after_work(make, monkeypatch):
+    """``on_idle`` (``allocator.release_free_memory`` by default) runs once the worker has been
+    idle for ``IDLE_SECONDS`` after a batch: once per quiet spell, never while work is queued,
+    and not at all before any work."""
+    from imprinting.serve import batcher
+
+    monkeypatch.setattr(batcher, "IDLE_SECONDS", 0.05)
+    calls = threading.Semaphore(0)
+    b = make(Forward(), on_idle=calls.release)
+    assert not calls.acquire(timeout=0.3)  # no work yet: nothing to give back
+    result(b.submit(uploads(1, 2)))
+    assert calls.acquire(timeout=30)  # idle after the batch
+    assert not calls.acquire(timeout=0.3)  # once, not every IDLE_SECONDS
+    result(b.submit(uploads(2, 1)))
+    assert calls.acquire(timeout=30)  # again after the next quiet spell
 
 
 # -- the rate admission divides by -------------------------------------------------------

@@ -4,9 +4,11 @@ Only HTTP lives here: the routes and their documentation, the error handlers tha
 error a ``{"error", "detail"}`` JSON body, the web page, and the ``Guard`` middleware (token
 for writes, body size). What a route does is one ``Service`` method; client errors are
 ``ApiError`` (``serve.validation``). Routes run the service in FastAPI's thread pool, and the
-service's lock keeps them in step; the two that queue images for the inference worker
-(``/predict`` and teaching) are watched for their client's disconnecting (``middleware.
-run_watched``): a request whose client has gone is dropped from the queue.
+service's lock keeps them in step; ``/predict`` waits for the inference worker on the event loop
+instead (``Service.predict_async``), so a queued prediction holds no thread. The two that queue
+images for the worker (``/predict`` and teaching) are watched for their client's disconnecting
+(``middleware.await_watched``, ``run_watched``): a request whose client has gone is dropped
+from the queue.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from starlette.exceptions import HTTPException
 from imprinting.data.images import MAX_PIXELS
 from imprinting.serve.admission import DEFAULT_MAX_QUEUE_SECONDS, Admission
 from imprinting.serve.batcher import DEFAULT_MAX_BATCH_DELAY_MS
-from imprinting.serve.middleware import Guard, Options, allowed_methods, run_watched
+from imprinting.serve.middleware import Guard, Options, allowed_methods, await_watched, run_watched
 from imprinting.serve.service import Service
 from imprinting.serve.validation import MAX_NAME_LENGTH, ApiError, Upload
 
@@ -270,7 +272,7 @@ def create_app(
                                               "the model's classes. Needs POST /calibrate first (409 otherwise)"
         ),
     ):
-        return await run_watched(request, service.predict, _uploads(files), k, unknown_threshold, coverage)
+        return await await_watched(request, service.predict_async, _uploads(files), k, unknown_threshold, coverage)
 
     _add_example_routes(app, service, writes)
     return app

@@ -24,12 +24,14 @@ order, as when a request was decoded alone); an exception in the forward fails t
 of that batch (503 ``engine_error``) and the worker goes on with the next batch. A request
 whose client has gone (``Ticket.cancel``, from the HTTP layer) is dropped from the queue.
 The worker measures its images a second (``admission.Throughput``), which admission uses to
-bound the queue by time.
+bound the queue by time. Once idle for ``IDLE_SECONDS`` after work, it gives the memory freed
+meanwhile back to the system (``engines.allocator.release_free_memory``): under load the
+batches reuse their blocks, and a quiet server does not keep a burst's memory.
 """
 
 from __future__ import annotations
 
-import contextvars
+import asyncio
 import logging
 import threading
 import time
@@ -40,12 +42,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 from imprinting.engines import best_batch
+from imprinting.engines.allocator import release_free_memory
 from imprinting.engines.pipeline import decode_workers
 from imprinting.serve.admission import Busy, Throughput
+from imprinting.serve.tickets import Gone, current_ticket
 from imprinting.serve.validation import ApiError, display_name
 
 DEFAULT_MAX_BATCH = 32  # the library's batch (embed_images)
 DEFAULT_MAX_BATCH_DELAY_MS = 0.0  # measured: on 2 CPU cores any wait only slows a lone photo (docs/serve.md)
+IDLE_SECONDS = 1.0  # idle this long after work: the worker gives freed memory back (on_idle)
 
 log = logging.getLogger("imprinting.serve")
 
@@ -55,57 +60,6 @@ def best_batch_size(model) -> int:
     batch size as measured (``imprinting.engines.best_batch``; ``DEFAULT_MAX_BATCH`` for an
     engine that was named rather than measured)."""
     return best_batch(model.frozen_engine(), DEFAULT_MAX_BATCH)
-
-
-class Gone(ApiError):
-    """The client closed its connection before the answer: its work was dropped."""
-
-    def __init__(self):
-        super().__init__(499, "client_closed_request", "the client closed the connection before the answer; its "
-                                                        "images were dropped from the queue")
-
-
-class Ticket:
-    """One request's cancellation, shared by the HTTP layer (which calls ``cancel`` when the
-    client disconnects) and the worker (which drops the request's queued images)."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.cancelled = False
-        self._callbacks: list[Callable[[], None]] = []
-
-    def on_cancel(self, fn: Callable[[], None]) -> None:
-        """Call ``fn`` once when the request is cancelled (at once if it is already)."""
-        with self._lock:
-            if not self.cancelled:
-                self._callbacks.append(fn)
-                return
-        fn()
-
-    def cancel(self) -> None:
-        with self._lock:
-            if self.cancelled:
-                return
-            self.cancelled = True
-            callbacks, self._callbacks = self._callbacks, []
-        for fn in callbacks:
-            fn()
-
-    def run(self, fn: Callable, *args, **kwargs):
-        """``fn(*args, **kwargs)`` as this request's work: the batcher ties what it queues
-        within the call to this ticket (``current_ticket``)."""
-        token = _TICKET.set(self)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _TICKET.reset(token)
-
-
-_TICKET: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("imprinting_serve_ticket", default=None)
-
-
-def current_ticket() -> Ticket | None:
-    return _TICKET.get()
 
 
 class _Job:
@@ -130,7 +84,8 @@ class Batcher:
 
     def __init__(self, forward: Callable[[list], torch.Tensor], read: Callable, *, max_batch: int = DEFAULT_MAX_BATCH,
                  max_delay_ms: float = DEFAULT_MAX_BATCH_DELAY_MS, chunk: int | None = None,
-                 throughput: Throughput | None = None, decoders: int | None = None):
+                 throughput: Throughput | None = None, decoders: int | None = None,
+                 on_idle: Callable[[], None] | None = release_free_memory):
         if max_batch < 1 or max_delay_ms < 0 or (chunk is not None and chunk < 1):
             raise ValueError("the batch size and chunk must be positive, the delay not negative")
         self._forward, self._read = forward, read
@@ -141,6 +96,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._forward_lock = threading.Lock()  # the worker's, and a warm-up's before serving
         self._closed = False
+        self.on_idle, self._worked = on_idle, False  # _worked: a batch ran since the last on_idle
         self.batches = self.images = self.last_batch = 0
         self._pool = ThreadPoolExecutor(decoders or decode_workers(), thread_name_prefix="imprint-decode")
         self._thread = threading.Thread(target=self._loop, name="imprint-inference", daemon=True)
@@ -162,11 +118,35 @@ class Batcher:
         ``ApiError``: a bad upload; 422 ``unembeddable_image`` for a NaN or infinite embedding
         (a damaged model, or an image the model cannot embed); 503 over a bound or on an engine
         error; ``Gone`` when the calling request's ticket is cancelled."""
+        return self._submit_watched(uploads).future.result()
+
+    async def run_async(self, uploads: Sequence) -> tuple[torch.Tensor, list, list[str], list[str]]:
+        """``run`` for a coroutine: the request waits on the event loop, holding no thread
+        (``/predict``). Cancelling the waiting task drops the request's queued images."""
+        job = self._submit_watched(uploads)
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+
+        def relay(future: Future) -> None:  # on the worker's thread
+            try:
+                loop.call_soon_threadsafe(_settle, answer, future)
+            except RuntimeError:  # the loop has closed: no one is waiting any more
+                pass
+
+        job.future.add_done_callback(relay)
+        try:
+            return await answer
+        except asyncio.CancelledError:
+            self._fail(job, Gone())
+            raise
+
+    def _submit_watched(self, uploads: Sequence) -> _Job:
+        """Queue the uploads, tied to the calling request's ticket: cancelled, it leaves the queue."""
         job = self.submit(uploads)
         ticket = current_ticket()
         if ticket is not None:
             ticket.on_cancel(lambda: self._fail(job, Gone()))
-        return job.future.result()
+        return job
 
     def submit(self, uploads: Sequence) -> _Job:
         if not len(uploads):
@@ -229,6 +209,9 @@ class Batcher:
                 batch = self._next_batch()
                 if batch is None:
                     return
+                if not batch:  # idle since the last batch: the memory its work freed goes back
+                    self.on_idle()
+                    continue
                 self._process(batch)
             except BaseException as exc:  # a bug here must not stop the worker: fail this batch only
                 log.exception("the inference worker failed on a batch")
@@ -240,13 +223,19 @@ class Batcher:
 
     def _next_batch(self) -> list[tuple[_Job, int, int]] | None:
         """Wait for work, then for the batch to fill (``max_delay`` after the oldest queued
-        image at most), and take it: (job, first, end) ranges of upload indices."""
+        image at most), and take it: (job, first, end) ranges of upload indices. ``[]``: no
+        work came for ``IDLE_SECONDS`` after a batch (time for ``on_idle``)."""
         with self._cond:
             while True:
                 if self._closed:
                     return None
                 if not self._queue:
-                    self._cond.wait()
+                    if self._worked and self.on_idle is not None:
+                        if not self._cond.wait(IDLE_SECONDS):
+                            self._worked = False
+                            return []
+                    else:
+                        self._cond.wait()
                     continue
                 if self.queued() < self.max_batch:
                     left = self._queue[0].queued_at + self.max_delay - time.monotonic()
@@ -312,6 +301,7 @@ class Batcher:
         # every image decoded counts: a batch whose clients left after decoding still took its time
         self.throughput.record(max(len(images), len(reads)), time.perf_counter() - start)
         self.batches, self.images, self.last_batch = self.batches + 1, self.images + len(images), len(images)
+        self._worked = True
         row = 0
         for job, first, end in parts:
             self._put(job, first, rows[row : row + end - first])
@@ -333,6 +323,17 @@ class Batcher:
                                                   "the model gives it a NaN or infinite embedding"))
             else:
                 job.future.set_result((job.rows, job.images, job.shas, job.names))
+
+
+def _settle(answer: asyncio.Future, future: Future) -> None:
+    """Give the event loop's ``answer`` the worker's result (on the loop's thread)."""
+    if answer.done():  # the waiting task was cancelled
+        return
+    exc = future.exception()
+    if exc is not None:
+        answer.set_exception(exc)
+    else:
+        answer.set_result(future.result())
 
 
 def _upload_error(exc: BaseException, job: _Job, index: int) -> ApiError:

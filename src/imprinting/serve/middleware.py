@@ -1,5 +1,5 @@
 """The ASGI guard in front of the app: the token for writes, then the body size; and the
-watch on a queued request's client (``run_watched``).
+watch on a queued request's client (``run_watched``, ``await_watched``).
 
 The guard runs before any body is read, so an unauthorized or oversized upload is refused
 without spending memory or time on it. Its errors have the same ``{"error", "detail"}`` JSON
@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Mount
 
-from imprinting.serve.batcher import Ticket
+from imprinting.serve.tickets import Ticket
 
 
 class Guard:
@@ -72,12 +72,24 @@ class Guard:
 async def run_watched(request, fn, *args):
     """``fn(*args)`` in the thread pool, for a request whose images wait in the inference
     queue: if its client disconnects first, the request's ``Ticket`` is cancelled and the
-    batcher drops its queued images (the call then ends with ``batcher.Gone``, answered to
+    batcher drops its queued images (the call then ends with ``tickets.Gone``, answered to
     no one). The body has been read by then, so the next ASGI message is the disconnect."""
     ticket = Ticket()
     watch = asyncio.ensure_future(_until_disconnected(request.receive, ticket))
     try:
         return await run_in_threadpool(ticket.run, fn, *args)
+    finally:
+        watch.cancel()
+
+
+async def await_watched(request, fn, *args):
+    """``await fn(*args)`` (a coroutine function that waits in the inference queue on the event
+    loop, ``Service.predict_async``), watched as ``run_watched`` watches: a client that
+    disconnects first cancels the request's ``Ticket``, and its queued images are dropped."""
+    ticket = Ticket()
+    watch = asyncio.ensure_future(_until_disconnected(request.receive, ticket))
+    try:
+        return await ticket.run_async(fn, *args)
     finally:
         watch.cancel()
 

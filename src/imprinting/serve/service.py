@@ -28,7 +28,6 @@ methods at the end of the class (``_state``, ``_count``, ``_counts``, ``_undo``,
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -39,7 +38,6 @@ from PIL import Image
 
 from imprinting import checkpoint
 from imprinting.classes import ClassSnapshot, ClassTable
-from imprinting.conformal import ConformalError
 from imprinting.data.images import MAX_PIXELS
 from imprinting.data.transforms import eval_crop, image_mode
 from imprinting.errors import UserError
@@ -48,19 +46,20 @@ from imprinting.serve.batcher import Batcher
 from imprinting.serve.contract import ClassStore, StoredClass, StoreError
 from imprinting.serve.edits import ServiceEdits, store_error
 from imprinting.serve.follow import Follower
+from imprinting.serve.predictions import ServicePredictions
 from imprinting.serve.stores import open_store
 from imprinting.serve.validation import (
     ApiError,
     Upload,
     check_class_name,
-    check_uploads,
     read_image,
 )
 
 
-class Service(ServiceEdits):
+class Service(ServiceEdits, ServicePredictions):
     """The classes of one model, taught through the service and kept in one store. The
-    example-level edits and calibration are in ``serve.edits`` (a part of this class)."""
+    predictions are in ``serve.predictions``, the example-level edits and calibration in
+    ``serve.edits`` (parts of this class)."""
 
     def __init__(self, model, store: ClassStore, *, max_images: int = 16, max_pixels: int = MAX_PIXELS,
                  admission: Admission | None = None, threshold_pinned: bool = False, **batching):
@@ -210,47 +209,6 @@ class Service(ServiceEdits):
             raise store_error("the store could not be read", exc, write=False) from None
         out["stored_examples"] = [{"id": e.id, "sha256": e.sha256, "filename": e.filename} for e in examples]
         return out
-
-    def predict(self, uploads: Sequence[Upload], k: int = 5, unknown_threshold: float | None = None,
-                coverage: float | None = None) -> dict:
-        """The top-k classes of each upload with probabilities and cosines, and whether its
-        best cosine is below the threshold (this call's, or the model's); with ``coverage``,
-        each one's prediction set (``imprinting.conformal``; empty: not one of the classes)."""
-        start = time.perf_counter()
-        check_uploads(uploads, self.max_images)
-        with self.lock:
-            self._check_coverage(coverage)  # before the work: a model never calibrated has no sets
-        with self.admission.admit(len(uploads)):
-            embeddings, _, names, _ = self._read_and_embed(uploads)
-        with self.lock:
-            if self.model.num_classes == 0:
-                raise ApiError(409, "no_classes", "the model has no classes yet: teach one first")
-            try:
-                predictions = self.model.predict_embeddings(embeddings, k, unknown_threshold, coverage)
-            except ConformalError as exc:
-                raise ApiError(409, "not_calibrated", str(exc)) from None
-            threshold = self.model.unknown_threshold if unknown_threshold is None else unknown_threshold
-            calibration = self.calibration_state()
-        results = [
-            {
-                "file": fname,
-                "unknown": p.unknown,
-                "top": [{"class": c, "probability": pr, "cosine": cos}
-                        for c, pr, cos in zip(p.classes, p.probabilities, p.cosines)],
-                **({"set": p.set} if coverage is not None else {}),
-            }
-            for fname, p in zip(names, predictions)
-        ]
-        return {"predictions": results, "unknown_threshold": threshold, "calibration": calibration,
-                **({"coverage": coverage} if coverage is not None else {}),
-                "seconds": round(time.perf_counter() - start, 4)}
-
-    def _check_coverage(self, coverage: float | None) -> None:
-        if coverage is not None and not (isinstance(coverage, (int, float)) and 0 < coverage < 1):
-            raise ApiError(422, "invalid_request", f"coverage must be a share between 0 and 1, got {coverage!r}")
-        if coverage is not None and self.model.conformal is None:
-            raise ApiError(409, "not_calibrated", "no calibration yet: POST /calibrate first (prediction sets come "
-                                                  "from the examples taught here, scored one left out at a time)")
 
     def calibration_state(self) -> dict:
         """What the unknown flag and the prediction sets rest on (read without waiting: one
