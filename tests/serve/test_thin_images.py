@@ -10,6 +10,7 @@ unbounded resize would show in the server's peak resident memory (VmHWM).
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,29 @@ def test_open_image_maps_the_rule_to_the_service_errors():
         open_image(png((1, 8000)), "tall.png", max_pixels=7999, reduce_to=224)
     assert (info.value.status, info.value.error) == (413, "too_many_pixels")
     assert open_image(png((400, 8)), "banner.png", max_pixels=64_000_000, reduce_to=224).size == (400, 8)  # 50:1
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="resident memory is read from Linux /proc")
+def test_the_ceilings_reading_of_memory_is_recent_and_read_once_per_interval(monkeypatch):
+    """``check_memory`` runs before every image: its reading of the resident memory is the
+    process's (as ``resident_bytes`` reads it) and is read again only once it is older than
+    ``RESIDENT_MAX_AGE``, with one system call."""
+    from imprinting.serve import admission as module
+
+    clock = [1000.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: clock[0])
+    recent = module._RecentResident()
+    reads = []
+    real = recent._read
+    monkeypatch.setattr(recent, "_read", lambda: reads.append(1) or real())
+    first = recent()
+    assert abs(first - module.resident_bytes()) < 64 * 2**20 and len(reads) == 1
+    clock[0] += module.RESIDENT_MAX_AGE / 2
+    assert recent() == first and len(reads) == 1  # within the interval: the same reading, no read
+    clock[0] += module.RESIDENT_MAX_AGE * 2
+    recent()
+    recent()
+    assert len(reads) == 2  # older than the interval: read once, then reused
 
 
 def test_the_memory_ceiling_is_checked_before_each_image(kit):

@@ -272,7 +272,9 @@ def create_app(
                                               "the model's classes. Needs POST /calibrate first (409 otherwise)"
         ),
     ):
-        return await await_watched(request, service.predict_async, _uploads(files), k, unknown_threshold, coverage)
+        # a ready JSONResponse: the answer is plain JSON already, FastAPI need not walk it again
+        return JSONResponse(await await_watched(request, service.predict_async, _uploads(files), k, unknown_threshold,
+                                                coverage))
 
     _add_example_routes(app, service, writes)
     return app
