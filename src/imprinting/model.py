@@ -255,6 +255,23 @@ class ImprintModel(nn.Module):
         finally:
             self.train(was_training)
 
+    @torch.no_grad()
+    def embed_pixels(self, pixels: np.ndarray) -> torch.Tensor:
+        """Embeddings (n, D) of images already decoded, centre-cropped and normalized: an
+        (n, C, H, W) float32 array filled by ``engines.pipeline.CenterCrops``, the pixels
+        ``embed_images`` makes of them (the service decodes in threads of its own)."""
+        from imprinting.engines.pipeline import for_batch
+
+        was_training = self.training
+        self.eval()
+        try:
+            engine = for_batch(self.frozen_engine(training=was_training), len(pixels))
+            feats = engine.run(pixels)
+            record(engine)
+            return self.embedder.forward_head(feats.to(self.classifier.rows.device))
+        finally:
+            self.train(was_training)
+
     def imprint(self, name: str, images: Sequence, views: int = 1) -> int:
         """Teach class ``name`` from image files or PIL images: a new class is added, an
         imprinted class takes the examples. Returns the class index."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -189,6 +190,46 @@ def test_a_bad_upload_fails_its_own_request_only(make):
     assert (info.value.status, info.value.error) == (422, "unembeddable_image") and "r3-0.png" in info.value.detail
     assert result(good)[0].tolist() == [[2, 0], [2, 1]]
     assert sorted(forward.batches[1]) == [(2, 0), (2, 1), (3, 0)]  # the bad request's good image never ran
+
+
+class Rows:
+    """A fake ``prepare`` (``pipeline.CenterCrops``' contract): the image (request, index)
+    written as the row [request, index] of the batch's array, from the decoding thread."""
+
+    def batch(self, n: int) -> np.ndarray:
+        return np.full((n, 2), -1.0, np.float32)
+
+    def __call__(self, images: list, first: int, out: np.ndarray) -> None:
+        out[0] = images[0]
+
+
+def test_rows_written_by_the_decoders_skip_a_failed_request_and_keep_their_order(make):
+    """With ``prepare`` each decoding thread writes its image's row of the batch's array; a
+    request failed by a bad upload leaves its rows out, and the others' rows keep their
+    order and their requests."""
+    seen = []
+
+    def forward(pixels: np.ndarray) -> torch.Tensor:
+        seen.append(pixels.copy())
+        if len(seen) == 1:
+            release.wait(30)
+        return torch.from_numpy(pixels)
+
+    release = threading.Event()
+    b = make(forward, prepare=Rows(), max_batch=8)
+    plug = b.submit(uploads(0, 1))
+    while not seen:
+        threading.Event().wait(0.01)
+    first = b.submit(uploads(1, 2))
+    bad = b.submit([("a.png", (2, 0)), ("b.png", "bad")])
+    last = b.submit(uploads(3, 3))
+    release.set()
+    assert result(plug)[0].tolist() == [[0, 0]]
+    with pytest.raises(ApiError):
+        result(bad)
+    assert result(first)[0].tolist() == [[1, 0], [1, 1]]
+    assert result(last)[0].tolist() == [[3, 0], [3, 1], [3, 2]]
+    assert seen[1].tolist() == [[1, 0], [1, 1], [3, 0], [3, 1], [3, 2]]  # no row of the failed request
 
 
 def test_close_answers_what_is_queued(make):

@@ -64,8 +64,10 @@ def decode(source, mode: str, reduce_to: int | None = None):
     return load_image(source, mode, reduce_to=reduce_to)
 
 
-class _Center:
-    """Sources -> their normalized centre crops, written into a slice of a batch array."""
+class CenterCrops:
+    """Sources -> their normalized centre crops, written into a slice of a batch array: the
+    pixels ``eval_transform`` gives, as ``center_features`` feeds them to the engine (the
+    service fills its batches with it in its decoding threads, ``serve.batcher``)."""
 
     def __init__(self, pre, draft: bool):
         self.pre, self.mode, self.crop = pre, image_mode(pre), eval_crop(pre)
@@ -88,7 +90,7 @@ class _Center:
 
 def _run(engine: Engine, work, images: Sequence, batch_size: int, workers: int | None,
          progress: Callable[[int], None] | None) -> list[torch.Tensor]:
-    """The engine's outputs, batch by batch, for images decoded by ``work`` (``_Center`` or
+    """The engine's outputs, batch by batch, for images decoded by ``work`` (``CenterCrops`` or
     ``_SeededViews``: ``batch(count)`` makes the array, ``work(sources, first, out)`` fills a
     slice) in groups on ``workers`` threads (0: in this thread). With a CPU engine a batch is
     decoded, then run; otherwise the next batch is decoded while the engine runs."""
@@ -139,7 +141,7 @@ def center_features(engine: Engine, images: Sequence, pre, batch_size: int = 32,
     ``workers``: decoding threads (``None``: ``decode_workers()``; 0: decode in this thread).
     ``draft``: decode JPEGs at a reduced DCT scale (``imprinting.data.images.load_image``).
     """
-    out = _run(engine, _Center(pre, draft), images, batch_size, workers, progress)
+    out = _run(engine, CenterCrops(pre, draft), images, batch_size, workers, progress)
     return torch.cat(out) if out else torch.empty(0)
 
 
