@@ -46,6 +46,7 @@ from imprinting.engines import best_batch
 from imprinting.engines.allocator import release_free_memory
 from imprinting.engines.pipeline import CenterCrops, decode_workers
 from imprinting.serve.admission import Busy, Throughput
+from imprinting.serve.relay import relay_for
 from imprinting.serve.tickets import Gone, current_ticket
 from imprinting.serve.validation import ApiError, display_name
 
@@ -132,15 +133,8 @@ class Batcher:
         (``/predict``). Cancelling the waiting task drops the request's queued images."""
         job = self._submit_watched(uploads)
         loop = asyncio.get_running_loop()
-        answer = loop.create_future()
-
-        def relay(future: Future) -> None:  # on the worker's thread
-            try:
-                loop.call_soon_threadsafe(_settle, answer, future)
-            except RuntimeError:  # the loop has closed: no one is waiting any more
-                pass
-
-        job.future.add_done_callback(relay)
+        answer, relay = loop.create_future(), relay_for(loop)
+        job.future.add_done_callback(lambda future: relay.put(answer, future))  # one wake-up a batch
         try:
             return await answer
         except asyncio.CancelledError:
@@ -353,17 +347,6 @@ class Batcher:
                                                   "the model gives it a NaN or infinite embedding"))
             else:
                 job.future.set_result((job.rows, job.images, job.shas, job.names))
-
-
-def _settle(answer: asyncio.Future, future: Future) -> None:
-    """Give the event loop's ``answer`` the worker's result (on the loop's thread)."""
-    if answer.done():  # the waiting task was cancelled
-        return
-    exc = future.exception()
-    if exc is not None:
-        answer.set_exception(exc)
-    else:
-        answer.set_result(future.result())
 
 
 def _upload_error(exc: BaseException, job: _Job, index: int) -> ApiError:
