@@ -277,6 +277,8 @@ def create_app(
                                                 coverage))
 
     _add_example_routes(app, service, writes)
+    # the route nearly every request takes is tried first (routes are matched in order)
+    app.router.routes.sort(key=lambda r: getattr(r, "path", None) != "/predict")
     return app
 
 

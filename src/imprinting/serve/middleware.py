@@ -53,14 +53,17 @@ class Guard:
             refusal = self.busy()  # every image slot taken: refuse before parsing the body
             if refusal is not None:
                 return await send_error(send, 503, "busy", refusal[0], {"Retry-After": str(refusal[1])})
-        received = 0
+        received, whole = 0, False
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, whole
+            if whole:  # the body is in: what comes next is the disconnect, whenever it comes
+                return await receive()
             try:
                 message = await asyncio.wait_for(receive(), self.body_timeout)
             except asyncio.TimeoutError:  # a client that stopped sending mid-body
                 raise HTTPException(408, f"the request body stalled for {self.body_timeout:g} s") from None
+            whole = message.get("type") != "http.request" or not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > self.max_body_bytes:  # a body sent without Content-Length
                 raise HTTPException(413, f"the request body is over the limit of {self.max_body_bytes} bytes")
@@ -95,14 +98,12 @@ async def await_watched(request, fn, *args):
 
 
 async def _until_disconnected(receive, ticket: Ticket) -> None:
-    while True:
-        try:
-            message = await receive()
-        except HTTPException:  # Guard's timeout on a pause in the body (none comes now): listen on
-            continue
-        if message.get("type") == "http.disconnect":
-            ticket.cancel()
+    try:
+        message = await receive()  # the body has been read: the next message is the disconnect
+    except HTTPException:  # Guard's timeout on a body still arriving (never, once read): no disconnect seen
         return
+    if message.get("type") == "http.disconnect":
+        ticket.cancel()
 
 
 def is_write(method: str, path: str) -> bool:
