@@ -231,3 +231,27 @@ def test_a_failed_commit_changes_nothing(tmp_path, conv4_model, kit, monkeypatch
             check_error(r, 503, "store_error", "not saved", "disk I/O error")
         assert c.get("/classes").json() == before_classes
         assert c.post("/predict", params={"k": 10}, files=probe).json()["predictions"] == before["predictions"]
+
+
+def test_an_unexpected_error_is_a_json_500_that_names_a_logged_reference_not_its_text(tmp_path, conv4_model, kit,
+                                                                                        monkeypatch, caplog):
+    """A bug's exception text (a path, a query, data) is the server's business: the client
+    gets the usual JSON body with a reference, and the log has the exception under it."""
+    from fastapi.testclient import TestClient
+
+    from imprinting.serve.app import create_app
+
+    app = create_app(conv4_model, tmp_path / "store.sqlite")
+
+    def broken():
+        raise RuntimeError("secret /srv/private/path")
+
+    monkeypatch.setattr(app.state.service, "classes", broken)
+    with TestClient(app, raise_server_exceptions=False) as c, caplog.at_level("ERROR", logger="imprinting.serve"):
+        r = c.get("/classes")
+    body = r.json()
+    assert r.status_code == 500 and body["error"] == "internal_error"
+    assert "secret" not in r.text and "RuntimeError" not in r.text
+    reference = body["detail"].split("reference ")[1].split(":")[0]
+    logged = [rec for rec in caplog.records if reference in rec.getMessage()]
+    assert logged and "secret /srv/private/path" in str(logged[0].exc_info[1])

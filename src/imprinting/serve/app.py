@@ -32,7 +32,7 @@ from imprinting.serve.admission import DEFAULT_MAX_QUEUE_SECONDS, Admission
 from imprinting.serve.batcher import DEFAULT_MAX_BATCH_DELAY_MS
 from imprinting.serve.middleware import Guard, Options, allowed_methods, await_watched, run_watched
 from imprinting.serve.service import Service
-from imprinting.serve.validation import MAX_NAME_LENGTH, ApiError, Upload
+from imprinting.serve.validation import MAX_NAME_LENGTH, ApiError, Upload, unexpected_error
 
 STATIC = Path(__file__).parent / "static"
 MULTIPART_HEADER_BYTES = 4096 + 128  # python-multipart's limit on one header line of a part
@@ -193,7 +193,8 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _unexpected(request, exc: Exception):  # never a bare 500: the same JSON body as every error
-        return JSONResponse({"error": "internal_error", "detail": f"{type(exc).__name__}: {exc}"}, status_code=500)
+        return JSONResponse({"error": "internal_error", "detail": unexpected_error(exc, request.url.path)},
+                            status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):

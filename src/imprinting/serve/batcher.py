@@ -48,7 +48,7 @@ from imprinting.engines.pipeline import CenterCrops, decode_workers
 from imprinting.serve.admission import Busy, Throughput
 from imprinting.serve.relay import relay_for
 from imprinting.serve.tickets import Gone, current_ticket
-from imprinting.serve.validation import ApiError, display_name
+from imprinting.serve.validation import ApiError, display_name, unexpected_error
 
 DEFAULT_MAX_BATCH = 32  # the library's batch (embed_images)
 DEFAULT_MAX_BATCH_DELAY_MS = 0.0  # measured: on 2 CPU cores any wait only slows a lone photo (docs/serve.md)
@@ -215,9 +215,9 @@ class Batcher:
                     continue
                 self._process(batch)
             except BaseException as exc:  # a bug here must not stop the worker: fail this batch only
-                log.exception("the inference worker failed on a batch")
+                detail = unexpected_error(exc, "the inference worker")
                 for job, _, _ in batch:
-                    self._fail(job, ApiError(503, "internal_error", f"the batch failed ({type(exc).__name__}: {exc})",
+                    self._fail(job, ApiError(503, "internal_error", f"the batch failed: {detail}",
                                              headers={"Retry-After": "1"}))
                 if not batch:  # it failed before taking a batch: do not spin
                     time.sleep(0.05)

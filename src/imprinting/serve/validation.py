@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import re
+import secrets
 import unicodedata
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -37,6 +39,14 @@ class ApiError(Exception):
     def __init__(self, status: int, error: str, detail: str, headers: dict | None = None):
         super().__init__(detail)
         self.status, self.error, self.detail, self.headers = status, error, detail, headers or {}
+
+
+def unexpected_error(exc: BaseException, where: str) -> str:
+    """Log an unexpected exception with a reference, and say only the reference to the client:
+    its text may hold paths, queries or data that are the server's business."""
+    reference = secrets.token_hex(4)
+    logging.getLogger("imprinting.serve").error("internal error %s in %s", reference, where, exc_info=exc)
+    return f"an unexpected error in the server (reference {reference}: the server's log has the details)"
 
 
 def check_class_name(name: str) -> str:
