@@ -102,8 +102,10 @@ def serve(model_path, store_path, host, port, token, unknown_threshold, max_requ
     service = app.state.service
     click.echo(f"{model_path}: {service.model.num_classes} classes; store {redact(store_path)}; "
                f"http://{host}:{port}/ (API docs at /docs)", err=True)
+    # loop "auto": uvloop (in the serve extra) where it is installed, else asyncio's; on 2 cores
+    # 40 clients of 1 photo got 8 % more photos/s with it (docs/serve.md, "Load")
     uvicorn.run(app, host=host, port=port, log_level=log_level, http=header_timeout_protocol(header_timeout),
-                limit_concurrency=max_connections, timeout_keep_alive=5)
+                loop="auto", limit_concurrency=max_connections, timeout_keep_alive=5)
 
 
 def _is_loopback(host: str) -> bool:
