@@ -54,3 +54,18 @@ def test_a_cancelled_answer_is_skipped_and_a_closed_loop_is_not_an_error():
     assert loop.run_until_complete(kept) == 2 and cancelled.cancelled()
     loop.close()
     relay.put(loop.create_future(), completed(3))  # the server stopped: nothing to answer, no error
+
+
+def test_the_registry_does_not_keep_a_finished_loop_alive():
+    import gc
+    import weakref
+
+    from imprinting.serve import relay as module
+
+    loop = asyncio.new_event_loop()
+    relay_for(loop)
+    gone = weakref.ref(loop)
+    loop.close()
+    del loop
+    gc.collect()
+    assert gone() is None and all(key is not None for key in module._RELAYS.keys())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import platform
 
 M_TRIM_THRESHOLD = -1
@@ -37,8 +38,9 @@ SERVE_ARENA_MAX = 4
 _applied: str | None = None
 
 
+@functools.cache
 def _glibc():
-    """The C library, where it is glibc (else ``None``: macOS, musl, Windows)."""
+    """The C library, where it is glibc (else ``None``: macOS, musl, Windows); looked up once."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:

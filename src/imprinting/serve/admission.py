@@ -74,7 +74,6 @@ class _RecentResident:
 
     def __init__(self):
         self._last = (-1.0, None)
-        self._fd: int | None = None
 
     def __call__(self) -> int | None:
         when, value = self._last
@@ -84,13 +83,25 @@ class _RecentResident:
             self._last = (now, value)
         return value
 
-    def _read(self) -> int | None:
+    @staticmethod
+    def _read() -> int | None:
         try:
-            if self._fd is None:
-                self._fd = os.open("/proc/self/statm", os.O_RDONLY)
-            return int(os.pread(self._fd, 128, 0).split()[1]) * PAGE_SIZE
+            return int(os.pread(_statm(), 128, 0).split()[1]) * PAGE_SIZE
         except (OSError, ValueError, IndexError):
             return resident_bytes()
+
+
+_STATM: tuple[int, int] | None = None  # (process id, descriptor of its /proc/self/statm), one per process
+_STATM_LOCK = threading.Lock()
+
+
+def _statm() -> int:
+    """This process's /proc/self/statm, opened once (again in a forked child)."""
+    global _STATM
+    with _STATM_LOCK:
+        if _STATM is None or _STATM[0] != os.getpid():
+            _STATM = (os.getpid(), os.open("/proc/self/statm", os.O_RDONLY))
+        return _STATM[1]
 
 
 class Throughput:

@@ -139,7 +139,8 @@ def create_app(
     requests (``serve.admission``); over them a request is answered 503 with ``Retry-After``.
     ``max_batch`` (default: the engine's best) and ``max_batch_delay_ms``: the inference
     worker's batches (``serve.batcher``). ``max_threads``: FastAPI's thread pool (a queued
-    request holds a thread while it waits; ``imprint serve`` sets its connection limit).
+    teaching upload holds a thread while it waits, a prediction does not; ``imprint serve``
+    sets its connection limit).
     ``body_timeout``: seconds a client may pause while sending a body (408 after).
     Raises ``CheckpointError`` for a bad model file and ``StoreError`` for a store that
     belongs to another model, is damaged, or is in use by another process.

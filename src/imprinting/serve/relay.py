@@ -11,16 +11,19 @@ all that are queued before the loop runs: one wake-up a batch instead of one a r
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import weakref
 from concurrent.futures import Future
+
+log = logging.getLogger("imprinting.serve")
 
 
 class Relay:
     """The answers waiting for one event loop (see the module). Thread-safe."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
+        self._loop = weakref.ref(loop)  # the registry below must not keep a loop alive
         self._lock = threading.Lock()
         self._pending: list[tuple[asyncio.Future, Future]] = []
 
@@ -30,17 +33,23 @@ class Relay:
             self._pending.append((answer, future))
             if len(self._pending) > 1:  # a wake-up is on its way and will take this one too
                 return
+        loop = self._loop()
         try:
-            self.loop.call_soon_threadsafe(self._flush)
-        except RuntimeError:  # the loop has closed: no one is waiting any more
-            with self._lock:
+            if loop is None:
+                raise RuntimeError("the event loop is gone")
+            loop.call_soon_threadsafe(self._flush)
+        except Exception:  # noqa: BLE001  # the loop has closed: no one is waiting any more
+            with self._lock:  # and the next answer must schedule its own wake-up
                 self._pending.clear()
 
     def _flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
         for answer, future in pending:
-            settle(answer, future)
+            try:
+                settle(answer, future)
+            except Exception:  # noqa: BLE001  # one answer's failure must not lose the others
+                log.exception("could not hand an answer to its request")
 
 
 _RELAYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

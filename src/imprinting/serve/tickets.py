@@ -59,7 +59,6 @@ class Ticket:
         finally:
             _TICKET.reset(token)
 
-
     async def run_async(self, fn: Callable, *args, **kwargs):
         """``await fn(*args, **kwargs)`` as this request's work (``run`` for a coroutine function)."""
         token = _TICKET.set(self)

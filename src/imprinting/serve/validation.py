@@ -45,7 +45,7 @@ def unexpected_error(exc: BaseException, where: str) -> str:
     """Log an unexpected exception with a reference, and say only the reference to the client:
     its text may hold paths, queries or data that are the server's business."""
     reference = secrets.token_hex(4)
-    logging.getLogger("imprinting.serve").error("internal error %s in %s", reference, where, exc_info=exc)
+    logging.getLogger("imprinting.serve").error("internal error %s in %r", reference, where, exc_info=exc)
     return f"an unexpected error in the server (reference {reference}: the server's log has the details)"
 
 
