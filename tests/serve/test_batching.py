@@ -215,3 +215,27 @@ def test_the_old_admission_options_are_accepted_with_a_warning(conv4_model, tmp_
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "--max-images-in-flight no longer does anything" in result.output
     assert "--busy-wait no longer does anything" in result.output
+
+
+def test_a_body_that_stalls_is_a_json_408_and_a_whole_one_is_answered(conv4_model, tmp_path, kit):
+    """Guard's ``body_timeout``: a client that stops sending mid-body gets a 408 with the usual
+    JSON body (the timer runs per chunk, while the body arrives); requests sent whole are
+    answered as usual."""
+    app = create_app(conv4_model, tmp_path / "store.sqlite", body_timeout=0.5)
+    with live(app) as url:
+        host, port = url.split("//")[1].split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                      b"Content-Length: 1000\r\n\r\n--b\r\n")  # then nothing more
+            start = time.monotonic()
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408") and b'"detail":"the request body stalled for 0.5 s"' in answer
+        assert 0.4 < time.monotonic() - start < 10
+        r = httpx.post(url + "/classes/c/examples", files=kit.files(*photos(kit, 1, 2)), timeout=60)
+        assert r.status_code == 201, r.text
+        assert httpx.post(url + "/predict", files=kit.files(*photos(kit, 2, 1)), timeout=60).status_code == 200

@@ -60,8 +60,9 @@ class Guard:
             if whole:  # the body is in: what comes next is the disconnect, whenever it comes
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), self.body_timeout)
-            except asyncio.TimeoutError:  # a client that stopped sending mid-body
+                async with asyncio.timeout(self.body_timeout):  # a timer, not a task, per chunk
+                    message = await receive()
+            except TimeoutError:  # a client that stopped sending mid-body
                 raise HTTPException(408, f"the request body stalled for {self.body_timeout:g} s") from None
             whole = message.get("type") != "http.request" or not message.get("more_body", False)
             received += len(message.get("body", b""))
