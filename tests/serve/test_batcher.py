@@ -232,6 +232,29 @@ def test_rows_written_by_the_decoders_skip_a_failed_request_and_keep_their_order
     assert seen[1].tolist() == [[1, 0], [1, 1], [3, 0], [3, 1], [3, 2]]  # no row of the failed request
 
 
+def test_the_next_batch_is_decoding_before_the_last_ones_answers_go_out(make):
+    """After a forward pass the worker takes what is queued and starts decoding it, then hands
+    the answers out: the decoders work while the answers' Python runs. Both steps happen on the
+    worker's thread, so their order is the order of these events."""
+    forward = Forward(hold=True)
+    b = make(forward)
+    events = []
+    submit = b._pool.submit
+
+    def recording(fn, upload, index, *rest):
+        events.append(f"decode {upload[0]}")
+        return submit(fn, upload, index, *rest)
+
+    b._pool.submit = recording
+    plug = b.submit(uploads(0, 1))
+    plug.future.add_done_callback(lambda _: events.append("answer r0"))
+    assert forward.entered.acquire(timeout=60)
+    queued = b.submit(uploads(1, 2))
+    forward.go()
+    assert result(plug)[0].tolist() == [[0, 0]] and result(queued)[0].tolist() == [[1, 0], [1, 1]]
+    assert events == ["decode r0-0.png", "decode r1-0.png", "decode r1-1.png", "answer r0"]
+
+
 def test_close_answers_what_is_queued(make):
     forward = Forward(hold=True)
     b = make(forward)

@@ -11,7 +11,8 @@ into the batch's array; runs one forward pass over all of them (``ImprintModel.e
 on whatever engine the model selected, the embeddings ``embed_images`` gives); and gives each
 request its rows, in the order of its uploads. On a CPU engine decoding and the forward take
 turns, each with every core (``imprinting.engines.pipeline`` explains why that is faster on
-CPUs than overlapping them).
+CPUs than overlapping them); only the answers overlap: once a forward pass is done, the worker
+takes what is queued and starts decoding it before it hands the answers out.
 
 Fairness: a batch is shared out in rounds over every queued request, in the order they came:
 each round gives each request with images left an equal share of the room left (at most
@@ -101,6 +102,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._forward_lock = threading.Lock()  # the worker's, and a warm-up's before serving
         self._closed = False
+        self._ahead = None  # (batch, _start's) of the next batch, taken before the answers of the last
         self.on_idle, self._worked = on_idle, False  # _worked: a batch ran since the last on_idle
         self.batches = self.images = self.last_batch = 0
         self._pool = ThreadPoolExecutor(decoders or decode_workers(), thread_name_prefix="imprint-decode")
@@ -207,13 +209,17 @@ class Batcher:
         while True:
             batch = []
             try:
-                batch = self._next_batch()
-                if batch is None:
-                    return
-                if not batch:  # idle since the last batch: the memory its work freed goes back
-                    self.on_idle()
-                    continue
-                self._process(batch)
+                if self._ahead is not None:  # taken, and decoding, while the last batch's answers went out
+                    (batch, started), self._ahead = self._ahead, None
+                else:
+                    batch = self._next_batch()
+                    if batch is None:
+                        return
+                    if not batch:  # idle since the last batch: the memory its work freed goes back
+                        self.on_idle()
+                        continue
+                    started = self._start(batch)
+                self._process(batch, started)
             except BaseException as exc:  # a bug here must not stop the worker: fail this batch only
                 detail = unexpected_error(exc, "the inference worker")
                 for job, _, _ in batch:
@@ -285,12 +291,25 @@ class Batcher:
             self._prepare([image], row, out[row : row + 1])
         return image, sha, name
 
-    def _process(self, batch: list[tuple[_Job, int, int]]) -> None:
-        start = time.perf_counter()
+    def _start(self, batch: list[tuple[_Job, int, int]]) -> tuple:
+        """Start decoding a batch in the pool: (start time, [(job, index)], the array, the reads)."""
         todo = [(job, i) for job, first, end in batch if not job.future.done() for i in range(first, end)]
         out = self._prepare.batch(len(todo)) if self._prepare is not None else None
         reads = [(job, i, self._pool.submit(self._read_into, job.uploads[i], i, out, row))
                  for row, (job, i) in enumerate(todo)]
+        return time.perf_counter(), todo, out, reads
+
+    def _take_ahead(self) -> None:
+        """The next batch, when photos are queued now, taken and its decoding started, so that
+        the decoders work while this batch's answers are handed out (``_ahead``)."""
+        with self._cond:
+            if self._closed or not self._queue:
+                return
+            batch = self._take()
+        self._ahead = (batch, self._start(batch))
+
+    def _process(self, batch: list[tuple[_Job, int, int]], started: tuple) -> None:
+        start, todo, out, reads = started
         errors: dict[_Job, tuple[int, BaseException]] = {}
         for job, i, read in reads:
             try:
@@ -326,6 +345,7 @@ class Batcher:
         self.throughput.record(max(len(images), len(reads)), time.perf_counter() - start)
         self.batches, self.images, self.last_batch = self.batches + 1, self.images + len(images), len(images)
         self._worked = True
+        self._take_ahead()
         row = 0
         for job, first, end in parts:
             self._put(job, first, rows[row : row + end - first])
