@@ -87,13 +87,12 @@ def omniglot_set(root, epochs: int, seed: int) -> dict:
             "conformal": (5, 10), "history": history[-1]}
 
 
-def conformal_check(u_tr, y_tr, classes, u_known, y_known, u_unknown) -> dict:
-    """Leave-one-out calibration on the taught examples, measured on the test photos."""
-    from scipy.special import softmax
-
-    from imprinting.calibration import fit_scale, leave_one_out
+def taught_loo(u_tr, y_tr, classes):
+    """The classes taught from the examples (a ``ClassTable``), and the examples' leave-one-out
+    cosines as the product computes them (``calibration.leave_one_out``): (table, cosines,
+    the cosines with each example's own class masked out, which examples were scored)."""
+    from imprinting.calibration import leave_one_out
     from imprinting.classes import ClassTable
-    from imprinting.conformal import prediction_set, scores_from
 
     table = ClassTable(u_tr.shape[1])
     for c in range(classes):
@@ -101,6 +100,17 @@ def conformal_check(u_tr, y_tr, classes, u_known, y_known, u_unknown) -> dict:
     cos, scored = leave_one_out(table, u_tr, y_tr)
     others = cos.copy()
     others[np.arange(len(y_tr)), y_tr] = -np.inf
+    return table, cos, others, scored
+
+
+def conformal_check(u_tr, y_tr, classes, u_known, y_known, u_unknown) -> dict:
+    """Leave-one-out calibration on the taught examples, measured on the test photos."""
+    from scipy.special import softmax
+
+    from imprinting.calibration import fit_scale
+    from imprinting.conformal import prediction_set, scores_from
+
+    table, cos, others, scored = taught_loo(u_tr, y_tr, classes)
     scale = fit_scale(cos[scored], y_tr[scored])
     probs = softmax(scale * cos, axis=1)
     cs = scores_from(cos[scored], others.max(axis=1)[scored], probs[scored], y_tr[scored])

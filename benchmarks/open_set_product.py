@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from open_set import efficientnet_sets, omniglot_set
+from open_set import efficientnet_sets, omniglot_set, taught_loo
 from open_set_product_report import ALPHAS, SCORES, SHOTS, machine, report, tables
 from open_set_scores import BaseStats, Queries, auroc, shrunk_precision, unit
 
@@ -185,15 +185,7 @@ def balanced_threshold(scores: np.ndarray, labels: np.ndarray, alpha: float) -> 
 def cosine_model(u_tr: np.ndarray, y_tr: np.ndarray, classes: int):
     """(ClassTable, the examples' leave-one-out (known, others, scored)): the product's
     ``calibration.leave_one_out`` (examples of classes with n >= 2 scored)."""
-    from imprinting.calibration import leave_one_out
-    from imprinting.classes import ClassTable
-
-    table = ClassTable(u_tr.shape[1])
-    for c in range(classes):
-        table.add(f"c{c}", u_tr[y_tr == c])
-    cos, scored = leave_one_out(table, u_tr, y_tr)
-    others = cos.copy()
-    others[np.arange(len(y_tr)), y_tr] = -np.inf
+    table, cos, others, scored = taught_loo(u_tr, y_tr, classes)
     return table, (cos.max(axis=1), others.max(axis=1), scored)
 
 

@@ -241,19 +241,11 @@ class ImprintModel(nn.Module):
         if not len(images):
             raise ImageError("no images to embed")
         pre = self.preprocess
-        was_training = self.training
-        self.eval()
-        try:
-            engine = self.frozen_engine(training=was_training)
-            if views == 1:
-                feats = pipeline.center_features(engine, images, pre, batch_size, progress=progress)
-            else:
-                feats = pipeline.view_features(engine, images, train_transform(pre), views, pre, batch_size,
-                                               progress=progress)
-            record(engine)
-            return self.embedder.forward_head(feats.to(self.classifier.rows.device))
-        finally:
-            self.train(was_training)
+        if views == 1:
+            return self._embed_with(lambda engine: pipeline.center_features(engine, images, pre, batch_size,
+                                                                             progress=progress))
+        return self._embed_with(lambda engine: pipeline.view_features(engine, images, train_transform(pre), views, pre,
+                                                                       batch_size, progress=progress))
 
     @torch.no_grad()
     def embed_pixels(self, pixels: np.ndarray) -> torch.Tensor:
@@ -262,11 +254,16 @@ class ImprintModel(nn.Module):
         ``embed_images`` makes of them (the service decodes in threads of its own)."""
         from imprinting.engines.pipeline import for_batch
 
+        return self._embed_with(lambda engine: for_batch(engine, len(pixels)).run(pixels))
+
+    def _embed_with(self, features) -> torch.Tensor:
+        """``features(engine)``: backbone features on the frozen backbone's engine, in eval
+        mode; then FC and normalization in PyTorch (``embed_images``, ``embed_pixels``)."""
         was_training = self.training
         self.eval()
         try:
-            engine = for_batch(self.frozen_engine(training=was_training), len(pixels))
-            feats = engine.run(pixels)
+            engine = self.frozen_engine(training=was_training)
+            feats = features(engine)
             record(engine)
             return self.embedder.forward_head(feats.to(self.classifier.rows.device))
         finally:

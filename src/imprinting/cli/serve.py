@@ -102,8 +102,8 @@ def serve(model_path, store_path, host, port, token, unknown_threshold, max_requ
     service = app.state.service
     click.echo(f"{model_path}: {service.model.num_classes} classes; store {redact(store_path)}; "
                f"http://{host}:{port}/ (API docs at /docs)", err=True)
-    # loop "auto": uvloop (in the serve extra) where it is installed, else asyncio's; on 2 cores
-    # 40 clients of 1 photo got 8 % more photos/s with it (docs/serve.md, "Load")
+    # loop "auto": uvloop (in the serve extra) where it is installed, else asyncio's: less
+    # Python per request on the event loop (measured in docs/serve.md, "Load")
     uvicorn.run(app, host=host, port=port, log_level=log_level, http=header_timeout_protocol(header_timeout),
                 loop="auto", limit_concurrency=max_connections, timeout_keep_alive=5)
 

@@ -12,10 +12,9 @@ the same batches again and again. ``serve_freed_memory`` (``imprint serve``) kee
 32 MiB (a batch of 32 photos at 224 px is 19 MiB) and 64 MiB of free heap top for reuse, maps
 larger blocks (a huge decoded image) on their own so they go back at once, and caps the malloc
 arenas; ``release_free_memory`` (``malloc_trim``) gives every free page back, called by the
-inference worker once it has been idle for a second (``serve.batcher``). Measured by
-``benchmarks/serve_load.py``: 1-photo requests from 40 clients, 187 photos/s with blocks over
-1 MiB mapped afresh every batch (page faults, and the TLB flushes they cost on a VM), 214 with
-these settings (2-core AMD EPYC, 2026-12-07).
+inference worker once it has been idle for a second (``serve.batcher``). Blocks over 1 MiB
+mapped afresh every batch cost page faults, and the TLB flushes they take on a VM (measured in
+docs/serve.md, "Load").
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ A batch runs on single-threaded streams, one per CPU thread (``PERFORMANCE_HINT=
 request do (``benchmarks/engines.py``). The batch is cut into up to ``PARTS_PER_STREAM`` parts a
 stream, all started at once, and each stream takes the next part as it finishes one: when
 another thread of the process takes a core for a while (the service's HTTP work), the other
-stream does the rest instead of waiting idle for its half (``benchmarks/serve_load.py``, 40
-clients of 1 photo on 2 cores: 164 photos/s with one half a stream, 187 with quarters). A batch
+stream does the rest instead of waiting idle for its half (measured in docs/serve.md, "Load",
+and docs/engines.md). A batch
 with fewer images than streams (the service's single pictures) runs on a second model, compiled
 for latency with every thread on its first such batch, so one image is not left to one core.
 A sample's output does not depend on the part it falls in (the convolutions are per sample).

@@ -53,42 +53,12 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def resident_bytes() -> int | None:
-    """This process's resident memory (Linux /proc; None elsewhere)."""
+    """This process's resident memory (Linux /proc; None elsewhere): one system call, a
+    ``pread`` of /proc/self/statm, which is kept open."""
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * PAGE_SIZE
+        return int(os.pread(_statm(), 128, 0).split()[1]) * PAGE_SIZE
     except (OSError, ValueError, IndexError):
         return None
-
-
-RESIDENT_MAX_AGE = 0.05  # seconds a reading of the resident memory serves check_memory
-
-
-class _RecentResident:
-    """``resident_bytes`` read at most once per ``RESIDENT_MAX_AGE``, with one system call
-    (``os.pread`` on /proc/self/statm, kept open). Checked before every image, the reading
-    must cost the decoding threads little: every system call gives up the interpreter lock,
-    and under load getting it back may take milliseconds while the event loop runs (two
-    decoding threads beside a busy Python thread: 14.4 ms an image with a fresh reading
-    each, 8.4 without any). Thread-safe: the reading and its time are replaced as one pair."""
-
-    def __init__(self):
-        self._last = (-1.0, None)
-
-    def __call__(self) -> int | None:
-        when, value = self._last
-        now = time.monotonic()
-        if now - when > RESIDENT_MAX_AGE:
-            value = self._read()
-            self._last = (now, value)
-        return value
-
-    @staticmethod
-    def _read() -> int | None:
-        try:
-            return int(os.pread(_statm(), 128, 0).split()[1]) * PAGE_SIZE
-        except (OSError, ValueError, IndexError):
-            return resident_bytes()
 
 
 _STATM: tuple[int, int] | None = None  # (process id, descriptor of its /proc/self/statm), one per process
@@ -102,6 +72,30 @@ def _statm() -> int:
         if _STATM is None or _STATM[0] != os.getpid():
             _STATM = (os.getpid(), os.open("/proc/self/statm", os.O_RDONLY))
         return _STATM[1]
+
+
+RESIDENT_MAX_AGE = 0.05  # seconds a reading of the resident memory serves check_memory
+
+
+class _RecentResident:
+    """``resident_bytes`` read at most once per ``RESIDENT_MAX_AGE``. Checked before every
+    image, the reading must cost the decoding threads little: every system call gives up the
+    interpreter lock, and under load getting it back may take milliseconds while the event
+    loop runs (docs/serve.md, "Memory"). Thread-safe: the reading and its time are replaced as
+    one pair."""
+
+    def __init__(self):
+        self._last = (-1.0, None)
+
+    def __call__(self) -> int | None:
+        when, value = self._last
+        now = time.monotonic()
+        if now - when > RESIDENT_MAX_AGE:
+            value = self._read()
+            self._last = (now, value)
+        return value
+
+    _read = staticmethod(resident_bytes)
 
 
 class Throughput:

@@ -116,8 +116,7 @@ class Batcher:
         the pixels of ``embed_images``), then one engine run per batch (``model.embed_pixels``)
         of at most ``max_batch`` images (default: ``best_batch_size(model)``). The forward
         phase is then the engine's alone: crops made in a pool of its own after decoding took
-        two threads fighting the event loop for the interpreter lock, with a core mostly idle,
-        about 9 ms of a 68 ms batch of 18 (2-core AMD EPYC, 2026-12-07)."""
+        two threads fighting the event loop for the interpreter lock, with a core mostly idle."""
         return cls(model.embed_pixels, read, prepare=CenterCrops(model.preprocess, draft=False),
                    max_batch=max_batch or best_batch_size(model), **options)
 
