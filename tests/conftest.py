@@ -22,9 +22,15 @@ def shared_data() -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Feature caches of tests go to a temporary folder, never ~/.cache."""
+    """Feature caches of tests go to a temporary folder, never ~/.cache; the engine default
+    goes back to none after each test."""
     monkeypatch.setenv("IMPRINTING_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     torch.manual_seed(0)
+    yield
+    # `imprint --engine X` run in-process sets the process default; it must not outlive its test
+    from imprinting import engines
+
+    engines.set_default(engine=None, precision=None)
 
 
 @pytest.fixture
