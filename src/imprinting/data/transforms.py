@@ -8,6 +8,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 from imprinting.backbones import Preprocess
+from imprinting.data.crop import center_crop
 from imprinting.data.images import check_decoded, resized_size
 
 _INTERPOLATION = {
@@ -33,7 +34,8 @@ class eval_crop:
     An image decoded at a reduced JPEG scale (``load_image(..., reduce_to=...)``, which
     records ``full_size`` and ``draft_scale`` in its ``info``) is resized to the size the full
     image would take, from the region the full image covers, so only the pixels' values
-    change, not where they are. An image too thin to resize (``check_image_size``: its
+    change, not where they are. Otherwise only the crop is resized where that gives the same
+    pixels (``imprinting.data.crop``). An image too thin to resize (``check_image_size``: its
     aspect ratio) is an ``ImageError`` before anything is resized.
     """
 
@@ -41,16 +43,24 @@ class eval_crop:
         self.interp = _INTERPOLATION[pre.interpolation]
         self.resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[pre.interpolation]
         self.resize, self.center = T.Resize(pre.resize_size, interpolation=self.interp), T.CenterCrop(pre.image_size)
-        self.resize_size = pre.resize_size
+        self.resize_size, self.crop_size = pre.resize_size, pre.image_size
 
     def __call__(self, img):
         check_decoded(img, resize_to=self.resize_size)  # a thin image would resize to gigabytes
         full = img.info.get("full_size")
         if full is None:
-            return self.center(self.resize(img))
+            fast = center_crop(img, self.resize_size, self.crop_size, self.resample)
+            return fast if fast is not None else self.center(self.resize(img))
         (w, h), k = full, img.info["draft_scale"]
         tw, th = resized_size(w, h, self.resize_size)  # torchvision's rule
         return self.center(img.resize((tw, th), self.resample, box=(0, 0, w / k, h / k)))
+
+    def shrink(self, img):
+        """``eval_transform``'s resize of ``img`` when it makes it smaller (what a server keeps
+        of an upload until its crop is taken); ``img`` itself when it would grow it, since
+        the crop is then resized from it, computing only the crop: the same pixels."""
+        tw, th = resized_size(img.width, img.height, self.resize_size)
+        return self.resize(img) if tw * th < img.width * img.height else img
 
 
 def normalize_table(pre: Preprocess):

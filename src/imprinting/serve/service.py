@@ -77,8 +77,9 @@ class Service(ServiceEdits, ServicePredictions):
         self.max_pixels = max_pixels
         self.admission = admission or Admission(memory_limit_mb=None)
         pre = model.preprocess
-        # decode straight to what the model's resize makes of an image (a no-op for it after)
-        self._decoding = {"mode": image_mode(pre), "reduce_to": pre.resize_size, "shrink": eval_crop(pre).resize}
+        # decode straight to what the model's resize makes of an image when that is smaller (a
+        # no-op for it after); a smaller image is kept, and only its crop resized later
+        self._decoding = {"mode": image_mode(pre), "reduce_to": pre.resize_size, "shrink": eval_crop(pre).shrink}
         self.threshold_pinned = threshold_pinned
         self.lock = threading.Lock()  # the classes in memory (never held across a store call)
         self._writes = threading.Lock()  # this process's writes, one at a time
