@@ -101,20 +101,29 @@ def load_image(path: str | os.PathLike, mode: str = "RGB", max_pixels: int = MAX
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
+    img = None
     try:
-        with Image.open(path) as img:
-            check_image_size(img.width, img.height, path, max_pixels, reduce_to)
-            full = img.size
-            scale = draft(img, reduce_to) if reduce_to and img.format == "JPEG" else 1
-            img.load()
-            out = img.convert(mode)
-            if scale > 1:  # what the resize needs to put the pixels where the full image has them
-                out.info.update(full_size=full, draft_scale=scale)
-            return out
-    except ImageError:
+        img = Image.open(path)
+        check_image_size(img.width, img.height, path, max_pixels, reduce_to)
+        full = img.size
+        scale = draft(img, reduce_to) if reduce_to and img.format == "JPEG" else 1
+        img.load()
+        # A loaded single-frame image has its file closed (fp None): kept as it is when in
+        # ``mode`` already; otherwise converted (a copy), and the original closed.
+        out = img if img.mode == mode and getattr(img, "fp", None) is None else img.convert(mode)
+        if scale > 1:  # what the resize needs to put the pixels where the full image has them
+            out.info.update(full_size=full, draft_scale=scale)
+        if out is not img:
+            img.close()
+        return out
+    except BaseException as exc:
+        if img is not None:
+            img.close()
+        if isinstance(exc, ImageError):
+            raise
+        if isinstance(exc, (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)):
+            raise ImageError(f"{path}: not a readable image ({exc})") from None
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{path}: not a readable image ({exc})") from None
 
 
 def draft(img: Image.Image, short_side: int) -> int:

@@ -40,7 +40,7 @@ from imprinting.data.images import check_decoded, load_image
 from imprinting.data.transforms import eval_crop, image_mode, normalize_table, train_transform
 from imprinting.engines.base import Engine
 
-GROUP = 8  # images one decoding task takes
+GROUP = 2  # images one decoding task takes: small, so the threads end a batch together
 
 
 def decode_workers() -> int:
@@ -60,7 +60,7 @@ def decode(source, mode: str, reduce_to: int | None = None):
     caller resizes the short side next and a thin image would resize to gigabytes."""
     if hasattr(source, "convert"):
         check_decoded(source, resize_to=reduce_to)
-        return source.convert(mode)
+        return source if source.mode == mode else source.convert(mode)
     return load_image(source, mode, reduce_to=reduce_to)
 
 
@@ -81,19 +81,28 @@ class CenterCrops:
     def __call__(self, sources: Sequence, first: int, out: np.ndarray) -> None:
         """Decode ``sources`` (images ``first``, ... of the set) into ``out`` (len(sources), C, H, W)."""
         s, c = self.pre.image_size, self.pre.in_chans
-        pixels = np.empty((len(sources), s, s, c), np.uint8)
         for i, src in enumerate(sources):
-            pixels[i] = np.asarray(self.crop(decode(src, self.mode, self.reduce_to))).reshape(s, s, c)
-        for ch in range(c):
-            np.take(self.table[ch], pixels[..., ch], out=out[:, ch])
+            pixels = np.asarray(self.crop(decode(src, self.mode, self.reduce_to))).reshape(s, s, c)
+            for ch in range(c):
+                np.take(self.table[ch], pixels[..., ch], out=out[i, ch])
+
+
+def _aliases(features, batch: np.ndarray) -> bool:
+    """Whether an engine's output shares memory with its input (an engine may return a view)."""
+    if not isinstance(features, torch.Tensor) or features.device.type != "cpu":
+        return False
+    start, size = features.untyped_storage().data_ptr(), features.untyped_storage().nbytes()
+    return start < batch.ctypes.data + batch.nbytes and batch.ctypes.data < start + size
 
 
 def _run(engine: Engine, work, images: Sequence, batch_size: int, workers: int | None,
          progress: Callable[[int], None] | None) -> list[torch.Tensor]:
     """The engine's outputs, batch by batch, for images decoded by ``work`` (``CenterCrops`` or
     ``_SeededViews``: ``batch(count)`` makes the array, ``work(sources, first, out)`` fills a
-    slice) in groups on ``workers`` threads (0: in this thread). With a CPU engine a batch is
-    decoded, then run; otherwise the next batch is decoded while the engine runs."""
+    slice) in groups of ``GROUP`` images on ``workers`` threads (0: in this thread). With a CPU
+    engine a batch is decoded, then run; otherwise the next batch is decoded while the engine
+    runs. A batch's array is reused for the next batch of its size once the engine is done
+    with it (a fresh 19 MB array a batch costs page faults and cold cache lines)."""
     n = len(images)
     engine = for_batch(engine, min(batch_size, n) * getattr(work, "views", 1))
     workers = decode_workers() if workers is None else workers
@@ -102,13 +111,15 @@ def _run(engine: Engine, work, images: Sequence, batch_size: int, workers: int |
     ahead = 0 if getattr(engine, "uses_cpu", True) or not workers else 1  # batches decoded while the engine runs
     pool = ThreadPoolExecutor(workers, thread_name_prefix="imprinting-decode") if workers else None
     pending: deque = deque()
+    free: dict[int, list[np.ndarray]] = {}  # arrays the engine is done with, by images
 
     def submit(k: int) -> None:
         if k < len(starts):
             i = starts[k]
-            batch = work.batch(min(batch_size, n - i))
-            parts = [(images[i + j : i + min(j + group, len(batch))], i + j, batch[j : j + group])
-                     for j in range(0, len(batch), group)]
+            count = min(batch_size, n - i)
+            batch = free[count].pop() if free.get(count) else work.batch(count)
+            parts = [(images[i + j : i + min(j + group, count)], i + j, batch[j : j + group])
+                     for j in range(0, count, group)]
             if pool is None:
                 for part in parts:
                     work(*part)
@@ -124,7 +135,11 @@ def _run(engine: Engine, work, images: Sequence, batch_size: int, workers: int |
             batch, tasks = pending.popleft()
             for t in tasks:
                 t.result()
-            out.append(engine.run(batch.reshape(-1, *batch.shape[-3:])))
+            features = engine.run(batch.reshape(-1, *batch.shape[-3:]))
+            if _aliases(features, batch):
+                features = features.clone()
+            out.append(features)
+            free.setdefault(len(batch), []).append(batch)
             submit(k + ahead + 1)
             if progress is not None:
                 progress(len(batch))
