@@ -15,7 +15,8 @@ One run, two tables (EfficientNet-Lite0 with its ImageNet weights,
    32, the engine ``auto`` picks for it, decoding in threads) on ``--images`` real
    Flowers-102 JPEGs, and its ratio to the best exact bare forward at 32, to the bare
    forward of its engine timed alternately with it (the load of a shared machine changes),
-   and to PyTorch eager NCHW; decoding alone on one thread (no forward pass); decoding a
+   and to PyTorch eager NCHW; decoding alone on one thread (no forward pass); the resize and
+   centre crop alone, of the whole image against only the crop (the same pixels); decoding a
    batch on every core right after a batch through each engine, and after 0.2 s idle (what
    an engine's threads left spinning take from the decoders: onnxruntime with and without
    ``session.force_spinning_stop``), and OpenVINO's bare forward at 16 right after
@@ -47,6 +48,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -164,6 +166,31 @@ def decode_row(model, files: list[Path]) -> dict:
     ms = 1000 * (time.perf_counter() - t0) / len(files)
     return {"measure": f"decoding alone, one thread, {len(files)} Flowers-102 JPEGs: {ms:.2f} ms per image",
             "engine": "none", "images_per_s": round(1000 / ms, 1)}
+
+
+def resize_row(model, files: list[Path]) -> dict:
+    """The resize + centre crop alone, on this one thread, of the photos already decoded: the
+    whole image resized then cropped (torchvision's ``Resize`` + ``CenterCrop``) against only
+    the crop resized (``imprinting.data.crop``, the pixels checked equal on each photo)."""
+    from imprinting.data.crop import center_crop
+    from imprinting.data.images import load_image
+    from imprinting.data.transforms import eval_crop
+
+    pre, crop = model.preprocess, eval_crop(model.preprocess)
+    images = [load_image(f, "RGB") for f in files]
+    ms = {}
+    for name, fn in (("whole", lambda im: crop.center(crop.resize(im))),
+                     ("crop", lambda im: center_crop(im, pre.resize_size, pre.image_size, crop.resample))):
+        fn(images[0])
+        t0 = time.perf_counter()
+        out = [fn(im) for im in images]
+        ms[name] = 1000 * (time.perf_counter() - t0) / len(images)
+        ms[name + "_pixels"] = out
+    same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(ms["whole_pixels"], ms["crop_pixels"]))
+    return {"measure": f"resize + centre crop alone, one thread, {len(files)} Flowers-102 photos: whole image "
+                       f"{ms['whole']:.2f} ms, only the crop {ms['crop']:.2f} ms per image "
+                       f"({'the same pixels' if same else 'PIXELS DIFFER'})",
+            "engine": "none", "images_per_s": round(1000 / ms["crop"], 1)}
 
 
 def decode_after_rows(model, files: list[Path], built: dict, repeats: int) -> list[dict]:
@@ -300,6 +327,7 @@ def engine_tables(args) -> tuple[list[str], dict]:
     files = flowers(args.data_root, max(args.images, args.predict_images))
     rows = pipeline_rows(model, files[: args.images], args.repeats, best, eager)
     rows.append(decode_row(model, files[: args.images]))
+    rows.append(resize_row(model, files[: args.images]))
     rows += decode_after_rows(model, files, built, args.repeats)
     rows.append(predict_row(files[: args.predict_images], args.data_root))
     picked = engine.engine_for(max(sizes))

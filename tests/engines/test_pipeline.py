@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from imprinting.backbones import create_backbone
 from imprinting.data.images import ImageError, load_image
@@ -92,3 +93,31 @@ def test_draft_leaves_images_alone_when_no_scale_keeps_the_resize_size(flowers_j
     p = next(f for f in flowers_jpegs if min(load_image(f).size) < 2 * pre.resize_size)
     assert "draft_scale" not in load_image(p, reduce_to=pre.resize_size).info
     assert np.array_equal(_crop(pre, p, True), _crop(pre, p, False))
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "conv4"])  # RGB, mean 0.5; grayscale L
+def test_normalizing_by_arithmetic_gives_the_eval_transform_bit_for_bit(backbone):
+    pre = create_backbone(backbone, pretrained=False).preprocess.at_size(40)
+    rng = np.random.default_rng(3)
+    mode = "L" if pre.in_chans == 1 else "RGB"
+    shape = lambda w, h: (h, w) if mode == "L" else (h, w, 3)  # noqa: E731
+    images = [Image.fromarray(rng.integers(0, 256, shape(w, h), dtype=np.uint8), mode)
+              for w, h in [(40, 40), (61, 45), (45, 90), (300, 47)]]
+    want = torch.stack([eval_transform(pre)(img) for img in images]).flatten(1)
+    crops = pipeline.CenterCrops(pre, draft=False)
+    assert crops.arithmetic  # float32 / 255, - mean, / std: torchvision's values on this machine
+    got = crops.batch(len(images))
+    crops(images, 0, got)
+    assert torch.equal(torch.from_numpy(got).flatten(1), want)
+
+
+def test_a_table_the_arithmetic_does_not_give_turns_the_arithmetic_off(monkeypatch, pre):
+    real = pipeline.normalize_table
+    monkeypatch.setattr(pipeline, "normalize_table", lambda p: np.nextafter(real(p), np.float32(np.inf)))
+    crops = pipeline.CenterCrops(pre, draft=False)
+    assert not crops.arithmetic
+    img = Image.fromarray(np.random.default_rng(4).integers(0, 256, (120, 100, 3), dtype=np.uint8))
+    got = crops.batch(1)
+    crops([img], 0, got)
+    want = eval_transform(pre)(img).numpy()
+    assert np.array_equal(got[0], np.nextafter(want, np.float32(np.inf)))  # the table's values, looked up
