@@ -94,7 +94,26 @@ def test_real_photos_at_the_default_size(shared_data):
     if len(files) < 10:
         pytest.skip("Flowers-102 and CUB JPEGs not found in ../shared/data")
     for path in files:
-        img = Image.open(path).convert("RGB")
+        with Image.open(path) as opened:
+            img = opened.convert("RGB")
         for resample in FILTERS:
             got = crop.center_crop(img, 256, 224, resample)
             np.testing.assert_array_equal(np.asarray(got), torchvision_crop(img, 256, 224, resample), err_msg=str(path))
+
+
+def test_shrink_resizes_only_what_the_resize_makes_smaller():
+    """The server keeps what ``shrink`` gives until the crop: torchvision's resize of an image
+    it makes smaller, the image itself (not a copy) where it would enlarge it; either way the
+    crop taken after is the eval transform's."""
+    from imprinting.backbones import create_backbone
+    from imprinting.data.transforms import eval_crop
+
+    pre = create_backbone("efficientnet_lite0", pretrained=False).preprocess  # bicubic, 256 -> 224
+    ec, rng = eval_crop(pre), np.random.default_rng(5)
+    small, big = random_image(rng, 300, 230, "RGB"), random_image(rng, 700, 520, "RGB")
+    assert ec.shrink(small) is small
+    shrunk = ec.shrink(big)
+    assert shrunk.size == (344, 256)  # 700 * 256 / 520 = 344.6: torchvision's int()
+    np.testing.assert_array_equal(np.asarray(shrunk), np.asarray(T.Resize(256, interpolation=FILTERS[Image.Resampling.BICUBIC])(big)))
+    for img in (small, big):
+        np.testing.assert_array_equal(np.asarray(ec(ec.shrink(img))), torchvision_crop(img, 256, 224, Image.Resampling.BICUBIC))

@@ -121,3 +121,22 @@ def test_a_table_the_arithmetic_does_not_give_turns_the_arithmetic_off(monkeypat
     crops([img], 0, got)
     want = eval_transform(pre)(img).numpy()
     assert np.array_equal(got[0], np.nextafter(want, np.float32(np.inf)))  # the table's values, looked up
+
+
+class ViewOfInput(Pixels):
+    """An engine whose output is a view of the batch array it was given (allowed: nothing in
+    the contract says an output is fresh memory)."""
+
+    def run(self, batch):
+        return torch.from_numpy(batch).flatten(1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_reused_batch_arrays_never_overwrite_features_already_returned(pre, workers):
+    """Batches of one size share an array; an output that is a view of it is copied before
+    the array is filled again, so every image keeps its own pixels."""
+    rng = np.random.default_rng(6)
+    images = [Image.fromarray(rng.integers(0, 256, (100 + 7 * i, 120, 3), dtype=np.uint8)) for i in range(7)]
+    want = torch.stack([eval_transform(pre)(img) for img in images]).flatten(1)
+    got = pipeline.center_features(ViewOfInput(), images, pre, batch_size=2, workers=workers)  # 2, 2, 2, 1
+    assert torch.equal(got, want)

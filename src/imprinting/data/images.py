@@ -109,8 +109,10 @@ def load_image(path: str | os.PathLike, mode: str = "RGB", max_pixels: int = MAX
         scale = draft(img, reduce_to) if reduce_to and img.format == "JPEG" else 1
         img.load()
         # A loaded single-frame image has its file closed (fp None): kept as it is when in
-        # ``mode`` already; otherwise converted (a copy), and the original closed.
-        out = img if img.mode == mode and getattr(img, "fp", None) is None else img.convert(mode)
+        # ``mode`` already. Otherwise converted (a copy) and the original closed: a multi-frame
+        # file (MPO, APNG, TIFF pages) stays open behind an image for its other frames.
+        kept = img.mode == mode and getattr(img, "n_frames", 1) == 1 and getattr(img, "fp", None) is None
+        out = img if kept else img.convert(mode)
         if scale > 1:  # what the resize needs to put the pixels where the full image has them
             out.info.update(full_size=full, draft_scale=scale)
         if out is not img:

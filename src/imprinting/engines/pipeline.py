@@ -115,6 +115,8 @@ class CenterCrops:
 
 def _aliases(features, batch: np.ndarray) -> bool:
     """Whether an engine's output shares memory with its input (an engine may return a view)."""
+    if isinstance(features, np.ndarray):
+        return np.may_share_memory(features, batch)
     if not isinstance(features, torch.Tensor) or features.device.type != "cpu":
         return False
     start, size = features.untyped_storage().data_ptr(), features.untyped_storage().nbytes()
@@ -163,7 +165,7 @@ def _run(engine: Engine, work, images: Sequence, batch_size: int, workers: int |
                 t.result()
             features = engine.run(batch.reshape(-1, *batch.shape[-3:]))
             if _aliases(features, batch):
-                features = features.clone()
+                features = features.copy() if isinstance(features, np.ndarray) else features.clone()
             out.append(features)
             free.setdefault(len(batch), []).append(batch)
             submit(k + ahead + 1)
