@@ -178,15 +178,14 @@ def resize_row(model, files: list[Path]) -> dict:
 
     pre, crop = model.preprocess, eval_crop(model.preprocess)
     images = [load_image(f, "RGB") for f in files]
-    ms = {"whole": float("inf"), "crop": float("inf")}
+    ms, crops = {"whole": float("inf"), "crop": float("inf")}, {}
     for name, fn in (("whole", lambda im: crop.center(crop.resize(im))),  # alternately, best of 2 each
                      ("crop", lambda im: center_crop(im, pre.resize_size, pre.image_size, crop.resample))) * 2:
         fn(images[0])
         t0 = time.perf_counter()
-        out = [fn(im) for im in images]
+        crops[name] = [fn(im) for im in images]
         ms[name] = min(ms[name], 1000 * (time.perf_counter() - t0) / len(images))
-        ms[name + "_pixels"] = out
-    same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(ms["whole_pixels"], ms["crop_pixels"]))
+    same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(crops["whole"], crops["crop"]))
     return {"measure": f"resize + centre crop alone, one thread, {len(files)} Flowers-102 photos: whole image "
                        f"{ms['whole']:.2f} ms, only the crop {ms['crop']:.2f} ms per image "
                        f"({'the same pixels' if same else 'PIXELS DIFFER'})",

@@ -101,31 +101,30 @@ def load_image(path: str | os.PathLike, mode: str = "RGB", max_pixels: int = MAX
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
-    img = None
     try:
         img = Image.open(path)
-        check_image_size(img.width, img.height, path, max_pixels, reduce_to)
-        full = img.size
-        scale = draft(img, reduce_to) if reduce_to and img.format == "JPEG" else 1
-        img.load()
-        # A loaded single-frame image has its file closed (fp None): kept as it is when in
-        # ``mode`` already. Otherwise converted (a copy) and the original closed: a multi-frame
-        # file (MPO, APNG, TIFF pages) stays open behind an image for its other frames.
-        kept = img.mode == mode and getattr(img, "n_frames", 1) == 1 and getattr(img, "fp", None) is None
-        out = img if kept else img.convert(mode)
-        if scale > 1:  # what the resize needs to put the pixels where the full image has them
-            out.info.update(full_size=full, draft_scale=scale)
+        try:
+            check_image_size(img.width, img.height, path, max_pixels, reduce_to)
+            full = img.size
+            scale = draft(img, reduce_to) if reduce_to and img.format == "JPEG" else 1
+            img.load()
+            # A loaded single-frame image has its file closed (fp None): kept as it is when in
+            # ``mode`` already. Otherwise converted (a copy) and the original closed: a
+            # multi-frame file (MPO, APNG, TIFF pages) stays open behind an image for its frames.
+            kept = img.mode == mode and getattr(img, "n_frames", 1) == 1 and getattr(img, "fp", None) is None
+            out = img if kept else img.convert(mode)
+        except BaseException:
+            img.close()
+            raise
         if out is not img:
             img.close()
+        if scale > 1:  # what the resize needs to put the pixels where the full image has them
+            out.info.update(full_size=full, draft_scale=scale)
         return out
-    except BaseException as exc:
-        if img is not None:
-            img.close()
-        if isinstance(exc, ImageError):
-            raise
-        if isinstance(exc, (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)):
-            raise ImageError(f"{path}: not a readable image ({exc})") from None
+    except ImageError:
         raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{path}: not a readable image ({exc})") from None
 
 
 def draft(img: Image.Image, short_side: int) -> int:
