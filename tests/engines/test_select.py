@@ -115,7 +115,17 @@ def test_the_in_process_engine_follows_weight_changes(conv4, cache):
     assert engines.frozen_engine(conv4.module, conv4.preprocess, "torch") is a
     with torch.no_grad():
         next(conv4.module.parameters()).mul_(2)
-    assert engines.frozen_engine(conv4.module, conv4.preprocess, "torch") is not a
+    b = engines.frozen_engine(conv4.module, conv4.preprocess, "torch")
+    assert b is not a
+    bn = next(m for m in conv4.module.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_mean.add_(1.0)  # a buffer changed in place
+    c = engines.frozen_engine(conv4.module, conv4.preprocess, "torch")
+    assert c is not b
+    bn.weight = torch.nn.Parameter(bn.weight.detach().clone())  # a new tensor, the same values
+    d = engines.frozen_engine(conv4.module, conv4.preprocess, "torch")
+    assert d is not c
+    conv4.module.extra = torch.nn.Linear(2, 2)  # a module added (its weights are new state)
+    assert engines.frozen_engine(conv4.module, conv4.preprocess, "torch") is not d
 
 
 def test_an_engine_that_is_not_installed_says_why(conv4, cache, monkeypatch):

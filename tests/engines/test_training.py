@@ -41,3 +41,20 @@ def test_end_to_end_training_never_builds_an_engine(no_engines):
     x, y = torch.randn(8, 1, 28, 28), torch.tensor([0, 1] * 4)
     train(model, TensorImageDataset(x, y), TrainConfig(epochs=1, batch_size=4, seed=0), progress=False)
     assert not torch.equal(before, model.embedder.backbone.features[0].weight)  # the backbone trained
+
+
+def test_a_part_left_in_training_mode_still_embeds_in_eval_mode(tmp_path):
+    """``_embed_with`` skips eval() and train() when no module is training (two walks of every
+    module a batch): a backbone left in training mode under a model in eval mode must still
+    embed with its running statistics, as a model wholly in eval mode does, and be left in
+    eval mode as before."""
+    model = create_model("conv4", pretrained=False, dim=8, engine="torch")
+    files = [make_image(tmp_path / f"{i}.png", seed=i, noise=80) for i in range(3)]
+    model.eval()
+    want = model.embed_images(files)
+    model.embedder.backbone.features[1].train()  # a BatchNorm: batch statistics if left training
+    got = model.embed_images(files)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert not any(m.training for m in model.modules())
+    # and the walk that decides it reaches every module train() does
+    assert {id(m) for m in engines.walk(model)} == {id(m) for m in model.modules()}
