@@ -248,25 +248,27 @@ class ImprintModel(nn.Module):
                                                                        batch_size, progress=progress))
 
     @torch.no_grad()
-    def embed_pixels(self, pixels: np.ndarray) -> torch.Tensor:
+    def embed_pixels(self, pixels: np.ndarray, engine=None) -> torch.Tensor:
         """Embeddings (n, D) of images already decoded, centre-cropped and normalized: an
         (n, C, H, W) float32 array filled by ``engines.pipeline.CenterCrops``, the pixels
-        ``embed_images`` makes of them (the service decodes in threads of its own)."""
+        ``embed_images`` makes of them (the service decodes in threads of its own). ``engine``:
+        ``frozen_engine()`` taken once by a caller that changes neither the backbone's weights
+        nor the eval mode after (the service's worker), which are then not checked again."""
         from imprinting.engines.pipeline import for_batch
 
-        return self._embed_with(lambda engine: for_batch(engine, len(pixels)).run(pixels))
+        return self._embed_with(lambda engine: for_batch(engine, len(pixels)).run(pixels), engine)
 
-    def _embed_with(self, features) -> torch.Tensor:
+    def _embed_with(self, features, engine=None) -> torch.Tensor:
         """``features(engine)``: backbone features on the frozen backbone's engine, in eval
-        mode; then FC and normalization in PyTorch (``embed_images``, ``embed_pixels``)."""
+        mode; then FC and normalization in PyTorch (``embed_images``, ``embed_pixels``).
+        ``engine``: the caller's, taken once (``embed_pixels``): no mode switched or checked."""
         was_training = self.training
-        # eval() and train() each walk every module through nn.Module.__setattr__ (0.45 ms on
-        # EfficientNet-Lite0, twice for every batch the service runs): only when one is training
-        switch = any(m.training for m in walk(self))
+        # eval() and train() walk every module (0.45 ms each on EfficientNet-Lite0): if one trains
+        switch = engine is None and any(m.training for m in walk(self))
         if switch:
             self.eval()
         try:
-            engine = self.frozen_engine(training=was_training)
+            engine = self.frozen_engine(training=was_training) if engine is None else engine
             feats = features(engine)
             record(engine)
             return self.embedder.forward_head(feats.to(self.classifier.rows.device))

@@ -100,6 +100,25 @@ def test_batched_embeddings_are_each_requests_own(engine, conv4_model, conv4, tm
             np.testing.assert_allclose(embeddings.numpy(), alone.numpy(), rtol=0, atol=1e-5)
 
 
+def test_the_worker_takes_the_engine_once_not_per_batch(conv4_model, conv4, tmp_path, kit, monkeypatch):
+    """``Batcher.for_model`` resolves the model's engine when the service opens: its batches
+    neither look the engine up again nor fingerprint the backbone's weights (``_state``,
+    0.3 ms a batch on EfficientNet-Lite0) nor switch the model's mode, and give what
+    ``embed_pixels`` checking all of that gives."""
+    from imprinting import engines
+
+    with Service.open(conv4_model, tmp_path / "store.sqlite", max_images=8) as service:
+        looked = []
+        original = engines._state
+        monkeypatch.setattr(engines, "_state", lambda module: looked.append(module) or original(module))
+        monkeypatch.setattr(type(service.model), "eval", lambda self: pytest.fail("the mode was switched"))
+        for tag in range(3):
+            embeddings, _, _, _ = service._read_and_embed(photos(kit, tag, 2))
+            alone = conv4.embed_images([kit.decode(data) for _, data in photos(kit, tag, 2)])
+            np.testing.assert_allclose(embeddings.numpy(), alone.numpy(), rtol=0, atol=1e-5)
+        assert not [m for m in looked if m is service.model.embedder.backbone]
+
+
 def test_single_photos_share_the_batch_of_a_16_photo_request(conv4_model, tmp_path, kit):
     """A 16-photo request queued first takes a chunk of the next batch; the three single
     photos queued after it are answered with that batch, while its other photos still wait."""
