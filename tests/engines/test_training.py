@@ -58,3 +58,14 @@ def test_a_part_left_in_training_mode_still_embeds_in_eval_mode(tmp_path):
     assert not any(m.training for m in model.modules())
     # and the walk that decides it reaches every module train() does
     assert {id(m) for m in engines.walk(model)} == {id(m) for m in model.modules()}
+
+
+def test_the_walk_visits_each_module_once_even_in_a_cycle():
+    """``engines.walk`` reaches a module registered twice once, as ``modules()`` does, and
+    ends on a cycle (a module registered under itself) instead of looping forever."""
+    shared = torch.nn.Linear(2, 2)
+    net = torch.nn.Sequential(shared, torch.nn.ReLU(), torch.nn.Sequential(shared, torch.nn.Linear(2, 3)))
+    got = engines.walk(net)
+    assert len(got) == len({id(m) for m in got}) == len(list(net.modules())) == 5
+    net[2].add_module("back", net)  # a cycle: modules() would recurse without end too
+    assert {id(m) for m in engines.walk(net)} == {id(m) for m in got}

@@ -119,6 +119,18 @@ def test_the_worker_takes_the_engine_once_not_per_batch(conv4_model, conv4, tmp_
         assert not [m for m in looked if m is service.model.embedder.backbone]
 
 
+def test_the_worker_refuses_a_model_in_training_mode():
+    """The engine taken once would run a model left in training mode as it is (batch
+    statistics, running statistics overwritten): ``Batcher.for_model`` refuses it at once."""
+    from imprinting.build import create_model
+    from imprinting.serve.batcher import Batcher
+
+    model = create_model("conv4", pretrained=False, dim=8, engine="torch")
+    model.embedder.backbone.features[1].train()
+    with pytest.raises(ValueError, match="eval mode"):
+        Batcher.for_model(model, lambda upload, i: upload)
+
+
 def test_single_photos_share_the_batch_of_a_16_photo_request(conv4_model, tmp_path, kit):
     """A 16-photo request queued first takes a chunk of the next batch; the three single
     photos queued after it are answered with that batch, while its other photos still wait."""

@@ -43,7 +43,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from imprinting.engines import best_batch
+from imprinting.engines import best_batch, walk
 from imprinting.engines.allocator import release_free_memory
 from imprinting.engines.pipeline import CenterCrops, decode_workers
 from imprinting.serve.admission import Busy, Throughput
@@ -119,7 +119,10 @@ class Batcher:
         two threads fighting the event loop for the interpreter lock, with a core mostly idle.
         The engine is taken once, here: the service changes classes and calibration, never the
         backbone's weights or the model's mode, which ``embed_pixels`` would otherwise check on
-        every batch (0.3-0.5 ms of Python; a lone photo's answer 15 % slower, docs/serve.md)."""
+        every batch (0.3-0.5 ms of Python; a lone photo's answer 15 % slower, docs/serve.md).
+        Raises ``ValueError`` for a model with a module in training mode."""
+        if any(m.training for m in walk(model)):  # its engine would run it in training mode
+            raise ValueError("the service's model must be in eval mode (model.eval())")
         engine = model.frozen_engine(training=False)
         return cls(lambda pixels: model.embed_pixels(pixels, engine), read,
                    prepare=CenterCrops(model.preprocess, draft=False),
