@@ -29,7 +29,7 @@ from imprinting.classes import ClassSnapshot, ClassTable
 from imprinting.calibration import in_force
 from imprinting.conformal import set_q
 from imprinting.data.images import ImageError, load_image
-from imprinting.engines import frozen_engine, record, walk
+from imprinting.engines import frozen_engine, in_training, record
 from imprinting.errors import ClassError
 from imprinting.imprint import random_weights
 from imprinting.layers import CosineClassifier, Embedder, Head, LinearClassifier  # noqa: F401  (this API)
@@ -264,7 +264,7 @@ class ImprintModel(nn.Module):
         ``engine``: the caller's, taken once (``embed_pixels``): no mode switched or checked."""
         was_training = self.training
         # eval() and train() walk every module (0.45 ms each on EfficientNet-Lite0): if one trains
-        switch = engine is None and any(m.training for m in walk(self))
+        switch = engine is None and in_training(self)
         if switch:
             self.eval()
         try:

@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 SUPPORT = {Image.Resampling.BILINEAR: 1.0, Image.Resampling.BICUBIC: 2.0}  # Pillow's filter supports
 
 
+def _offset(size: int, crop: int) -> int:
+    """Where torchvision's ``CenterCrop`` starts a crop of ``crop`` in ``size`` pixels."""
+    return int(round((size - crop) / 2.0))
+
+
 def _f32(x: Fraction) -> bool:
     return Fraction(float(np.float32(float(x)))) == x
 
@@ -89,8 +94,8 @@ def plan(width: int, height: int, resize_to: int, crop: int, resample) -> tuple 
     tw, th = resized_size(w, h, resize_to)
     if crop > tw or crop > th or resample not in SUPPORT:
         return None
-    x = _Axis(w, tw, int(round((tw - crop) / 2.0)), crop, SUPPORT[resample])
-    y = _Axis(h, th, int(round((th - crop) / 2.0)), crop, SUPPORT[resample])
+    x = _Axis(w, tw, _offset(tw, crop), crop, SUPPORT[resample])
+    y = _Axis(h, th, _offset(th, crop), crop, SUPPORT[resample])
     if (w, h) == (tw, th):
         return (("crop", (x.first, y.first, x.first + crop, y.first + crop)),)
     vertical_first = (h - th) > 0 and (h - th) > (w - tw) * 2  # Pillow 13's order of passes
@@ -120,7 +125,7 @@ def reference(img: Image.Image, resize_to: int, crop: int, resample) -> Image.Im
     smaller than the crop once resized: the whole resize, then the crop."""
     w, h = img.size
     tw, th = resized_size(w, h, resize_to)
-    left, top = int(round((tw - crop) / 2.0)), int(round((th - crop) / 2.0))
+    left, top = _offset(tw, crop), _offset(th, crop)
     return img.resize((tw, th), resample).crop((left, top, left + crop, top + crop))
 
 

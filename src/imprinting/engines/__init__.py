@@ -90,6 +90,11 @@ def walk(module: nn.Module) -> list[nn.Module]:
     return out
 
 
+def in_training(module: nn.Module) -> bool:
+    """Whether ``module`` or any module under it is in training mode."""
+    return any(m.training for m in walk(module))
+
+
 def _state(module: nn.Module) -> tuple:
     """Changes whenever a weight does (in-place updates bump ``_version``; new tensors a
     pointer; added or removed ones the length). Read from each module's ``_parameters`` and
@@ -166,9 +171,11 @@ __all__ = [
     "engine_for",
     "engine_precisions",
     "frozen_engine",
+    "in_training",
     "record",
     "resolve_precision",
     "select_engine",
     "set_default",
     "used",
+    "walk",
 ]

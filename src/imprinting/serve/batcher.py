@@ -43,7 +43,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from imprinting.engines import best_batch, walk
+from imprinting.engines import best_batch, in_training
 from imprinting.engines.allocator import release_free_memory
 from imprinting.engines.pipeline import CenterCrops, decode_workers
 from imprinting.serve.admission import Busy, Throughput
@@ -121,7 +121,7 @@ class Batcher:
         backbone's weights or the model's mode, which ``embed_pixels`` would otherwise check on
         every batch (0.3-0.5 ms of Python; a lone photo's answer 15 % slower, docs/serve.md).
         Raises ``ValueError`` for a model with a module in training mode."""
-        if any(m.training for m in walk(model)):  # its engine would run it in training mode
+        if in_training(model):  # its engine would run it in training mode
             raise ValueError("the service's model must be in eval mode (model.eval())")
         engine = model.frozen_engine(training=False)
         return cls(lambda pixels: model.embed_pixels(pixels, engine), read,
