@@ -4,7 +4,7 @@ This machine's speed drifts by 10-20 % within minutes, more than most changes to
 gain, so one run of each version says little. Each round starts one server per version (from
 its source tree, ``PYTHONPATH=<tree>/src``), in turn (the order reversed every other round),
 teaches it 3 classes, warms it with 3 requests a client, and times about 1,600 photos: ``clients``
-raw-socket clients (``serve_load.run_clients``) sending ``photos`` Flowers-102 JPEGs a request.
+raw-socket clients (``loopback.run_clients``) sending ``photos`` Flowers-102 JPEGs a request.
 Printed: photos/s and p50 latency per round, and their means.
 
 Usage (a worktree of the code before, e.g. ``git worktree add /tmp/before <commit>``)::
@@ -25,7 +25,7 @@ import httpx
 import torch
 
 import imprinting
-from serve_load import REPO, body, run_clients, start_server
+from loopback import REPO, body, run_clients, start_server
 
 
 def main() -> None:
