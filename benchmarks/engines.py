@@ -86,7 +86,7 @@ def _rates(run, x: torch.Tensor, sizes, repeats: int) -> dict:
 
 def bare_rows(model, repeats: int, sizes=SIZES) -> tuple[list[dict], dict]:
     """One row per engine and precision: images/s at each size. Also returns the built engines."""
-    from imprinting.engines import available_engines, engine_precisions
+    from imprinting.engines import EngineUnavailable, available_engines, engine_precisions
     from imprinting.engines.select import build_engine, embedding_difference
 
     module, size, top = model.embedder.backbone, model.preprocess.image_size, max(sizes)
@@ -102,7 +102,11 @@ def bare_rows(model, repeats: int, sizes=SIZES) -> tuple[list[dict], dict]:
             rows.append({"engine": f"{name}: {reason}"})
             continue
         for precision in engine_precisions(name):
-            engine = build_engine(name, module, (3, size, size), precision)
+            try:
+                engine = build_engine(name, module, (3, size, size), precision)
+            except EngineUnavailable as exc:  # e.g. OpenVINO bf16 with ONEDNN_MAX_CPU_ISA=AVX2
+                rows.append({"engine": f"{name} {precision}: {exc}"})
+                continue
             built[(name, precision)] = engine
             rows.append({"engine": engine.describe(), **_rates(engine.run, x, sizes, repeats),
                          "embedding_max_abs_diff": float(f"{embedding_difference(engine.run(x), reference):.2g}")})

@@ -140,6 +140,37 @@ def test_an_engine_that_is_not_installed_says_why(conv4, cache, monkeypatch):
         select_engine(conv4.module, conv4.preprocess, "tensorrt")
 
 
+class _FailsToRun:
+    """A compiled OpenVINO model whose inference fails, as OpenVINO's bf16 kernels do with
+    oneDNN held to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``) on a CPU that reports BF16."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+
+    def input(self, index):
+        return self.compiled.input(index)
+
+    def create_infer_request(self):
+        return self
+
+    def infer(self, inputs):
+        raise RuntimeError("Exception from src/inference/src/cpp/infer_request.cpp:224:\n"
+                           "[CPU] Convolution node with name 'stem' object is not initialized\n")
+
+
+def test_an_engine_that_compiles_but_cannot_run_is_unavailable_when_built(conv4, cache, monkeypatch):
+    if available_engines()["openvino"]:
+        pytest.skip(available_engines()["openvino"])
+    from imprinting.engines.openvino_engine import OpenVinoEngine
+
+    compile_ = OpenVinoEngine._compile
+    monkeypatch.setattr(OpenVinoEngine, "_compile", lambda self, *a, **k: _FailsToRun(compile_(self, *a, **k)))
+    with pytest.raises(EngineUnavailable, match=r"cannot run it on this machine \(RuntimeError: \[CPU\] "
+                                                r"Convolution node with name 'stem' object is not initialized\)"):
+        runtimes.build_engine("openvino", conv4.module, (1, 28, 28))
+    assert select_engine(conv4.module, conv4.preprocess).name != "openvino"  # auto goes on to the next
+
+
 def test_a_backbone_without_weights_runs_in_pytorch(cache):
     flat = torch.nn.Flatten()
     pre = create_backbone("conv4", pretrained=False).preprocess

@@ -80,6 +80,7 @@ class OpenVinoEngine(Engine):
         self.graph, self.hint, self.streams = str(graph), HINTS[precision], threads()
         self.compiled = self._compile("THROUGHPUT", NUM_STREAMS=self.streams, INFERENCE_NUM_THREADS=self.streams)
         self.requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
+        self._try_once()
         self.small = None  # the latency-compiled model, made on the first small batch
         self.lock = threading.Lock()  # one batch at a time (the service has threads)
         self.version = ov.get_version().split("-")[0]
@@ -90,6 +91,22 @@ class OpenVinoEngine(Engine):
                                                              "PERFORMANCE_HINT": hint, **config})
         except Exception as exc:  # OpenVINO raises RuntimeError with its own message
             raise EngineUnavailable(f"openvino cannot compile {self.graph} ({type(exc).__name__}: {exc})") from None
+
+    def _try_once(self) -> None:
+        """One image of zeros through the compiled model. OpenVINO can compile a model it cannot
+        run here: bf16 on a CPU that reports BF16, with oneDNN held below it
+        (``ONEDNN_MAX_CPU_ISA=AVX2``), fails at the first inference ("Convolution node ... is
+        not initialized"). Such an engine is unavailable when built (``auto`` goes on to the
+        next), instead of failing the first batch it is given."""
+        dims = list(self.compiled.input(0).get_partial_shape())[1:]
+        if any(d.is_dynamic for d in dims):  # not a graph of ours: its first batch will tell
+            return
+        try:
+            self.requests[0].infer({0: np.zeros([1, *(d.get_length() for d in dims)], dtype=np.float32)})
+        except Exception as exc:  # OpenVINO raises RuntimeError with its own message
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]  # the last says what failed
+            raise EngineUnavailable(f"openvino compiled the graph in {self.precision} but cannot run it on this "
+                                    f"machine ({type(exc).__name__}: {lines[-1] if lines else ''})") from None
 
     def run(self, batch) -> torch.Tensor:
         x = as_numpy(batch)
