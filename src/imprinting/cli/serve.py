@@ -4,6 +4,7 @@ without the ``serve`` extra (the constants below import PIL, not the service).""
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 
 import click
@@ -100,12 +101,24 @@ def serve(model_path, store_path, host, port, token, unknown_threshold, max_requ
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     service = app.state.service
+    set_aside_from_gc()
     click.echo(f"{model_path}: {service.model.num_classes} classes; store {redact(store_path)}; "
                f"http://{host}:{port}/ (API docs at /docs)", err=True)
     # loop "auto": uvloop (in the serve extra) where it is installed, else asyncio's: less
     # Python per request on the event loop (measured in docs/serve.md, "Load")
     uvicorn.run(app, host=host, port=port, log_level=log_level, http=header_timeout_protocol(header_timeout),
                 loop="auto", limit_concurrency=max_connections, timeout_keep_alive=5)
+
+
+def set_aside_from_gc() -> None:
+    """Once the model, its engines and the libraries are loaded: collect once, then move every
+    object there is to the collector's permanent generation (``gc.freeze``). A full collection
+    otherwise walks all of them, holding the interpreter lock: every request, ``/health``
+    included, then waits (231 ms a full collection, once in the last row of a
+    ``benchmarks/serve_load.py`` run, measured in docs/serve.md, "Load"). What is frozen is
+    never collected as a cycle; it lives as long as the process anyway."""
+    gc.collect()
+    gc.freeze()
 
 
 def _is_loopback(host: str) -> bool:
