@@ -48,21 +48,28 @@ class Setup:
         return first, second
 
 
-def answered_in(job) -> list[str]:
+def answered_in(job) -> tuple[list[str], threading.Event]:
+    """The thread that completes ``job``, once the event is set (callbacks run after waiters wake)."""
     names: list[str] = []
-    job.future.add_done_callback(lambda _: names.append(threading.current_thread().name))
-    return names
+    done = threading.Event()
+
+    def note(_):
+        names.append(threading.current_thread().name)
+        done.set()
+
+    job.future.add_done_callback(note)
+    return names, done
 
 
 def test_a_lone_request_is_answered_at_once_by_the_worker():
     s = Setup()
     try:
-        s.go.set()
         job = s.batcher.submit([("a.png", 1)])
-        names = answered_in(job)
+        names, done = answered_in(job)  # before the forward may end
+        s.go.set()
         rows, images, shas, files = job.future.result(timeout=30)
         assert rows.tolist() == [[1.0]] and images == [1] and shas == ["sha a.png"] and files == ["a.png"]
-        assert names == ["imprint-inference"]  # no batch behind it: not handed to the answers' thread
+        assert done.wait(30) and names == ["imprint-inference"]  # no batch behind it: not handed to the answers' thread
     finally:
         s.batcher.close()
 
@@ -71,14 +78,14 @@ def test_the_answers_wait_for_the_next_batchs_decoding_then_go_out_beside_its_fo
     s = Setup(hold=2.0)  # the forward takes 2 s: the answers may wait that long for the decoding
     try:
         first, second = s.two_requests()
-        names = answered_in(first)
+        names, done = answered_in(first)
         s.go.set()
         assert s.decoding.wait(30)  # the second request's image is being decoded...
         time.sleep(0.2)
         assert not first.future.done()  # ...and the first's answer waits for it
         s.decoded.set()
         assert first.future.result(timeout=30)[0].tolist() == [[1.0]]
-        assert [name.split("_")[0] for name in names] == ["imprint-answers"]
+        assert done.wait(30) and [name.split("_")[0] for name in names] == ["imprint-answers"]
         assert second.future.result(timeout=30)[0].tolist() == [[2.0]]
     finally:
         s.decoded.set()
@@ -90,8 +97,8 @@ def test_a_slow_decoding_holds_the_answers_no_longer_than_the_forward_took():
     try:
         first, second = s.two_requests()
         s.go.set()
-        assert first.future.result(timeout=20)[0].tolist() == [[1.0]]  # about 0.1 s after its forward
-        assert s.decoding.is_set() and not s.decoded.is_set()  # the next image still decoding
+        assert s.decoding.wait(30)  # the next image is decoding, and stays so until the end
+        assert first.future.result(timeout=3)[0].tolist() == [[1.0]]  # about 0.1 s after its forward
         s.decoded.set()
         assert second.future.result(timeout=30)[0].tolist() == [[2.0]]
     finally:
@@ -122,6 +129,14 @@ def test_a_failure_handing_out_answers_fails_those_requests_and_the_worker_goes_
 
 def test_closing_hands_out_the_answers_of_the_batches_taken():
     s = Setup(hold=0.2)
+    put = s.batcher._put
+
+    def slow_for_the_first(job, first, rows):  # its answer still on its way when close() is called
+        if job.uploads[0][1] == 1:
+            time.sleep(1.0)
+        put(job, first, rows)
+
+    s.batcher._put = slow_for_the_first
     first, second = s.two_requests()
     s.go.set()
     assert s.decoding.wait(30)  # the second is taken, behind the first
@@ -129,3 +144,26 @@ def test_closing_hands_out_the_answers_of_the_batches_taken():
     s.batcher.close()
     assert first.future.result(timeout=0)[0].tolist() == [[1.0]]
     assert second.future.result(timeout=0)[0].tolist() == [[2.0]]
+
+
+def test_a_batch_taken_ahead_whose_decoding_cannot_start_is_answered_not_lost():
+    s = Setup()
+    start, calls = s.batcher._start, []
+
+    def no_memory_the_second_time(batch):
+        calls.append(batch)
+        if len(calls) == 2:  # the batch taken ahead: its array cannot be made
+            raise MemoryError("no room for the batch's array")
+        return start(batch)
+
+    s.batcher._start = no_memory_the_second_time
+    try:
+        first, second = s.two_requests()
+        s.go.set()
+        assert first.future.result(timeout=30)[0].tolist() == [[1.0]]
+        with pytest.raises(ApiError) as err:
+            second.future.result(timeout=30)  # out of the queue, answered anyway
+        assert (err.value.status, err.value.error) == (503, "internal_error")
+        assert s.batcher.submit([("c.png", 3)]).future.result(timeout=30)[0].tolist() == [[3.0]]
+    finally:
+        s.batcher.close()

@@ -39,11 +39,13 @@ def test_serve_collects_then_freezes_what_it_loaded_before_it_serves(tmp_path, m
     monkeypatch.setattr(uvicorn, "run", run)
     gc.collect()
     before = len(gc.get_objects(generation=2))
+    gc.disable()  # only the command's own collection may take the cycle below
     garbage = weakref.ref(Cycle())  # unreachable, kept only by its own cycle: for the collector
     try:
         result = CliRunner().invoke(main, ["serve", str(tmp_path / "m.safetensors"),
                                            "--store", str(tmp_path / "store.sqlite")])
     finally:
+        gc.enable()
         gc.unfreeze()  # the rest of the test session collects as usual
     assert result.exit_code == 0, result.output
     assert garbage() is None and seen["garbage"] is None  # collected before the freeze, not kept for ever

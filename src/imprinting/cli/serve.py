@@ -115,8 +115,10 @@ def set_aside_from_gc() -> None:
     object there is to the collector's permanent generation (``gc.freeze``). A full collection
     otherwise walks all of them, holding the interpreter lock: every request, ``/health``
     included, then waits (231 ms a full collection, once in the last row of a
-    ``benchmarks/serve_load.py`` run, measured in docs/serve.md, "Load"). What is frozen is
-    never collected as a cycle; it lives as long as the process anyway."""
+    ``benchmarks/serve_load.py`` run, measured in docs/serve.md, "Load"). Reference counting
+    still frees what is frozen; only a frozen object that later becomes part of an unreachable
+    cycle is never collected (a calibration loaded at start and replaced by ``/calibrate``, say):
+    a leak of at most once what was loaded, not one that grows."""
     gc.collect()
     gc.freeze()
 

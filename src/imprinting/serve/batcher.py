@@ -221,7 +221,7 @@ class Batcher:
         while True:
             batch = []
             try:
-                if self._ahead is not None:  # taken, and decoding, while the last batch's answers went out
+                if self._ahead is not None:  # taken, and its decoding started, after the last forward
                     (batch, started), self._ahead = self._ahead, None
                 else:
                     batch = self._next_batch()
@@ -298,13 +298,17 @@ class Batcher:
         return time.perf_counter(), todo, out, reads
 
     def _take_ahead(self) -> None:
-        """The next batch, when photos are queued now, taken and its decoding started, so that
-        the decoders work while this batch's answers are handed out (``_ahead``)."""
+        """The next batch, when photos are queued now, taken and its decoding started before
+        this batch's answers go out (``_ahead``). If its decoding cannot start (no memory for
+        its array), its requests, already out of the queue, get a 503."""
         with self._cond:
             if self._closed or not self._queue:
                 return
             batch = self._take()
-        self._ahead = (batch, self._start(batch))
+        try:
+            self._ahead = (batch, self._start(batch))
+        except BaseException as exc:  # noqa: BLE001  # out of the queue: answered here or never
+            self._fail_all(batch, exc)
 
     def _process(self, batch: list[tuple[_Job, int, int]], started: tuple) -> None:
         start, todo, out, reads = started
@@ -350,7 +354,10 @@ class Batcher:
             self._hand_out(parts, rows)
         else:  # after the next batch's decoding, beside its forward (see the module)
             wait([read for _, _, read in self._ahead[1][3]], timeout=forward_seconds)
-            self._answers.submit(self._hand_out, parts, rows)
+            try:
+                self._answers.submit(self._hand_out, parts, rows)
+            except RuntimeError:  # closing, past close()'s wait for this thread: answered here
+                self._hand_out(parts, rows)
 
     def _hand_out(self, parts: list[tuple[_Job, int, int]], rows: torch.Tensor) -> None:
         """Give each request of the batch its rows (in the worker's thread, or the answers')."""
